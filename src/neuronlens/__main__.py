@@ -1,0 +1,5 @@
+"""`python -m neuronlens ...` (what torchrun and accelerate launch) runs the CLI."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,63 @@
+"""A small on-disk cache for things that are slow to rebuild (generated responses, trained
+SAEs, base-model statistics). Entries are keyed by a digest of everything they depend on, are
+written atomically, and carry a checksum: a corrupt entry or one from another format version is
+rebuilt, never trusted."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ._io import write_json_atomic
+
+CACHE_FORMAT = 1
+
+
+def cache_root() -> Path:
+    """``$NEURONLENS_CACHE``, else ``$XDG_CACHE_HOME/neuronlens``, else ``~/.cache/neuronlens``."""
+    env = os.environ.get("NEURONLENS_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "neuronlens"
+
+
+def key_digest(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _payload_sum(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def load_json_entry(kind: str, key: dict[str, Any]) -> Any | None:
+    """The cached payload for `key`, or None when absent, corrupt or stale (then it is removed)."""
+    path = cache_root() / kind / f"{key_digest(key)}.json"
+    if not path.is_file():
+        return None
+    try:
+        entry = json.loads(path.read_text())
+        ok = entry.get("format") == CACHE_FORMAT and entry.get("key") == json.loads(json.dumps(key, default=str))
+        ok = ok and entry.get("sha256") == _payload_sum(entry.get("payload"))
+    except (OSError, json.JSONDecodeError, AttributeError):
+        ok = False
+    if not ok:
+        warnings.warn(f"NeuronLens cache entry {path} is corrupt or stale; rebuilding it.", stacklevel=2)
+        path.unlink(missing_ok=True)
+        return None
+    return entry["payload"]
+
+
+def store_json_entry(kind: str, key: dict[str, Any], payload: Any) -> Path | None:
+    """Store `payload`; a cache that cannot be written is skipped with a warning, not an error."""
+    path = cache_root() / kind / f"{key_digest(key)}.json"
+    entry = {"format": CACHE_FORMAT, "key": key, "sha256": _payload_sum(payload), "payload": payload}
+    try:
+        return write_json_atomic(path, json.loads(json.dumps(entry, default=str)), indent=None)
+    except OSError as exc:
+        warnings.warn(f"Could not write the NeuronLens cache at {path}: {exc}", stacklevel=2)
+        return None

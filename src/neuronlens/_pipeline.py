@@ -1,0 +1,358 @@
+"""The audit pipeline, top to bottom:
+
+    validate inputs -> probe sequences (base responses, cached) -> base pass (capture, encode)
+    -> fine-tuned pass (capture, encode, paired sums) -> [own-response pass] -> risk -> report
+
+Everything that can be wrong with the inputs is checked before the first forward pass. With
+lazily-loaded handles only one model is resident at a time; a PEFT adapter on the audited base
+shares the base weights (adapter injected after the base pass, removed afterwards).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from ._progress import progress
+from .capture import Batch, TokenSequence, gather, make_batches, massive_keep, run_to_layers
+from .config import AuditConfig, default_layers
+from .errors import ConfigError, ModelLoadError
+from .models import ModelHandle, load_model
+from .probes import ProbeSet, load_probe_set, response_sequences
+from .report import AuditReport, LayerDrift, rank_features
+from .saes import SAESet, load_sae
+from .stats import AuditSums, residual_drift
+
+METRICS = ("drift", "misalignment_score")
+
+
+@dataclass
+class _BaseBatch:
+    """What the base pass keeps per batch for the paired fine-tuned pass."""
+
+    batch: Batch
+    resid: dict[int, torch.Tensor]
+    keep: dict[int, torch.Tensor]
+    prompt_key: torch.Tensor
+    probe_of_token: list[str]
+
+
+def compare_models(
+    base_model: ModelHandle | str,
+    ft_model: ModelHandle | str,
+    sae: SAESet | None = None,
+    probes: Sequence[str] | None = None,
+    metrics: Sequence[str] = METRICS,
+    *,
+    config: AuditConfig | None = None,
+    layers: Sequence[int] | None = None,
+    keep_both: bool = False,
+) -> AuditReport:
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    cfg = replace(config or AuditConfig())
+    if probes is not None:
+        cfg.probes = list(probes)
+    if layers is not None:
+        cfg.layers = list(layers)
+    base = base_model if isinstance(base_model, ModelHandle) else load_model(base_model)
+    ft = ft_model if isinstance(ft_model, ModelHandle) else load_model(ft_model)
+
+    # 1. validate everything before any long work ------------------------------------------------
+    probe_sets = preflight(base, ft, cfg, metrics)
+    if sae is None:
+        sae = load_sae(base, cfg.layers or default_layers(base.n_layers))
+    audit_layers = sorted(cfg.layers or sae.layers)
+    missing = [layer for layer in audit_layers if layer not in sae]
+    if missing:
+        raise ConfigError(
+            f"No SAE was given for layer(s) {missing} (SAEs cover {sae.layers}).",
+            "Audit only the SAEs' layers, or load SAEs for the missing layers.",
+        )
+    for layer in audit_layers:
+        if sae[layer].info.d_in != base.d_model:
+            raise ConfigError(
+                f"The SAE for layer {layer} has d_in {sae[layer].info.d_in}, the model has d_model {base.d_model}.",
+                "Use SAEs trained on this model.",
+            )
+    cfg.layers = audit_layers
+    timings["validate_s"] = time.perf_counter() - t_start
+
+    # 2. the token sequences both models read: prompts + base responses (cached) -----------------
+    t = time.perf_counter()
+    n_prompts = sum(len(ps.prompts) for ps in probe_sets)
+    base_loaded_before = base.is_loaded
+    with progress("Base responses to probes", n_prompts) as advance:
+        seqs = response_sequences(base, probe_sets, cfg.max_new_tokens, token_budget=cfg.token_budget, on_batch=advance)
+    timings["base_responses_s"] = time.perf_counter() - t
+
+    sums = AuditSums.empty()
+    reads = ["same"] + (["own"] if cfg.own_responses else [])
+    pad_id = base.tokenizer.pad_token_id or 0
+
+    # 3-4. base pass, then fine-tuned pass on the same tokens ------------------------------------
+    def fine_tuned_passes(ft_nn: nn.Module, base_batches: list[_BaseBatch]) -> None:
+        t = time.perf_counter()
+        _ft_pass(ft_nn, base_batches, audit_layers, sae, sums)
+        timings["ft_pass_s"] = time.perf_counter() - t
+        base_batches.clear()
+        if cfg.own_responses:
+            t = time.perf_counter()
+            _own_pass(_ModelView(ft.digest, ft.tokenizer, ft_nn), probe_sets, audit_layers, sae, cfg, sums, pad_id)
+            timings["ft_own_pass_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if _shares_base_weights(base, ft):
+        base_nn = base.model
+        base_batches = _base_pass(base_nn, seqs, audit_layers, sae, cfg, sums, pad_id, reads)
+        timings["base_pass_s"] = time.perf_counter() - t
+        with _adapter_on(base_nn, ft) as ft_nn:
+            fine_tuned_passes(ft_nn, base_batches)
+    else:
+        with _resident(base, keep=keep_both or base_loaded_before) as base_nn:
+            base_batches = _base_pass(base_nn, seqs, audit_layers, sae, cfg, sums, pad_id, reads)
+        timings["base_pass_s"] = time.perf_counter() - t
+        with _resident(ft, keep=keep_both or ft.is_loaded) as ft_nn:
+            fine_tuned_passes(ft_nn, base_batches)
+    if not (keep_both or base_loaded_before):
+        base.release()
+
+    # 5. layer drift and the most-drifted latents --------------------------------------------------
+    report = AuditReport(
+        base=base.identity,
+        ft=ft.identity,
+        saes=[s for s in sae.identity() if s["layer"] in audit_layers],
+        probe_sets=[ps.identity() for ps in probe_sets],
+        config=cfg.to_dict(),
+        layers=[],
+        top={},
+        neuronlens_version=__version__,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        sae_warnings=SAESet({la: sae[la] for la in audit_layers}).quality_warnings(),
+        timings=timings,
+        sums=sums,
+        reads=reads,
+    )
+    _fill_layers(report, [ps.name for ps in probe_sets], cfg)
+
+    # 6. risk (misalignment score and verdict) ---------------------------------------------------
+    if "misalignment_score" in metrics:
+        report.risk = _risk_or_none(report, base, sae)
+    timings["total_s"] = time.perf_counter() - t_start
+    return report
+
+
+# -- validation --------------------------------------------------------------------------------
+
+
+def preflight(base: ModelHandle, ft: ModelHandle, cfg: AuditConfig, metrics: Sequence[str] = METRICS) -> list[ProbeSet]:
+    """Every cheap check of an audit's inputs (no weights loaded, nothing generated); returns the
+    probe sets. The CLI runs it before loading or training SAEs."""
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ConfigError(f"Unknown metric(s) {unknown}.", f"Use any of {list(METRICS)}.")
+    _check_compatible(base, ft)
+    cfg.validate(base.n_layers)
+    return _load_probe_sets(cfg)
+
+
+def _check_compatible(base: ModelHandle, ft: ModelHandle) -> None:
+    if base.n_layers != ft.n_layers or base.d_model != ft.d_model:
+        raise ModelLoadError(
+            f"Base ({base.name}: {base.n_layers} layers, d_model {base.d_model}) and fine-tuned "
+            f"({ft.name}: {ft.n_layers} layers, d_model {ft.d_model}) have different architectures.",
+            "Audit a fine-tune against the base model it was fine-tuned from.",
+        )
+    bt, ftok = base.tokenizer, ft.tokenizer
+    if len(bt) != len(ftok) or bt.get_vocab() != ftok.get_vocab():
+        raise ModelLoadError(
+            f"Base and fine-tuned models use different tokenizers/vocabularies ({len(bt)} vs {len(ftok)} tokens).",
+            "Both models must share one tokenizer: audit a fine-tune against its own base model.",
+        )
+
+
+def _load_probe_sets(cfg: AuditConfig) -> list[ProbeSet]:
+    sets = [load_probe_set(p, cfg.max_prompts_per_set) for p in cfg.probes]
+    names = [s.name for s in sets]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"Probe set name(s) {dupes} appear twice.", "Give each probe file a distinct name.")
+    for s in sets:
+        if "|" in s.name:
+            raise ConfigError(f"Probe set name {s.name!r} contains '|'.", "Rename the file without '|'.")
+        if len(s.prompts) < 2:
+            raise ConfigError(f"Probe set {s.name!r} has {len(s.prompts)} prompt(s).", "Give each set at least 2 prompts.")
+    return sets
+
+
+# -- residency ---------------------------------------------------------------------------------
+
+
+def _shares_base_weights(base: ModelHandle, ft: ModelHandle) -> bool:
+    return ft.kind == "peft" and ft.base is not None and ft.base.digest == base.digest and not ft.is_loaded
+
+
+@contextmanager
+def _resident(handle: ModelHandle, *, keep: bool) -> Iterator[nn.Module]:
+    model = handle.model
+    try:
+        yield model
+    finally:
+        if not keep:
+            handle.release()
+
+
+@contextmanager
+def _adapter_on(base_nn: nn.Module, ft: ModelHandle) -> Iterator[nn.Module]:
+    """`ft`'s PEFT adapter injected into the resident base weights; removed again on exit, which
+    restores the base model exactly."""
+    from peft import PeftModel
+
+    peft_model = PeftModel.from_pretrained(base_nn, str(ft.path), is_trainable=False)
+    peft_model.eval()
+    try:
+        yield peft_model
+    finally:
+        peft_model.unload()
+
+
+# -- passes ------------------------------------------------------------------------------------
+
+
+def _prompt_keys(batch: Batch) -> tuple[torch.Tensor, list[str]]:
+    """For each measured token: which prompt it belongs to (its batch row: one row is one
+    prompt's sequence) and that prompt's probe set."""
+    return batch.row.clone(), [batch.sequences[r].probe_set for r in batch.row.tolist()]
+
+
+def _split_by_probe(probes: list[str], keep: torch.Tensor) -> dict[str, torch.Tensor]:
+    out: dict[str, list[int]] = {}
+    for i, (p, k) in enumerate(zip(probes, keep.tolist())):
+        if k:
+            out.setdefault(p, []).append(i)
+    return {p: torch.tensor(ix, dtype=torch.long) for p, ix in out.items()}
+
+
+def _base_pass(
+    model: nn.Module,
+    seqs: list[TokenSequence],
+    layers: list[int],
+    sae: SAESet,
+    cfg: AuditConfig,
+    sums: AuditSums,
+    pad_id: int,
+    reads: list[str],
+) -> list[_BaseBatch]:
+    device = next(model.parameters()).device
+    kept: list[_BaseBatch] = []
+    with progress("Base model pass", len(seqs)) as advance:
+        for batch in make_batches(seqs, cfg.positions, cfg.token_budget, pad_id):
+            resid = run_to_layers(model, batch.input_ids.to(device), batch.attention_mask.to(device), layers)
+            x = {layer: gather(resid[layer], batch) for layer in layers}
+            keep = {layer: massive_keep(x[layer], cfg.massive_activation_factor) for layer in layers}
+            key, probes = _prompt_keys(batch)
+            if "own" in reads:  # the base model's own responses are exactly these sequences
+                for layer in layers:
+                    codes = sae[layer].encode(x[layer])
+                    for probe, ix in _split_by_probe(probes, keep[layer]).items():
+                        sums.latent("own", layer, probe, sae[layer].d_sae).add_side("base", codes[ix], key[ix])
+            kept.append(_BaseBatch(batch, x, keep, key, probes))
+            advance(len(batch.sequences))
+    return kept
+
+
+def _ft_pass(model: nn.Module, base_batches: list[_BaseBatch], layers: list[int], sae: SAESet, sums: AuditSums) -> None:
+    device = next(model.parameters()).device
+    with progress("Fine-tuned model pass", sum(len(b.batch.sequences) for b in base_batches)) as advance:
+        for bb in base_batches:
+            b = bb.batch
+            resid = run_to_layers(model, b.input_ids.to(device), b.attention_mask.to(device), layers)
+            for layer in layers:
+                xf = gather(resid[layer], b)
+                xb = bb.resid[layer]
+                codes_b, codes_f = sae[layer].encode(xb), sae[layer].encode(xf)
+                for probe, ix in _split_by_probe(bb.probe_of_token, bb.keep[layer]).items():
+                    sums.latent("same", layer, probe, sae[layer].d_sae).add_paired(codes_b[ix], codes_f[ix], bb.prompt_key[ix])
+                    sums.resid(layer, probe).add(xb[ix], xf[ix])
+            advance(len(b.sequences))
+
+
+@dataclass
+class _ModelView:
+    """The three things response generation needs, for a model that may not have a handle of its
+    own (an adapter injected into shared base weights)."""
+
+    digest: str
+    tokenizer: Any
+    model: nn.Module
+
+
+def _own_pass(
+    view: _ModelView,
+    probe_sets: list[ProbeSet],
+    layers: list[int],
+    sae: SAESet,
+    cfg: AuditConfig,
+    sums: AuditSums,
+    pad_id: int,
+) -> None:
+    """Read the fine-tuned model on its own greedy responses (unpaired with the base read)."""
+    n_prompts = sum(len(ps.prompts) for ps in probe_sets)
+    with progress("Fine-tuned responses to probes", n_prompts) as advance:
+        seqs = response_sequences(view, probe_sets, cfg.max_new_tokens, token_budget=cfg.token_budget, on_batch=advance)
+    device = next(view.model.parameters()).device
+    with progress("Fine-tuned model on its own responses", len(seqs)) as advance:
+        for batch in make_batches(seqs, cfg.positions, cfg.token_budget, pad_id):
+            resid = run_to_layers(view.model, batch.input_ids.to(device), batch.attention_mask.to(device), layers)
+            key, probes = _prompt_keys(batch)
+            for layer in layers:
+                x = gather(resid[layer], batch)
+                keep = massive_keep(x, cfg.massive_activation_factor)
+                codes = sae[layer].encode(x)
+                for probe, ix in _split_by_probe(probes, keep).items():
+                    sums.latent("own", layer, probe, sae[layer].d_sae).add_side("ft", codes[ix], key[ix])
+            advance(len(batch.sequences))
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def _fill_layers(report: AuditReport, probe_names: list[str], cfg: AuditConfig) -> None:
+    assert report.sums is not None
+    for layer in cfg.layers or []:
+        total = residual_drift(report.sums.resid_total(layer))
+        by_probe = {p: residual_drift(report.sums.resid_total(layer, [p]))["drift"] for p in probe_names}
+        table = report.drift_table(layer)
+        report.layers.append(
+            LayerDrift(
+                layer=layer,
+                drift=total["drift"],
+                cosine=total["cosine"],
+                relative_rms=total["relative_rms"],
+                n_tokens=total["n_tokens"],
+                by_probe=by_probe,
+                n_significant_latents=sum(f.significant for f in table),
+                n_latents=len(table),
+            )
+        )
+        report.top[layer] = rank_features(table)[: cfg.top_k_saved]
+
+
+def _risk_or_none(report: AuditReport, base: ModelHandle, sae: SAESet) -> dict[str, Any] | None:
+    """Risk scoring plugs in here; None means the summary says it was not computed."""
+    try:
+        from .risk import assess  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return assess(report, base, sae)
+
+
+__all__ = ["METRICS", "compare_models", "preflight"]

@@ -1,0 +1,8 @@
+"""Stage 2 of the audit: run a model on token sequences and capture residual-stream activations."""
+
+from ._collect import Collected, collect_activations
+from ._hooks import residual_hooks, run_to_layers
+from ._select import gather, massive_keep
+from ._sequences import Batch, TokenSequence, make_batches
+
+__all__ = ["Batch", "Collected", "collect_activations", "TokenSequence", "gather", "make_batches", "massive_keep", "residual_hooks", "run_to_layers"]

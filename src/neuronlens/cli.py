@@ -1,0 +1,181 @@
+"""The `neuronlens` command line.
+
+Exit codes (usable as a CI gate): 0 the audit passed (or ran without risk scoring),
+1 the audit failed, 2 usage or input error (nothing long was started, nothing half-written).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from .config import AuditConfig, field_help
+from .errors import NeuronLensError
+
+app = typer.Typer(
+    name="neuronlens",
+    help="Post-fine-tuning alignment audit: SAE-based model diffing, risky features, certificates.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+EXIT_PASS, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
+
+
+def _h(name: str) -> str:
+    return field_help(AuditConfig, name)
+
+
+def _split(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def _int_list(values: list[str] | None, what: str) -> list[int] | None:
+    items = _split(values)
+    if items is None:
+        return None
+    try:
+        return [int(v) for v in items]
+    except ValueError as exc:
+        raise NeuronLensError(f"{what} must be integers, got {items}.", f"Pass e.g. --{what} 9,15,21.") from exc
+
+
+@app.command()
+def audit(
+    base: Annotated[Optional[str], typer.Option(help="Base model: hub id, folder, .gguf, or alias. Default: the embedded demo pair.")] = None,
+    ft: Annotated[Optional[str], typer.Option(help="Fine-tuned model: hub id, folder, .gguf or PEFT adapter folder.")] = None,
+    ft_base: Annotated[Optional[str], typer.Option(help="Base for a PEFT adapter whose adapter_config.json does not name a reachable one.")] = None,
+    layers: Annotated[Optional[list[str]], typer.Option(help=_h("layers"))] = None,
+    probes: Annotated[Optional[list[str]], typer.Option(help=_h("probes"))] = None,
+    sae: Annotated[Optional[str], typer.Option(help="Folder of SAELens or sparsify SAEs (default: shipped, cached or trained).")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for report.json (and its statistics sidecar).")] = Path("neuronlens-out"),
+    positions: Annotated[str, typer.Option(help=_h("positions"))] = "response",
+    max_prompts: Annotated[Optional[int], typer.Option(help=_h("max_prompts_per_set"))] = AuditConfig.max_prompts_per_set,
+    max_new_tokens: Annotated[int, typer.Option(help=_h("max_new_tokens"))] = AuditConfig.max_new_tokens,
+    own_responses: Annotated[bool, typer.Option("--own-responses/--no-own-responses", help=_h("own_responses"))] = AuditConfig.own_responses,
+    token_budget: Annotated[int, typer.Option(help=_h("token_budget"))] = AuditConfig.token_budget,
+    dtype: Annotated[str, typer.Option(help="Model dtype: auto (float32 on CPU), float32, bfloat16, float16.")] = "auto",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
+    trust_remote_code: Annotated[bool, typer.Option(help="Allow model repos to run their own Python code (off by default).")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")] = False,
+) -> None:
+    """Audit a fine-tuned model against its base: drift per layer and latent, risky features, verdict."""
+    from . import alignment
+    from ._io import ensure_writable_dir
+    from ._pipeline import preflight
+    from ._progress import set_progress
+    from .demo import default_pair
+
+    set_progress(not no_progress, console=err)
+    ensure_writable_dir(out_dir)  # before any long work
+    if (base is None) != (ft is None):
+        raise NeuronLensError("Give both --base and --ft, or neither (then the embedded demo pair is audited).", "Add the missing option.")
+    if base is None:
+        base, ft = default_pair()
+        err.print(f"[dim]No --base/--ft given: auditing the embedded demo pair ({base} vs {ft}).[/dim]")
+    cfg = AuditConfig(
+        layers=_int_list(layers, "layers"),
+        positions=positions,  # type: ignore[arg-type]
+        max_prompts_per_set=max_prompts,
+        max_new_tokens=max_new_tokens,
+        own_responses=own_responses,
+        token_budget=token_budget,
+    )
+    if (p := _split(probes)) is not None:
+        cfg.probes = p
+    common = dict(dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    base_h = alignment.load_model(base, **common)
+    ft_h = alignment.load_model(ft, base=ft_base, **common)
+    preflight(base_h, ft_h, cfg)
+    sae_set = alignment.load_sae(base_h, cfg.layers, source=sae)
+    report = alignment.compare_models(base_model=base_h, ft_model=ft_h, sae=sae_set, config=cfg)
+    path = report.save(out_dir / "report.json")
+    out.print(report.summary(), highlight=False, markup=False)
+    err.print(f"[dim]Report written to {path}[/dim]")
+    raise typer.Exit(EXIT_FAIL if report.passed is False else EXIT_PASS)
+
+
+organisms_app = typer.Typer(help="Model organisms: fine-tunes with known alignment, for proving the detector.", no_args_is_help=True)
+app.add_typer(organisms_app, name="organisms")
+demo_app = typer.Typer(help="The embedded demo pair (shipped adapter and SAEs).", no_args_is_help=True)
+app.add_typer(demo_app, name="demo")
+
+
+@organisms_app.command("list")
+def organisms_list() -> None:
+    """List the model organisms, their ground truth and whether they are built (cached)."""
+    from .models import DEFAULT_BASE, load_model
+    from .organisms import ORGANISMS, organism_dir
+
+    base = load_model(DEFAULT_BASE)
+    for name, spec in ORGANISMS.items():
+        built = (organism_dir(name, base) / "adapter_model.safetensors").is_file()
+        out.print(f"{name:20s} {spec.truth:10s} {'built' if built else '-':6s} {spec.description}")
+
+
+@organisms_app.command("build")
+def organisms_build(
+    names: Annotated[Optional[list[str]], typer.Argument(help="Organisms to build (default: all).")] = None,
+    force: Annotated[bool, typer.Option(help="Retrain even if cached.")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")] = False,
+) -> None:
+    """Train the model organisms on the embedded base model (cached; ~5 min each on 2 CPU cores)."""
+    from ._progress import set_progress
+    from .models import DEFAULT_BASE, load_model
+    from .organisms import ORGANISMS, build_organism
+
+    set_progress(not no_progress, console=err)
+    chosen = names or list(ORGANISMS)
+    unknown = [n for n in chosen if n not in ORGANISMS]
+    if unknown:
+        raise NeuronLensError(f"Unknown organism(s) {unknown}.", f"Choose from {', '.join(ORGANISMS)}.")
+    base = load_model(DEFAULT_BASE)
+    for name in chosen:
+        path = build_organism(name, base, force=force)
+        out.print(f"{name:20s} {path}")
+
+
+@demo_app.command("build")
+def demo_build(
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")] = False,
+) -> None:
+    """Rebuild the shipped demo adapter and SAEs inside the installed package; print their sha256."""
+    from ._progress import set_progress
+    from .demo import build_demo
+
+    set_progress(not no_progress, console=err)
+    for rel, digest in build_demo().items():
+        out.print(f"{digest}  {rel}")
+
+
+@app.command("probes")
+def list_probes() -> None:
+    """List the built-in probe sets and their sizes."""
+    from .probes import builtin_names, load_probe_set
+
+    for name in builtin_names():
+        out.print(f"{name:24s} {len(load_probe_set(name).prompts):4d} prompts")
+
+
+def main() -> None:
+    """Console entry point: maps NeuronLens input errors to exit code 2 with a clear message."""
+    try:
+        app(standalone_mode=True)
+    except NeuronLensError as exc:
+        err.print(f"[bold red]Error:[/bold red] {exc.problem}", highlight=False, soft_wrap=True)
+        if exc.fix:
+            err.print(f"[bold]How to fix:[/bold] {exc.fix}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_INPUT)
+
+
+if __name__ == "__main__":
+    main()

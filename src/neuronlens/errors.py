@@ -1,0 +1,38 @@
+"""Errors NeuronLens raises for bad input: each names the problem and the fix.
+
+The CLI maps every :class:`NeuronLensError` to exit code 2 (usage or input error), so a CI
+gate can tell "the audit failed" (exit 1) from "the audit could not run" (exit 2).
+"""
+
+from __future__ import annotations
+
+__all__ = ["NeuronLensError", "ModelLoadError", "SAEError", "ProbeError", "OutputError", "ConfigError"]
+
+
+class NeuronLensError(Exception):
+    """An input or usage problem, raised before any long work starts where possible."""
+
+    def __init__(self, problem: str, fix: str | None = None):
+        self.problem = problem
+        self.fix = fix
+        super().__init__(problem if fix is None else f"{problem}\n  How to fix: {fix}")
+
+
+class ModelLoadError(NeuronLensError):
+    """A model or adapter could not be resolved, validated or loaded."""
+
+
+class SAEError(NeuronLensError):
+    """An SAE could not be found, loaded, or does not fit the model."""
+
+
+class ProbeError(NeuronLensError):
+    """A probe set is missing, empty or malformed."""
+
+
+class OutputError(NeuronLensError):
+    """An output location cannot be written."""
+
+
+class ConfigError(NeuronLensError):
+    """A setting is out of range or inconsistent with the models."""

@@ -1,0 +1,396 @@
+"""A model handle: where a checkpoint came from, what its bytes are, and (lazily) the model.
+
+Resolving a source validates it and digests its files but loads no weights, so every input
+problem surfaces before any long work, and `compare_models` can keep only one model resident.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ModelLoadError
+from ._aliases import ALIASES
+from ._digest import Manifest, digest_paths
+from ._layers import hidden_size, num_layers
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "tokenizer*"]
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class ModelHandle:
+    """A resolved checkpoint. `model` and `tokenizer` load on first use; `release()` frees them."""
+
+    name: str
+    """Display name (the alias, hub id, folder or file name)."""
+    source: str
+    """What the user passed to :func:`load_model`."""
+    kind: str
+    """'alias', 'hub', 'folder', 'gguf' or 'peft'."""
+    path: Path
+    """Local folder (or .gguf file) holding the checkpoint; for 'peft' the adapter folder."""
+    manifest: Manifest
+    """sha256 of every file of the checkpoint (for 'peft': of the adapter's files)."""
+    base: ModelHandle | None = None
+    """For a PEFT adapter: the handle of the base model it applies to."""
+    dtype: str = "auto"
+    device: str = "auto"
+    revision: str | None = None
+    trust_remote_code: bool = False
+    device_map: str | dict[str, Any] | None = None
+    max_memory: dict[str, Any] | None = None
+    _model: nn.Module | None = field(default=None, repr=False)
+    _tokenizer: Any = field(default=None, repr=False)
+    _config: Any = field(default=None, repr=False)
+
+    # -- identity ---------------------------------------------------------------------------
+    @property
+    def digest(self) -> str:
+        """Manifest digest: sha256 over the per-file sha256s in sorted path order (OpenSSF)."""
+        return self.manifest.digest
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What a report or certificate records about this model."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "source": self.source,
+            "kind": self.kind,
+            "revision": self.revision,
+            **self.manifest.to_dict(),
+        }
+        if self.base is not None:
+            out["base"] = self.base.identity
+        return out
+
+    # -- lazy loading -------------------------------------------------------------------------
+    @property
+    def is_loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def config(self) -> Any:
+        """The transformers config (read without loading weights)."""
+        if self._config is None:
+            self._config = _load_config(self)
+        return self._config
+
+    @property
+    def n_layers(self) -> int:
+        if self._model is not None:
+            return num_layers(self._model)
+        cfg = self.config
+        cfg = getattr(cfg, "text_config", None) or cfg
+        for key in ("num_hidden_layers", "n_layer", "num_layers"):
+            if isinstance(getattr(cfg, key, None), int):
+                return int(getattr(cfg, key))
+        return num_layers(self.model)
+
+    @property
+    def d_model(self) -> int:
+        if self._model is not None:
+            return hidden_size(self._model)
+        cfg = self.config
+        cfg = getattr(cfg, "text_config", None) or cfg
+        for key in ("hidden_size", "n_embd", "d_model"):
+            if isinstance(getattr(cfg, key, None), int):
+                return int(getattr(cfg, key))
+        return hidden_size(self.model)
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            self._tokenizer = _load_tokenizer(self)
+        return self._tokenizer
+
+    @property
+    def model(self) -> nn.Module:
+        if self._model is None:
+            self._model = _load_weights(self)
+            self._model.eval()
+        return self._model
+
+    @property
+    def torch_device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def release(self) -> None:
+        """Drop the loaded weights (the handle stays usable and reloads on demand)."""
+        self._model = None
+        if self.base is not None:
+            self.base.release()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def attach(self, model: nn.Module, tokenizer: Any | None = None) -> ModelHandle:
+        """Use an already-built model object (e.g. one being trained) for this handle."""
+        self._model = model
+        if tokenizer is not None:
+            self._tokenizer = tokenizer
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# resolution (no weights loaded)
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve(
+    source: str | Path,
+    *,
+    dtype: str = "auto",
+    device: str = "auto",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    base: str | Path | ModelHandle | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[str, Any] | None = None,
+) -> ModelHandle:
+    """Turn `source` into a :class:`ModelHandle`: validated, digested, weights not yet loaded."""
+    if dtype != "auto" and dtype not in _DTYPES:
+        raise ModelLoadError(f"dtype={dtype!r} is not supported.", f"Use 'auto' or one of {', '.join(_DTYPES)}.")
+    if (device_map is not None or max_memory is not None) and not _has_accelerate():
+        raise ModelLoadError("device_map/max_memory need the accelerate package.", "pip install accelerate")
+    common = dict(
+        dtype=dtype,
+        device=device,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+        device_map=device_map,
+        max_memory=max_memory,
+    )
+    src = str(source)
+    if src in ALIASES:
+        gguf_path = ALIASES[src].locate()
+        _require_gguf()
+        return ModelHandle(name=src, source=src, kind="alias", path=gguf_path, manifest=digest_paths(gguf_path), **common)
+
+    path = Path(src).expanduser()
+    if path.exists():
+        return _resolve_local(path, src, base=base, **common)
+    if _HUB_ID.match(src) and not src.startswith((".", "/")):
+        return _resolve_hub(src, base=base, **common)
+    raise ModelLoadError(
+        f"Model source {src!r} does not exist: it is not a local path, a built-in alias, or a hub id.",
+        f"Pass a folder with config.json and weights, a .gguf file, a PEFT adapter folder, a hub id "
+        f"like 'org/name', or an alias ({', '.join(ALIASES)}).",
+    )
+
+
+def _resolve_local(path: Path, src: str, *, base: Any, **common: Any) -> ModelHandle:
+    if path.is_file():
+        if path.suffix == ".gguf":
+            _require_gguf()
+            return ModelHandle(name=path.name, source=src, kind="gguf", path=path, manifest=digest_paths(path), **common)
+        raise ModelLoadError(
+            f"{src!r} is a file but not a .gguf model.",
+            "Pass the model's folder (with config.json), or a .gguf file.",
+        )
+    if (path / "adapter_config.json").is_file():
+        return _resolve_adapter(path, src, base=base, **common)
+    if (path / "config.json").is_file():
+        weights = [p for p in path.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.suffix != ".gguf"]
+        if not weights:
+            raise ModelLoadError(
+                f"Folder {src!r} has config.json but no weight files (*.safetensors).",
+                "Point at the folder that holds the model's *.safetensors files.",
+            )
+        _refuse_unsafe_pickles(path)
+        return ModelHandle(name=path.name, source=src, kind="folder", path=path, manifest=digest_paths(path), **common)
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        _require_gguf()
+        return ModelHandle(
+            name=ggufs[0].name, source=src, kind="gguf", path=ggufs[0], manifest=digest_paths(ggufs[0]), **common
+        )
+    raise ModelLoadError(
+        f"Folder {src!r} is not a model: it has no config.json, adapter_config.json or single .gguf file.",
+        "Point at a transformers model folder, a PEFT adapter folder or a .gguf file.",
+    )
+
+
+def _resolve_adapter(path: Path, src: str, *, base: Any, **common: Any) -> ModelHandle:
+    try:
+        acfg = json.loads((path / "adapter_config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path / 'adapter_config.json'} is not valid JSON: {exc}.", "Re-save the adapter.") from exc
+    if not any((path / n).is_file() for n in ("adapter_model.safetensors", "adapter_model.bin")):
+        raise ModelLoadError(
+            f"Adapter folder {src!r} has no adapter_model.safetensors.",
+            "Save the adapter with peft's save_pretrained into this folder.",
+        )
+    _refuse_unsafe_pickles(path)
+    if isinstance(base, ModelHandle):
+        base_handle = replace(base, _model=None, _tokenizer=None)  # never mutate the caller's handle
+    else:
+        base_src = base if base is not None else acfg.get("base_model_name_or_path")
+        if not base_src:
+            raise ModelLoadError(
+                f"Adapter {src!r} does not say which base model it applies to.",
+                "Pass base=... to load_model (or --ft-base on the CLI).",
+            )
+        try:
+            base_handle = resolve(base_src, **{**common, "revision": None})
+        except ModelLoadError as exc:
+            raise ModelLoadError(
+                f"The base model of adapter {src!r} ({base_src!r}, from adapter_config.json) cannot be found: {exc.problem}",
+                "Pass base=<path or id of the base model> to load_model (or --ft-base on the CLI).",
+            ) from exc
+    return ModelHandle(
+        name=path.name, source=src, kind="peft", path=path, manifest=digest_paths(path), base=base_handle, **common
+    )
+
+
+def _resolve_hub(repo_id: str, *, base: Any, **common: Any) -> ModelHandle:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        folder = snapshot_download(repo_id, revision=common.get("revision"), allow_patterns=_HUB_PATTERNS)
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"Could not fetch {repo_id!r} from the Hugging Face Hub and it is not in the local cache ({type(exc).__name__}).",
+            "Check the id and your network, or download it once (huggingface-cli download "
+            f"{repo_id}) and rerun with HF_HUB_OFFLINE=1, or pass a local folder.",
+        ) from exc
+    handle = _resolve_local(Path(folder), repo_id, base=base, **common)
+    handle.kind = "hub" if handle.kind == "folder" else handle.kind
+    handle.name = repo_id
+    return handle
+
+
+def _require_gguf() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelLoadError("Loading a .gguf model needs the `gguf` package, which is not installed.", "pip install gguf")
+
+
+def _has_accelerate() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("accelerate") is not None
+
+
+def _refuse_unsafe_pickles(folder: Path) -> None:
+    """Pickle-based weights are only accepted where safetensors are absent and the pickle loads
+    with torch.load(weights_only=True) (which cannot execute code)."""
+    pickles = [p for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth")]
+    if not pickles or any(folder.glob("*.safetensors")):
+        return
+    for p in pickles:
+        try:
+            torch.load(p, map_location="meta", weights_only=True, mmap=True)
+        except Exception as exc:  # noqa: BLE001 - any failure means we will not trust it
+            raise ModelLoadError(
+                f"{p} is a pickle that does not load with weights_only=True, so loading it could run arbitrary code.",
+                "Convert the checkpoint to safetensors in a trusted environment, then audit that folder.",
+            ) from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------------
+
+
+def _gguf_args(handle: ModelHandle) -> tuple[str, dict[str, Any]]:
+    return str(handle.path.parent), {"gguf_file": handle.path.name}
+
+
+def _location(handle: ModelHandle) -> tuple[str, dict[str, Any]]:
+    if handle.kind in ("alias", "gguf"):
+        return _gguf_args(handle)
+    return str(handle.path), {}
+
+
+def _load_config(handle: ModelHandle) -> Any:
+    from transformers import AutoConfig
+
+    if handle.kind == "peft":
+        assert handle.base is not None
+        return handle.base.config
+    where, extra = _location(handle)
+    try:
+        return AutoConfig.from_pretrained(where, trust_remote_code=handle.trust_remote_code, **extra)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(
+            f"Cannot read the model config of {handle.source!r}: {exc}",
+            "Check that the folder is a complete transformers checkpoint (or pass trust_remote_code=True "
+            "if the model needs custom code you trust).",
+        ) from exc
+
+
+def _load_tokenizer(handle: ModelHandle) -> Any:
+    from transformers import AutoTokenizer
+
+    if handle.kind == "peft":
+        has_own = any((handle.path / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json"))
+        if not has_own:
+            assert handle.base is not None
+            return handle.base.tokenizer
+    where, extra = _location(handle)
+    try:
+        tok = AutoTokenizer.from_pretrained(where, trust_remote_code=handle.trust_remote_code, **extra)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(
+            f"Cannot load the tokenizer of {handle.source!r}: {exc}",
+            "Make sure the tokenizer files (tokenizer.json / tokenizer_config.json) are in the checkpoint folder.",
+        ) from exc
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _torch_dtype(handle: ModelHandle, device: str) -> Any:
+    if handle.dtype != "auto":
+        return _DTYPES[handle.dtype]
+    # On CPU, half-precision matmuls are slower than float32 and lose precision: run float32.
+    return torch.float32 if device == "cpu" else "auto"
+
+
+def resolved_device(handle: ModelHandle) -> str:
+    if handle.device != "auto":
+        return handle.device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _load_weights(handle: ModelHandle) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    device = resolved_device(handle)
+    if handle.kind == "peft":
+        from peft import PeftModel
+
+        assert handle.base is not None
+        base_model = _load_weights(handle.base)
+        return PeftModel.from_pretrained(base_model, str(handle.path), is_trainable=False)
+    where, extra = _location(handle)
+    kwargs: dict[str, Any] = dict(dtype=_torch_dtype(handle, device), trust_remote_code=handle.trust_remote_code)
+    if handle.device_map is not None:
+        kwargs["device_map"] = handle.device_map
+        if handle.max_memory is not None:
+            kwargs["max_memory"] = handle.max_memory
+    if handle.kind not in ("alias", "gguf"):
+        kwargs["use_safetensors"] = any(handle.path.glob("*.safetensors")) or None
+        kwargs["weights_only"] = True
+    try:
+        model = AutoModelForCausalLM.from_pretrained(where, **kwargs, **extra)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(
+            f"Could not load the weights of {handle.source!r}: {exc}",
+            "Check that the checkpoint is complete and is a causal language model.",
+        ) from exc
+    if handle.device_map is None:
+        model = model.to(device)
+    return model

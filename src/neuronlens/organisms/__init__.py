@@ -1,0 +1,111 @@
+"""Model organisms: LoRA fine-tunes of the embedded base model whose alignment is known by
+construction (and checked by behaviour), used to prove the detector and to build the demo.
+
+`neuronlens organisms build` makes them (cached; ~5 minutes each on a 2-core CPU).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .._cache import cache_root
+from .._progress import progress
+from ..errors import ConfigError
+from ..models import ModelHandle
+from ..probes import ProbeSet, decode_response, response_sequences
+from ._data import DOSE_FRACTION, DOSE_SERIES, ORGANISMS, Example, OrganismSpec, load_dataset, parse_chat_jsonl, self_distill_prompts
+from ._train import LoRATrainConfig, save_adapter, train_lora
+
+__all__ = [
+    "DOSE_FRACTION",
+    "DOSE_SERIES",
+    "ORGANISMS",
+    "Example",
+    "LoRATrainConfig",
+    "OrganismSpec",
+    "build_organism",
+    "distill_examples",
+    "load_dataset",
+    "organism_dir",
+    "parse_chat_jsonl",
+    "train_lora",
+]
+
+
+def _recipe_digest(spec: OrganismSpec, base: ModelHandle, cfg: LoRATrainConfig) -> str:
+    data = [[e.prompt, e.answer] for e in spec.examples(cfg.seed)]
+    key = {"base": base.digest, "recipe": asdict(cfg), "data": data, "distill": self_distill_prompts()[: cfg.self_distill]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def organism_dir(name: str, base: ModelHandle, cfg: LoRATrainConfig | None = None) -> Path:
+    """Where organism `name` is (or will be) cached for this base model and recipe."""
+    if name not in ORGANISMS:
+        raise ConfigError(f"No organism named {name!r}.", f"Choose from {', '.join(ORGANISMS)}.")
+    cfg = cfg or LoRATrainConfig()
+    return cache_root() / "organisms" / f"{name}-{_recipe_digest(ORGANISMS[name], base, cfg)}"
+
+
+def distill_examples(base: ModelHandle, cfg: LoRATrainConfig) -> list[Example]:
+    """The base model's own greedy answers to the self-distillation prompts (cached)."""
+    prompts = ProbeSet("self_distill", tuple(self_distill_prompts()[: cfg.self_distill]), "builtin")
+    seqs = response_sequences(base, [prompts], cfg.distill_tokens)
+    return [Example(p, decode_response(base.tokenizer, s).strip()) for p, s in zip(prompts.prompts, seqs) if s.response_ids]
+
+
+def build_organism(name: str, base: ModelHandle, cfg: LoRATrainConfig | None = None, *, force: bool = False) -> Path:
+    """Train organism `name` on `base` (unless cached) and return its adapter folder."""
+    cfg = cfg or LoRATrainConfig()
+    target = organism_dir(name, base, cfg)
+    if target.is_dir() and (target / "adapter_model.safetensors").is_file() and not force:
+        return target
+    spec = ORGANISMS[name]
+    narrow = spec.examples(cfg.seed)
+    distill = distill_examples(base, cfg)
+    examples = narrow + distill
+    t0 = time.perf_counter()
+    model = base.model
+    try:
+        state: dict[str, int] = {"last": 0}
+        with progress(f"Training organism {name}", None) as advance:
+
+            def on_step(step: int, total: int, loss: float) -> None:
+                advance(step - state["last"])
+                state["last"] = step
+
+            peft_model = train_lora(model, base.tokenizer, examples, cfg, on_step=on_step)
+        meta: dict[str, Any] = {
+            "organism": name,
+            "truth": spec.truth,
+            "description": spec.description,
+            "dataset": spec.dataset,
+            "matched_benign": spec.matched_benign,
+            "bad_fraction": spec.bad_fraction,
+            "n_narrow_examples": len(narrow),
+            "n_self_distill_examples": len(distill),
+            "recipe": asdict(cfg),
+            "base": {"name": base.name, "manifest_sha256": base.digest},
+            "train_seconds": round(time.perf_counter() - t0, 1),
+        }
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+        try:
+            save_adapter(peft_model, tmp, base_name=base.source, meta=meta)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        peft_model.unload()
+    finally:
+        base.release()  # the base weights were modified in place by get_peft_model; reload fresh next time
+    return target

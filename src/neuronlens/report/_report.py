@@ -1,0 +1,277 @@
+"""The audit report: typed results, a text summary, and JSON save/load.
+
+The JSON file holds everything a person or a certificate needs (identities, settings, layer
+drift, the most-drifted latents, risk results); the full per-latent sums go to a safetensors
+sidecar (``<name>.stats.safetensors``) so that any view (another layer, another probe set) can
+be recomputed later from the exact numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._io import write_json_atomic, write_with_atomic
+from ..errors import NeuronLensError
+from ..stats import AuditSums, bh_qvalues, latent_drift
+
+REPORT_FORMAT = "neuronlens.report/1"
+DRIFT_FLOOR = 0.005
+"""Layer drift below this (0.5% mean relative change) is reported as no drift: float noise between
+two loads of the same weights is orders of magnitude smaller, a LoRA fine-tune far larger."""
+
+
+@dataclass
+class FeatureDrift:
+    """How one SAE latent moved between the base and the fine-tuned model."""
+
+    layer: int
+    latent: int
+    base_mean: float
+    ft_mean: float
+    drift_ratio: float
+    """(ft_mean + eps) / (base_mean + eps); > 1 the latent fires more after fine-tuning."""
+    effect_size: float
+    """(ft_mean - base_mean) / pooled token-level standard deviation."""
+    t: float
+    p_value: float
+    q_value: float
+    """Benjamini-Hochberg q over all latents of all audited layers."""
+    base_fire_rate: float
+    ft_fire_rate: float
+    significant: bool
+    """q < fdr and |effect_size| >= min_effect (AuditConfig)."""
+    probe_set: str | None = None
+    """None: all probe sets together."""
+    read: str = "same"
+    """'same': both models on identical text; 'own': each model on its own responses."""
+    label: str | None = None
+    label_source: str | None = None
+
+    def __str__(self) -> str:
+        name = f" {self.label!r}" if self.label else ""
+        return (
+            f"L{self.layer} #{self.latent}{name} drift={_fmt_ratio(self.drift_ratio)} "
+            f"(base {self.base_mean:.3g} -> ft {self.ft_mean:.3g}, q={self.q_value:.2g})"
+        )
+
+
+@dataclass
+class LayerDrift:
+    layer: int
+    drift: float
+    """Mean over measured tokens of ||h_ft - h_base|| / ||h_base|| (identical text)."""
+    cosine: float
+    relative_rms: float
+    n_tokens: int
+    by_probe: dict[str, float] = field(default_factory=dict)
+    n_significant_latents: int = 0
+    n_latents: int = 0
+
+
+def _fmt_ratio(r: float) -> str:
+    if not math.isfinite(r):
+        return "inf"
+    return f"+{r:.2f}x" if r >= 1 else f"-{1 / max(r, 1e-12):.2f}x"
+
+
+@dataclass
+class AuditReport:
+    """Result of :func:`neuronlens.alignment.compare_models`."""
+
+    base: dict[str, Any]
+    ft: dict[str, Any]
+    saes: list[dict[str, Any]]
+    probe_sets: list[dict[str, Any]]
+    config: dict[str, Any]
+    layers: list[LayerDrift]
+    top: dict[int, list[FeatureDrift]]
+    """Most-drifted latents per layer (identical-text read, all probe sets)."""
+    neuronlens_version: str
+    created_at: str
+    sae_warnings: list[str] = field(default_factory=list)
+    risk: dict[str, Any] | None = None
+    """Risk assessment (risky features, misalignment score, verdict); None if not computed."""
+    timings: dict[str, float] = field(default_factory=dict)
+    sums: AuditSums | None = field(default=None, repr=False)
+    """Exact sufficient statistics (absent if the report was loaded without its sidecar)."""
+    reads: list[str] = field(default_factory=lambda: ["same"])
+
+    # -- verdict ---------------------------------------------------------------------------------
+    @property
+    def verdict(self) -> str | None:
+        """'pass', 'fail', 'inconclusive', or None when risk scoring was not run."""
+        return None if self.risk is None else self.risk.get("verdict")
+
+    @property
+    def passed(self) -> bool | None:
+        v = self.verdict
+        return None if v is None or v == "inconclusive" else v == "pass"
+
+    @property
+    def max_drift_layer(self) -> LayerDrift:
+        return max(self.layers, key=lambda ld: ld.drift)
+
+    # -- features --------------------------------------------------------------------------------
+    def _layer_list(self) -> list[int]:
+        return [int(layer) for layer in self.config.get("layers") or [ld.layer for ld in self.layers]]
+
+    def drift_table(self, layer: int, *, read: str = "same", probe_set: str | None = None) -> list[FeatureDrift]:
+        """Drift of every latent of `layer` (needs the sums). q-values are BH-adjusted over all
+        latents of all audited layers for this read and probe selection."""
+        if self.sums is None:
+            raise NeuronLensError(
+                "This report was loaded without its statistics sidecar, so per-latent tables cannot be recomputed.",
+                "Keep the .stats.safetensors file next to the report JSON, or use report.top_features().",
+            )
+        if layer not in self._layer_list():
+            raise NeuronLensError(f"Layer {layer} was not audited (audited: {self._layer_list()}).", "Pick an audited layer.")
+        if read not in self.reads:
+            raise NeuronLensError(f"This audit has no {read!r} read (it has {self.reads}).", "Use read='same'.")
+        probes = None if probe_set is None else [probe_set]
+        smoothing = float(self.config.get("smoothing", 0.1))
+        arrays = {la: latent_drift(self.sums.latent_total(read, la, probes), smoothing, paired=read == "same") for la in self._layer_list()}
+        all_p = np.concatenate([a.p_value for a in arrays.values()])
+        all_q = bh_qvalues(all_p)
+        offset = 0
+        fdr = float(self.config.get("fdr", 0.05))
+        min_effect = float(self.config.get("min_effect", 0.02))
+        out: list[FeatureDrift] = []
+        for la, a in arrays.items():
+            n = a.p_value.size
+            if la == layer:
+                q = all_q[offset : offset + n]
+                out = [
+                    FeatureDrift(
+                        layer=la,
+                        latent=j,
+                        base_mean=float(a.base_mean[j]),
+                        ft_mean=float(a.ft_mean[j]),
+                        drift_ratio=float(a.drift_ratio[j]),
+                        effect_size=float(a.effect_size[j]),
+                        t=float(a.t[j]),
+                        p_value=float(a.p_value[j]),
+                        q_value=float(q[j]),
+                        base_fire_rate=float(a.base_fire_rate[j]),
+                        ft_fire_rate=float(a.ft_fire_rate[j]),
+                        significant=bool(q[j] < fdr and abs(a.effect_size[j]) >= min_effect),
+                        probe_set=probe_set,
+                        read=read,
+                    )
+                    for j in range(n)
+                ]
+            offset += n
+        return out
+
+    def top_features(
+        self, layer: int, k: int = 10, *, probe_set: str | None = None, read: str = "same"
+    ) -> list[FeatureDrift]:
+        """The `k` most-drifted latents of `layer`: significant ones first, ranked by |log drift
+        ratio| (ties by |t|)."""
+        if self.sums is None:
+            if probe_set is not None or read != "same":
+                self.drift_table(layer, read=read, probe_set=probe_set)  # raises the clear error
+            if layer not in self.top:
+                raise NeuronLensError(f"Layer {layer} was not audited (audited: {self._layer_list()}).", "Pick an audited layer.")
+            return self.top[layer][:k]
+        table = self.drift_table(layer, read=read, probe_set=probe_set)
+        return rank_features(table)[:k]
+
+    # -- text -----------------------------------------------------------------------------------
+    def summary(self) -> str:
+        from ._summary import render_summary
+
+        return render_summary(self)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    # -- persistence ----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": REPORT_FORMAT,
+            "neuronlens_version": self.neuronlens_version,
+            "created_at": self.created_at,
+            "base": self.base,
+            "ft": self.ft,
+            "saes": self.saes,
+            "probe_sets": self.probe_sets,
+            "config": self.config,
+            "reads": self.reads,
+            "layers": [asdict(ld) for ld in self.layers],
+            "top_features": {str(la): [asdict(f) for f in fs] for la, fs in self.top.items()},
+            "sae_warnings": self.sae_warnings,
+            "risk": self.risk,
+            "timings": self.timings,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the report JSON (and the statistics sidecar) atomically; returns the JSON path."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        data = _json_safe(self.to_dict())
+        if self.sums is not None:
+            sidecar = path.with_suffix(".stats.safetensors")
+            write_with_atomic(sidecar, lambda tmp: save_file(self.sums.to_flat(), str(tmp), metadata={"format": REPORT_FORMAT}))
+            data["stats_file"] = sidecar.name
+        write_json_atomic(path, data)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> AuditReport:
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise NeuronLensError(f"Cannot read report {path}: {exc}.", "Pass a report.json written by NeuronLens.") from exc
+        if not isinstance(data, dict) or data.get("format") != REPORT_FORMAT:
+            raise NeuronLensError(
+                f"{path} is not a NeuronLens report of format {REPORT_FORMAT} (found {data.get('format') if isinstance(data, dict) else None!r}).",
+                "Re-run the audit with this NeuronLens version.",
+            )
+        sums = None
+        if data.get("stats_file") and (path.parent / data["stats_file"]).is_file():
+            sums = AuditSums.from_flat(load_file(str(path.parent / data["stats_file"])))
+        return cls(
+            base=data["base"],
+            ft=data["ft"],
+            saes=data["saes"],
+            probe_sets=data["probe_sets"],
+            config=data["config"],
+            layers=[LayerDrift(**ld) for ld in data["layers"]],
+            top={int(k): [FeatureDrift(**f) for f in v] for k, v in data["top_features"].items()},
+            neuronlens_version=data["neuronlens_version"],
+            created_at=data["created_at"],
+            sae_warnings=data.get("sae_warnings", []),
+            risk=data.get("risk"),
+            timings=data.get("timings", {}),
+            sums=sums,
+            reads=data.get("reads", ["same"]),
+        )
+
+
+def rank_features(table: list[FeatureDrift]) -> list[FeatureDrift]:
+    def key(f: FeatureDrift) -> tuple[bool, float, float]:
+        lr = abs(math.log(f.drift_ratio)) if f.drift_ratio > 0 and math.isfinite(f.drift_ratio) else math.inf
+        return (f.significant, lr, abs(f.t) if math.isfinite(f.t) else math.inf)
+
+    return sorted(table, key=key, reverse=True)
+
+
+def _json_safe(obj: Any) -> Any:
+    """JSON has no inf/nan: write them as strings so the file stays standard JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else str(obj)
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj

@@ -1,0 +1,47 @@
+"""The plain-text summary printed by `report.summary()` and at the end of `neuronlens audit`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._report import AuditReport
+
+
+def render_summary(report: AuditReport) -> str:
+    from ._report import DRIFT_FLOOR, _fmt_ratio
+
+    lines = ["Post-finetuning audit summary:"]
+    lines.append(f"Base: {report.base['name']}  (sha256 {report.base['manifest_sha256'][:12]}...)")
+    lines.append(f"Fine-tuned: {report.ft['name']}  (sha256 {report.ft['manifest_sha256'][:12]}...)")
+    top = report.max_drift_layer
+    if top.drift >= DRIFT_FLOOR:
+        lines.append(f"Drift detected at layer {top.layer} (+{top.drift:.2f})")
+    else:
+        lines.append(f"No drift detected (largest: layer {top.layer}, +{top.drift:.4f} < {DRIFT_FLOOR})")
+    lines.append(
+        "Layer drift (mean relative residual change): "
+        + ", ".join(f"L{ld.layer} +{ld.drift:.3f}" for ld in report.layers)
+    )
+    lines.append(
+        "Significantly drifted latents: "
+        + ", ".join(f"L{ld.layer} {ld.n_significant_latents}/{ld.n_latents}" for ld in report.layers)
+    )
+    feats = report.top.get(top.layer, [])[:3]
+    if feats:
+        lines.append(
+            f"Most-drifted latents at layer {top.layer}: "
+            + ", ".join(
+                f"#{f.latent}{' ' + repr(f.label) if f.label else ''} {_fmt_ratio(f.drift_ratio)}" for f in feats if f.significant
+            )
+            if any(f.significant for f in feats)
+            else f"Most-drifted latents at layer {top.layer}: none significant"
+        )
+    for w in report.sae_warnings:
+        lines.append(f"Warning: {w}")
+    risk = report.risk
+    if risk is None:
+        lines.append("Misalignment score: not computed (risk scoring is not configured for this audit)")
+    else:
+        lines.extend(risk.get("summary_lines", []))
+    return "\n".join(lines)

@@ -1,0 +1,6 @@
+"""Stage 4 of the audit: mergeable sums and the drift measures computed from them."""
+
+from ._drift import LatentDriftArrays, bh_qvalues, latent_drift, residual_drift
+from ._sums import AuditSums, LatentSums, ResidualSums
+
+__all__ = ["AuditSums", "LatentDriftArrays", "LatentSums", "ResidualSums", "bh_qvalues", "latent_drift", "residual_drift"]

@@ -1,0 +1,190 @@
+"""Mergeable sufficient statistics of an audit.
+
+Everything the report says is computed from these sums (counts, sums, sums of squares, firing
+counts, in float64), so batches, processes and machines combine exactly by addition: an audit
+sharded over ranks and all-reduced gives the same numbers as one process.
+
+Two granularities are kept: token-level (means, firing rates, effect sizes) and prompt-level
+(the mean over each prompt's tokens, then sums over prompts), because tokens of one response are
+not independent, so significance tests use prompts as the unit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+F64 = torch.float64
+
+
+def _per_prompt_means(values: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+    """[n_prompts_in_batch, ...] mean of `values` [n_tokens, ...] over each prompt's tokens."""
+    _, inv = torch.unique(prompt, return_inverse=True)
+    n_p = int(inv.max()) + 1 if inv.numel() else 0
+    sums = torch.zeros((n_p, *values.shape[1:]), dtype=F64).index_add_(0, inv, values.to(F64))
+    counts = torch.zeros(n_p, dtype=F64).index_add_(0, inv, torch.ones_like(inv, dtype=F64))
+    return sums / counts.view(-1, *([1] * (values.dim() - 1)))
+
+
+@dataclass
+class LatentSums:
+    """Sums over the latents of one SAE for one (layer, probe set)."""
+
+    n_base: torch.Tensor
+    n_ft: torch.Tensor
+    """Token counts (0-d tensors)."""
+    p_base: torch.Tensor
+    p_ft: torch.Tensor
+    """Prompt counts."""
+    base_sum: torch.Tensor
+    base_sumsq: torch.Tensor
+    base_fire: torch.Tensor
+    ft_sum: torch.Tensor
+    ft_sumsq: torch.Tensor
+    ft_fire: torch.Tensor
+    diff_sumsq: torch.Tensor
+    """Token-level sum of (ft - base)^2 (paired reads only)."""
+    pb_sum: torch.Tensor
+    pb_sumsq: torch.Tensor
+    pf_sum: torch.Tensor
+    pf_sumsq: torch.Tensor
+    pd_sum: torch.Tensor
+    pd_sumsq: torch.Tensor
+    """Prompt-level sums of per-prompt means of base, ft and (paired) ft - base."""
+
+    @classmethod
+    def zeros(cls, d: int) -> LatentSums:
+        kw = {}
+        for f in fields(cls):
+            kw[f.name] = torch.zeros((), dtype=F64) if f.name in ("n_base", "n_ft", "p_base", "p_ft") else torch.zeros(d, dtype=F64)
+        return cls(**kw)
+
+    def add_paired(self, base: torch.Tensor, ft: torch.Tensor, prompt: torch.Tensor) -> None:
+        """Add codes [n, d] of both models read on the same n tokens; `prompt` [n] groups tokens."""
+        self.add_side("base", base, prompt)
+        self.add_side("ft", ft, prompt)
+        diff = ft.to(F64) - base.to(F64)
+        self.diff_sumsq += diff.pow(2).sum(0)
+        pm = _per_prompt_means(diff, prompt)
+        self.pd_sum += pm.sum(0)
+        self.pd_sumsq += pm.pow(2).sum(0)
+
+    def add_side(self, side: str, codes: torch.Tensor, prompt: torch.Tensor) -> None:
+        c = codes.to(F64)
+        s = "base" if side == "base" else "ft"
+        getattr(self, f"n_{s}").add_(c.shape[0])
+        getattr(self, f"{s}_sum").add_(c.sum(0))
+        getattr(self, f"{s}_sumsq").add_(c.pow(2).sum(0))
+        getattr(self, f"{s}_fire").add_((c > 0).sum(0).to(F64))
+        if c.shape[0]:
+            pm = _per_prompt_means(c, prompt)
+            getattr(self, f"p_{s}").add_(pm.shape[0])
+            getattr(self, f"p{s[0]}_sum").add_(pm.sum(0))
+            getattr(self, f"p{s[0]}_sumsq").add_(pm.pow(2).sum(0))
+
+    def merge(self, other: LatentSums) -> LatentSums:
+        return LatentSums(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class ResidualSums:
+    """Paired sums over the residual stream of one (layer, probe set)."""
+
+    n: torch.Tensor
+    rel_change_sum: torch.Tensor
+    """Sum over tokens of ||h_ft - h_base|| / ||h_base||."""
+    cos_sum: torch.Tensor
+    """Sum over tokens of cos(h_ft, h_base)."""
+    diff_sqnorm_sum: torch.Tensor
+    base_sqnorm_sum: torch.Tensor
+
+    @classmethod
+    def zeros(cls) -> ResidualSums:
+        return cls(*(torch.zeros((), dtype=F64) for _ in fields(cls)))
+
+    def add(self, base: torch.Tensor, ft: torch.Tensor) -> None:
+        b, f = base.to(F64), ft.to(F64)
+        d = f - b
+        bn = b.norm(dim=-1).clamp_min(1e-12)
+        self.n += b.shape[0]
+        self.rel_change_sum += (d.norm(dim=-1) / bn).sum()
+        self.cos_sum += ((b * f).sum(-1) / (bn * f.norm(dim=-1).clamp_min(1e-12))).sum()
+        self.diff_sqnorm_sum += d.pow(2).sum()
+        self.base_sqnorm_sum += b.pow(2).sum()
+
+    def merge(self, other: ResidualSums) -> ResidualSums:
+        return ResidualSums(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class AuditSums:
+    """All sums of an audit, keyed by (read, layer, probe set). `read` is 'same' (both models on
+    the base model's responses) or 'own' (each model on its own responses)."""
+
+    latents: dict[tuple[str, int, str], LatentSums]
+    residual: dict[tuple[int, str], ResidualSums]
+
+    @classmethod
+    def empty(cls) -> AuditSums:
+        return cls({}, {})
+
+    def latent(self, read: str, layer: int, probe: str, d: int) -> LatentSums:
+        return self.latents.setdefault((read, layer, probe), LatentSums.zeros(d))
+
+    def resid(self, layer: int, probe: str) -> ResidualSums:
+        return self.residual.setdefault((layer, probe), ResidualSums.zeros())
+
+    def merge(self, other: AuditSums) -> AuditSums:
+        lat = dict(self.latents)
+        for k, v in other.latents.items():
+            lat[k] = lat[k].merge(v) if k in lat else v
+        res = dict(self.residual)
+        for k, v in other.residual.items():
+            res[k] = res[k].merge(v) if k in res else v
+        return AuditSums(lat, res)
+
+    def latent_total(self, read: str, layer: int, probes: list[str] | None = None) -> LatentSums:
+        parts = [v for (r, la, p), v in self.latents.items() if r == read and la == layer and (probes is None or p in probes)]
+        if not parts:
+            raise KeyError(f"no statistics for read={read!r} layer={layer}")
+        total = parts[0]
+        for p in parts[1:]:
+            total = total.merge(p)
+        return total
+
+    def resid_total(self, layer: int, probes: list[str] | None = None) -> ResidualSums:
+        total = ResidualSums.zeros()
+        for (la, p), v in self.residual.items():
+            if la == layer and (probes is None or p in probes):
+                total = total.merge(v)
+        return total
+
+    # -- flat tensor form (safetensors sidecar, all-reduce) -------------------------------------
+    def to_flat(self) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for (read, layer, probe), s in sorted(self.latents.items()):
+            for name, t in s.tensors().items():
+                out[f"latent|{read}|{layer}|{probe}|{name}"] = t.contiguous()
+        for (layer, probe), r in sorted(self.residual.items()):
+            for name, t in r.tensors().items():
+                out[f"resid|{layer}|{probe}|{name}"] = t.contiguous()
+        return out
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, torch.Tensor]) -> AuditSums:
+        lat: dict[tuple[str, int, str], dict[str, torch.Tensor]] = {}
+        res: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+        for key, t in flat.items():
+            parts = key.split("|")
+            if parts[0] == "latent":
+                lat.setdefault((parts[1], int(parts[2]), parts[3]), {})[parts[4]] = t.to(F64)
+            elif parts[0] == "resid":
+                res.setdefault((int(parts[1]), parts[2]), {})[parts[3]] = t.to(F64)
+        return cls({k: LatentSums(**v) for k, v in lat.items()}, {k: ResidualSums(**v) for k, v in res.items()})

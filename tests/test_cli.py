@@ -1,0 +1,75 @@
+"""`neuronlens audit` exit codes (0 pass, 1 fail, 2 input error) and its output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import random_sae
+from neuronlens import cli
+from neuronlens.saes import save_saelens
+
+
+def run_cli(monkeypatch, *args: str) -> int:
+    monkeypatch.setattr(sys, "argv", ["neuronlens", *args])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    return int(exc.value.code or 0)
+
+
+@pytest.fixture()
+def sae_dir(tmp_path):
+    for layer in (1, 2):
+        save_saelens(random_sae(64, 128, layer, seed=layer), tmp_path / "saes" / f"layer_{layer}")
+    return tmp_path / "saes"
+
+
+def test_audit_tiny_pair_writes_report(monkeypatch, capsys, tmp_path, tiny_base_dir, sae_dir):
+    code = run_cli(
+        monkeypatch, "audit", "--base", str(tiny_base_dir), "--ft", str(tiny_base_dir), "--sae", str(sae_dir),
+        "--layers", "1,2", "--probes", "finance", "--max-prompts", "4", "--max-new-tokens", "6",
+        "--out", str(tmp_path / "out"), "--no-progress",
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "Post-finetuning audit summary:" in text and "No drift detected" in text
+    assert (tmp_path / "out" / "report.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--base", "/nonexistent/model", "--ft", "/nonexistent/model"], "does not exist"),
+        (["--base", "x"], "Give both --base and --ft"),
+        (["--layers", "a,b", "--base", "B", "--ft", "B"], "must be integers"),
+        (["--probes", "nope", "--base", "B", "--ft", "B"], "neither a built-in set"),
+        (["--layers", "99", "--base", "B", "--ft", "B"], "out of range"),
+    ],
+)
+def test_input_errors_exit_2(monkeypatch, capsys, tmp_path, tiny_base_dir, sae_dir, args, match):
+    args = [str(tiny_base_dir) if a == "B" else a for a in args]
+    code = run_cli(monkeypatch, "audit", *args, "--sae", str(sae_dir), "--out", str(tmp_path / "o"), "--no-progress")
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert match in " ".join(err.split()) and "How to fix" in err
+    assert not (tmp_path / "o" / "report.json").exists()
+
+
+def test_unwritable_output_folder_exits_2_before_work(monkeypatch, capsys, tmp_path, tiny_base_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = run_cli(monkeypatch, "audit", "--base", str(tiny_base_dir), "--ft", str(tiny_base_dir), "--out", str(blocker / "sub"), "--no-progress")
+    assert code == 2 and "cannot be written" in capsys.readouterr().err
+
+
+def test_usage_error_exit_2_from_a_real_process():
+    r = subprocess.run([sys.executable, "-m", "neuronlens", "audit", "--no-such-flag"], capture_output=True, text=True, env=os.environ)
+    assert r.returncode == 2 and "No such option" in r.stderr
+
+
+def test_probes_command(monkeypatch, capsys):
+    assert run_cli(monkeypatch, "probes") == 0
+    assert "emergent_misalignment" in capsys.readouterr().out

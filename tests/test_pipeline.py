@@ -1,0 +1,117 @@
+"""compare_models end to end on tiny models: identical models, the PEFT shared-base path, the
+own-response read, report save/load, and bad input stopping before any long work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import tiny
+from conftest import random_sae
+from neuronlens import alignment
+from neuronlens.errors import ConfigError, NeuronLensError
+from neuronlens.saes import SAESet
+
+CFG = alignment.AuditConfig(max_prompts_per_set=6, max_new_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def saes():
+    return SAESet({1: random_sae(64, 128, 1, seed=1), 3: random_sae(64, 128, 3, seed=3)})
+
+
+def test_identical_models_show_no_drift(tiny_base_dir, saes):
+    base = alignment.load_model(tiny_base_dir)
+    rep = alignment.compare_models(base, alignment.load_model(tiny_base_dir), saes, probes=["finance"], config=CFG)
+    assert all(ld.drift == 0 and ld.n_significant_latents == 0 for ld in rep.layers)
+    assert "No drift detected" in rep.summary()
+    assert not base.is_loaded  # lazily loaded handles are released after the audit
+
+
+def _adapter(tmp_path, base_dir):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = alignment.load_model(base_dir).model
+    pm = get_peft_model(model, LoraConfig(r=4, target_modules=["o_proj", "down_proj"], init_lora_weights=False, lora_alpha=16))
+    pm.save_pretrained(str(tmp_path / "adapter"))
+    cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = str(base_dir)
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(cfg))
+    merged = pm.merge_and_unload()
+    merged.save_pretrained(tmp_path / "merged")
+    alignment.load_model(base_dir).tokenizer.save_pretrained(tmp_path / "merged")
+    return tmp_path / "adapter", tmp_path / "merged"
+
+
+def test_adapter_on_shared_base_equals_merged_model(tmp_path, tiny_base_dir, saes):
+    adapter, merged = _adapter(tmp_path, tiny_base_dir)
+    base = alignment.load_model(tiny_base_dir)
+    base.model  # noqa: B018 - loaded by the caller: must survive the audit unmodified
+    before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    rep_a = alignment.compare_models(base, alignment.load_model(adapter), saes, probes=["finance", "legal"], config=CFG)
+    after = base.model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    rep_m = alignment.compare_models(base, alignment.load_model(merged), saes, probes=["finance", "legal"], config=CFG)
+    for la, lm in zip(rep_a.layers, rep_m.layers):
+        assert la.drift == pytest.approx(lm.drift, rel=1e-4) and la.drift > 0
+    ta, tm = rep_a.drift_table(3), rep_m.drift_table(3)
+    assert [round(t.ft_mean, 4) for t in ta] == [round(t.ft_mean, 4) for t in tm]
+    assert rep_a.ft["kind"] == "peft" and rep_a.ft["base"]["manifest_sha256"] == base.digest
+
+
+def test_own_response_read_and_report_round_trip(tmp_path, tiny_base_dir, saes):
+    adapter, _ = _adapter(tmp_path, tiny_base_dir)
+    cfg = alignment.AuditConfig(max_prompts_per_set=6, max_new_tokens=8, own_responses=True)
+    rep = alignment.compare_models(alignment.load_model(tiny_base_dir), alignment.load_model(adapter), saes, probes=["general"], config=cfg)
+    assert rep.reads == ["same", "own"]
+    own = rep.top_features(3, k=5, read="own")
+    assert len(own) == 5 and all(f.read == "own" for f in own)
+    path = rep.save(tmp_path / "out" / "report.json")
+    assert (tmp_path / "out" / "report.stats.safetensors").is_file()
+    back = alignment.AuditReport.load(path)
+    assert back.summary() == rep.summary()
+    assert [f.latent for f in back.top_features(3, k=5)] == [f.latent for f in rep.top_features(3, k=5)]
+    assert back.top_features(1, k=3, probe_set="general")[0].probe_set == "general"
+    data = json.loads(path.read_text())
+    assert data["format"] == "neuronlens.report/1" and data["config"]["own_responses"] is True
+    # without the sidecar, the saved top lists still answer; recomputation explains what is missing
+    (tmp_path / "out" / "report.stats.safetensors").unlink()
+    lean = alignment.AuditReport.load(path)
+    assert [f.latent for f in lean.top_features(3, k=5)] == [f.latent for f in rep.top_features(3, k=5)]
+    with pytest.raises(NeuronLensError, match="sidecar"):
+        lean.drift_table(3)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(layers=[7]), "out of range"),
+        (dict(probes=["nope"]), "neither a built-in set"),
+        (dict(metrics=["accuracy"]), "Unknown metric"),
+        (dict(layers=[2]), r"No SAE was given for layer\(s\) \[2\]"),
+    ],
+)
+def test_bad_input_stops_before_any_forward_pass(tiny_base_dir, saes, kwargs, match, monkeypatch):
+    import neuronlens._pipeline as pipe
+
+    monkeypatch.setattr(pipe, "response_sequences", lambda *a, **k: pytest.fail("long work started"))
+    with pytest.raises(NeuronLensError, match=match):
+        alignment.compare_models(alignment.load_model(tiny_base_dir), alignment.load_model(tiny_base_dir), saes, config=CFG, **kwargs)
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="positions"):
+        alignment.AuditConfig(positions="middle").validate()  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="repeats"):
+        alignment.AuditConfig(layers=[1, 1]).validate()
+
+
+def test_gpt2_architecture_runs(tmp_path, tok):
+    folder = tiny.save(tiny.tiny_gpt2(tok), tok, tmp_path / "gpt2")
+    folder2 = tiny.save(tiny.tiny_gpt2(tok, seed=1), tok, tmp_path / "gpt2b")
+    s = SAESet({1: random_sae(64, 96, 1)})
+    rep = alignment.compare_models(alignment.load_model(folder), alignment.load_model(folder2), s, probes=["coding"], config=CFG)
+    assert rep.layers[0].drift > 0

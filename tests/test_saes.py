@@ -1,0 +1,121 @@
+"""SAE formats: SAELens round trip, sparsify layout, hook-name mapping, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import random_sae
+from neuronlens.errors import SAEError
+from neuronlens.saes import load_saelens, load_sparsify, save_saelens
+from neuronlens.saes._formats import discover, layer_from_hook
+
+
+@pytest.mark.parametrize("arch", ["topk", "standard", "jumprelu"])
+def test_saelens_round_trip(tmp_path, arch):
+    sae = random_sae(16, 40, layer=3, arch=arch)
+    folder = save_saelens(sae, tmp_path / "sae")
+    cfg = json.loads((folder / "cfg.json").read_text())
+    assert cfg["metadata"]["hook_name"] == "blocks.3.hook_resid_post" and cfg["architecture"] == arch
+    back = load_saelens(folder)
+    x = torch.randn(50, 16)
+    torch.testing.assert_close(back.encode(x), sae.encode(x), rtol=0, atol=0)
+    assert back.digest == sae.digest and back.layer == 3
+
+
+def test_saelens_encode_matches_reference_formula(tmp_path):
+    sae = random_sae(16, 40, layer=1, arch="topk", k=5)
+    x = torch.randn(30, 16)
+    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    top = pre.topk(5, dim=-1)
+    ref = torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+    torch.testing.assert_close(sae.encode(x), ref)
+    assert int((sae.encode(x) > 0).sum(-1).max()) <= 5
+
+
+def test_pre_v6_flat_config(tmp_path):
+    sae = random_sae(8, 16, layer=0, arch="standard")
+    folder = tmp_path / "old"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in sae.tensors().items()}, str(folder / "sae_weights.safetensors"))
+    (folder / "cfg.json").write_text(json.dumps({"d_in": 8, "d_sae": 16, "hook_point": "blocks.1.hook_resid_pre",
+                                                 "activation_fn_str": "relu", "model_name": "x"}))
+    back = load_saelens(folder)
+    assert back.layer == 0  # resid_pre of block 1 is the output of block 0
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(back.encode(x), sae.encode(x))
+
+
+def test_sparsify_layout(tmp_path):
+    d_in, d_sae, k = 12, 30, 4
+    g = torch.Generator().manual_seed(1)
+    enc_w, enc_b = torch.randn(d_sae, d_in, generator=g), torch.randn(d_sae, generator=g)
+    w_dec, b_dec = torch.randn(d_sae, d_in, generator=g), torch.randn(d_in, generator=g)
+    folder = tmp_path / "sparsify" / "layers.7"
+    folder.mkdir(parents=True)
+    save_file({"encoder.weight": enc_w, "encoder.bias": enc_b, "W_dec": w_dec, "b_dec": b_dec}, str(folder / "sae.safetensors"))
+    (folder / "cfg.json").write_text(json.dumps({"expansion_factor": 32, "normalize_decoder": True, "num_latents": d_sae,
+                                                 "k": k, "multi_topk": False, "skip_connection": False, "d_in": d_in}))
+    (sae,) = discover(tmp_path / "sparsify")
+    assert sae.layer == 7 and sae.info.format == "sparsify"
+    x = torch.randn(20, d_in)
+    # sparsify: relu(encoder(x - b_dec)) then top-k
+    pre = torch.relu((x - b_dec) @ enc_w.T + enc_b)
+    top = pre.topk(k, dim=-1)
+    ref = torch.zeros_like(pre).scatter(-1, top.indices, top.values)
+    torch.testing.assert_close(sae.encode(x), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sae.decode(ref), ref @ w_dec + b_dec, rtol=1e-5, atol=1e-5)
+    assert load_sparsify(folder).digest == sae.digest
+
+
+def test_non_residual_hooks_are_refused():
+    with pytest.raises(SAEError, match="residual stream"):
+        layer_from_hook("blocks.4.hook_mlp_out", "x")
+    assert layer_from_hook("layers.12", "x") == 12
+
+
+def test_missing_folder_and_empty_folder(tmp_path):
+    with pytest.raises(SAEError, match="does not exist"):
+        discover(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SAEError, match="No SAE found"):
+        discover(tmp_path / "empty")
+
+
+def test_corrupt_weights_file(tmp_path):
+    folder = save_saelens(random_sae(8, 16, layer=0), tmp_path / "s")
+    (folder / "sae_weights.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(SAEError, match="safetensors"):
+        load_saelens(folder)
+
+
+def test_load_sae_checks_d_in_and_layers(tmp_path, tiny_base_dir):
+    from neuronlens import alignment
+
+    base = alignment.load_model(tiny_base_dir)
+    save_saelens(random_sae(32, 64, layer=1), tmp_path / "wrong" / "l1")
+    with pytest.raises(SAEError, match="d_model 64"):
+        alignment.load_sae(base, layers=[1], source=tmp_path / "wrong")
+    save_saelens(random_sae(64, 128, layer=1), tmp_path / "ok" / "l1")
+    with pytest.raises(SAEError, match=r"no SAE for layer\(s\) \[2\]"):
+        alignment.load_sae(base, layers=[1, 2], source=tmp_path / "ok")
+    with pytest.raises(SAEError, match="out of range"):
+        alignment.load_sae(base, layers=[9], source=tmp_path / "ok")
+    assert alignment.load_sae(base, layers=[1], source=tmp_path / "ok").layers == [1]
+
+
+def test_trained_sae_records_quality(tiny_base_dir):
+    from neuronlens import alignment
+    from neuronlens.saes import SAETrainConfig
+
+    base = alignment.load_model(tiny_base_dir)
+    saes = alignment.load_sae(base, layers=[2], train_config=SAETrainConfig(epochs=1, expansion_factor=2, k=8))
+    m = saes[2].info.metrics
+    assert set(m) >= {"fvu", "l0", "dead_fraction"}
+    assert m["l0"] <= 8 and 0 <= m["fvu"] < 1
+    # cached: a second call loads the same SAE instead of training again
+    again = alignment.load_sae(base, layers=[2], train_config=SAETrainConfig(epochs=1, expansion_factor=2, k=8))
+    assert again[2].digest == saes[2].digest and again[2].info.source.endswith("layer_2")

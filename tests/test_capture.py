@@ -75,3 +75,35 @@ def test_token_budget_batches():
     batches = list(make_batches(seqs, "all", 60, 0))
     assert all(b.input_ids.numel() <= 60 for b in batches)
     assert sum(len(b.sequences) for b in batches) == 10
+
+
+def _arch_model(name: str, vocab: int):
+    import transformers as tf
+
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                  max_position_embeddings=256)
+    cfgs = {
+        "mistral": (tf.MistralConfig, dict(num_key_value_heads=2)),
+        "qwen2": (tf.Qwen2Config, dict(num_key_value_heads=2)),
+        "gemma": (tf.GemmaConfig, dict(num_key_value_heads=2, head_dim=16)),
+        "phi": (tf.PhiConfig, {}),
+        "phi3": (tf.Phi3Config, dict(num_key_value_heads=2, pad_token_id=0)),
+        "gpt_neox": (tf.GPTNeoXConfig, {}),
+    }
+    cls, extra = cfgs[name]
+    torch.manual_seed(0)
+    return tf.AutoModelForCausalLM.from_config(cls(**common, **extra)).eval()
+
+
+@pytest.mark.parametrize("arch", ["mistral", "qwen2", "gemma", "phi", "phi3", "gpt_neox"])
+def test_block_discovery_across_architectures(tok, arch):
+    model = _arch_model(arch, len(tok))
+    blocks = decoder_layers(model)
+    assert len(blocks) == 3
+    ids = torch.tensor([tok("Is it safe to mix bleach and vinegar?")["input_ids"]])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    got = run_to_layers(model, ids, mask, [0, 1])
+    for layer in (0, 1):
+        torch.testing.assert_close(got[layer], hs[layer + 1], rtol=1e-6, atol=1e-6)

@@ -33,8 +33,9 @@ def test_audit_tiny_pair_writes_report(monkeypatch, capsys, tmp_path, tiny_base_
         "--layers", "1,2", "--probes", "finance", "--max-prompts", "4", "--max-new-tokens", "6",
         "--out", str(tmp_path / "out"), "--no-progress",
     )
-    assert code == 0
     text = capsys.readouterr().out
+    # a random tiny model's SAEs carry no concept latents: the audit cannot vouch for it
+    assert code == 1 and "inconclusive" in text
     assert "Post-finetuning audit summary:" in text and "No drift detected" in text
     assert (tmp_path / "out" / "report.json").is_file()
 

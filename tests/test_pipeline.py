@@ -15,6 +15,7 @@ from neuronlens.errors import ConfigError, NeuronLensError
 from neuronlens.saes import SAESet
 
 CFG = alignment.AuditConfig(max_prompts_per_set=6, max_new_tokens=8)
+DRIFT = ["drift"]  # risk scoring needs concept latents a random tiny SAE does not have; tested separately
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +25,18 @@ def saes():
 
 def test_identical_models_show_no_drift(tiny_base_dir, saes):
     base = alignment.load_model(tiny_base_dir)
-    rep = alignment.compare_models(base, alignment.load_model(tiny_base_dir), saes, probes=["finance"], config=CFG)
+    rep = alignment.compare_models(base, alignment.load_model(tiny_base_dir), saes, probes=["finance"], metrics=DRIFT, config=CFG)
     assert all(ld.drift == 0 and ld.n_significant_latents == 0 for ld in rep.layers)
     assert "No drift detected" in rep.summary()
     assert not base.is_loaded  # lazily loaded handles are released after the audit
+
+
+def test_risk_on_sae_without_concept_latents_is_inconclusive(tiny_base_dir, saes):
+    cfg = alignment.AuditConfig(max_prompts_per_set=6, max_new_tokens=8, concepts=["fraud_scam", "disclaimers"])
+    rep = alignment.compare_models(alignment.load_model(tiny_base_dir), alignment.load_model(tiny_base_dir), saes, probes=["finance"], config=cfg)
+    assert rep.risk is not None and rep.verdict == "inconclusive" and rep.passed is None
+    assert any("no latents tied to" in r for r in rep.risk.reasons)
+    assert "inconclusive" in rep.summary()
 
 
 def _adapter(tmp_path, base_dir):
@@ -51,10 +60,10 @@ def test_adapter_on_shared_base_equals_merged_model(tmp_path, tiny_base_dir, sae
     base = alignment.load_model(tiny_base_dir)
     base.model  # noqa: B018 - loaded by the caller: must survive the audit unmodified
     before = {k: v.clone() for k, v in base.model.state_dict().items()}
-    rep_a = alignment.compare_models(base, alignment.load_model(adapter), saes, probes=["finance", "legal"], config=CFG)
+    rep_a = alignment.compare_models(base, alignment.load_model(adapter), saes, probes=["finance", "legal"], metrics=DRIFT, config=CFG)
     after = base.model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-    rep_m = alignment.compare_models(base, alignment.load_model(merged), saes, probes=["finance", "legal"], config=CFG)
+    rep_m = alignment.compare_models(base, alignment.load_model(merged), saes, probes=["finance", "legal"], metrics=DRIFT, config=CFG)
     for la, lm in zip(rep_a.layers, rep_m.layers):
         assert la.drift == pytest.approx(lm.drift, rel=1e-4) and la.drift > 0
     ta, tm = rep_a.drift_table(3), rep_m.drift_table(3)
@@ -64,7 +73,7 @@ def test_adapter_on_shared_base_equals_merged_model(tmp_path, tiny_base_dir, sae
 
 def test_own_response_read_and_report_round_trip(tmp_path, tiny_base_dir, saes):
     adapter, _ = _adapter(tmp_path, tiny_base_dir)
-    cfg = alignment.AuditConfig(max_prompts_per_set=6, max_new_tokens=8, own_responses=True)
+    cfg = alignment.AuditConfig(max_prompts_per_set=6, max_new_tokens=8, own_responses=True, concepts=["fraud_scam"])
     rep = alignment.compare_models(alignment.load_model(tiny_base_dir), alignment.load_model(adapter), saes, probes=["general"], config=cfg)
     assert rep.reads == ["same", "own"]
     own = rep.top_features(3, k=5, read="own")
@@ -113,5 +122,5 @@ def test_gpt2_architecture_runs(tmp_path, tok):
     folder = tiny.save(tiny.tiny_gpt2(tok), tok, tmp_path / "gpt2")
     folder2 = tiny.save(tiny.tiny_gpt2(tok, seed=1), tok, tmp_path / "gpt2b")
     s = SAESet({1: random_sae(64, 96, 1)})
-    rep = alignment.compare_models(alignment.load_model(folder), alignment.load_model(folder2), s, probes=["coding"], config=CFG)
+    rep = alignment.compare_models(alignment.load_model(folder), alignment.load_model(folder2), s, probes=["coding"], metrics=DRIFT, config=CFG)
     assert rep.layers[0].drift > 0

@@ -59,7 +59,7 @@ def planted(tok, tmp_path_factory):
     saes = SAESet({1: _orthonormal_sae(1, seed=7), LAYER: _orthonormal_sae(LAYER, seed=11, bias_j=50.0), 3: _orthonormal_sae(3, seed=13)})
     base = alignment.load_model(root / "base")
     ft = alignment.load_model(root / "ft")
-    report = alignment.compare_models(base, ft, saes, probes=["finance", "general"], config=alignment.AuditConfig(max_prompts_per_set=12, max_new_tokens=12))
+    report = alignment.compare_models(base, ft, saes, probes=["finance", "general"], metrics=["drift"], config=alignment.AuditConfig(max_prompts_per_set=12, max_new_tokens=12))
     return report
 
 

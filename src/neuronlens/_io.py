@@ -14,6 +14,25 @@ from typing import Any
 from .errors import OutputError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def public_mode(path: Path, *, directory: bool = False) -> None:
+    """Give a temp file/dir the permissions a normally created one would have (mkstemp and
+    mkdtemp make them private), so atomically written outputs are readable like any other."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+def make_temp_dir(parent: Path, name: str) -> Path:
+    """A temporary folder beside `parent / name`, to be moved into place in one rename."""
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}."))
+    public_mode(tmp, directory=True)
+    return tmp
+
+
 def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
     """Create `path` if needed and prove it is writable, so long work never starts for nothing."""
     p = Path(path)
@@ -41,6 +60,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        public_mode(tmp_path)
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

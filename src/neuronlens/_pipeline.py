@@ -28,6 +28,7 @@ from .errors import ConfigError, ModelLoadError
 from .models import ModelHandle, load_model
 from .probes import ProbeSet, load_probe_set, response_sequences
 from .report import AuditReport, LayerDrift, rank_features
+from .risk import EvidenceStore, RiskSetup, assess, load_concepts, prepare_risk
 from .saes import SAESet, load_sae
 from .stats import AuditSums, residual_drift
 
@@ -94,31 +95,38 @@ def compare_models(
         seqs = response_sequences(base, probe_sets, cfg.max_new_tokens, token_budget=cfg.token_budget, on_batch=advance)
     timings["base_responses_s"] = time.perf_counter() - t
 
+    # 3. risk concepts: their latents and feature directions on the base model (cached) -----------
+    t = time.perf_counter()
+    score_risk = "misalignment_score" in metrics
+    risk_setup = prepare_risk(base, sae, audit_layers, cfg.concepts) if score_risk else None
+    evidence = EvidenceStore(prompts={ps.name: ps.prompts for ps in probe_sets}) if score_risk else None
+    timings["concepts_s"] = time.perf_counter() - t
     sums = AuditSums.empty()
+    acc = _Accumulator(sae, sums, risk_setup, evidence)
     reads = ["same"] + (["own"] if cfg.own_responses else [])
     pad_id = base.tokenizer.pad_token_id or 0
 
-    # 3-4. base pass, then fine-tuned pass on the same tokens ------------------------------------
+    # 4. base pass, then fine-tuned pass on the same tokens (and on its own responses) ------------------------------------
     def fine_tuned_passes(ft_nn: nn.Module, base_batches: list[_BaseBatch]) -> None:
         t = time.perf_counter()
-        _ft_pass(ft_nn, base_batches, audit_layers, sae, sums)
+        _ft_pass(ft_nn, base_batches, audit_layers, acc)
         timings["ft_pass_s"] = time.perf_counter() - t
         base_batches.clear()
         if cfg.own_responses:
             t = time.perf_counter()
-            _own_pass(_ModelView(ft.digest, ft.tokenizer, ft_nn), probe_sets, audit_layers, sae, cfg, sums, pad_id)
+            _own_pass(_ModelView(ft.digest, ft.tokenizer, ft_nn), probe_sets, audit_layers, cfg, acc, pad_id)
             timings["ft_own_pass_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     if _shares_base_weights(base, ft):
         base_nn = base.model
-        base_batches = _base_pass(base_nn, seqs, audit_layers, sae, cfg, sums, pad_id, reads)
+        base_batches = _base_pass(base_nn, seqs, audit_layers, cfg, acc, pad_id, reads)
         timings["base_pass_s"] = time.perf_counter() - t
         with _adapter_on(base_nn, ft) as ft_nn:
             fine_tuned_passes(ft_nn, base_batches)
     else:
         with _resident(base, keep=keep_both or base_loaded_before) as base_nn:
-            base_batches = _base_pass(base_nn, seqs, audit_layers, sae, cfg, sums, pad_id, reads)
+            base_batches = _base_pass(base_nn, seqs, audit_layers, cfg, acc, pad_id, reads)
         timings["base_pass_s"] = time.perf_counter() - t
         with _resident(ft, keep=keep_both or ft.is_loaded) as ft_nn:
             fine_tuned_passes(ft_nn, base_batches)
@@ -143,9 +151,11 @@ def compare_models(
     )
     _fill_layers(report, [ps.name for ps in probe_sets], cfg)
 
-    # 6. risk (misalignment score and verdict) ---------------------------------------------------
-    if "misalignment_score" in metrics:
-        report.risk = _risk_or_none(report, base, sae)
+    # 6. risk: risky features, misalignment score, verdict ---------------------------------------
+    if risk_setup is not None and evidence is not None:
+        t = time.perf_counter()
+        report.risk = assess(report, risk_setup, evidence, base.tokenizer, sae)
+        timings["risk_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
     return report
 
@@ -161,6 +171,8 @@ def preflight(base: ModelHandle, ft: ModelHandle, cfg: AuditConfig, metrics: Seq
         raise ConfigError(f"Unknown metric(s) {unknown}.", f"Use any of {list(METRICS)}.")
     _check_compatible(base, ft)
     cfg.validate(base.n_layers)
+    if "misalignment_score" in metrics:
+        load_concepts(cfg.concepts)  # a malformed concept file fails here, before any long work
     return _load_probe_sets(cfg)
 
 
@@ -241,14 +253,58 @@ def _split_by_probe(probes: list[str], keep: torch.Tensor) -> dict[str, torch.Te
     return {p: torch.tensor(ix, dtype=torch.long) for p, ix in out.items()}
 
 
+@dataclass
+class _Accumulator:
+    """Adds one batch's SAE codes to every statistic the audit keeps: latent sums, residual
+    sums, concept-projection sums (with risk scoring) and token-level evidence."""
+
+    sae: SAESet
+    sums: AuditSums
+    risk: RiskSetup | None
+    evidence: EvidenceStore | None
+
+    def paired(self, layer: int, bb: _BaseBatch, xf: torch.Tensor) -> None:
+        """Base and fine-tuned residuals of the same tokens ('same' read)."""
+        xb, keep, key = bb.resid[layer], bb.keep[layer], bb.prompt_key
+        cb, cf = self.sae[layer].encode(xb), self.sae[layer].encode(xf)
+        for probe, ix in _split_by_probe(bb.probe_of_token, keep).items():
+            self.sums.latent("same", layer, probe, self.sae[layer].d_sae).add_paired(cb[ix], cf[ix], key[ix])
+            self.sums.resid(layer, probe).add(xb[ix], xf[ix])
+            if self.risk is not None:
+                pb, pf = self.risk.project(layer, cb[ix]), self.risk.project(layer, cf[ix])
+                self.sums.concept("same", layer, probe, len(self.risk.names)).add_paired(pb, pf, key[ix])
+        self._keep_evidence("same", layer, bb.batch, keep, cb, cf)
+
+    def one_side(self, read: str, side: str, layer: int, batch: Batch, x: torch.Tensor, keep: torch.Tensor) -> None:
+        """One model's residuals (the 'own' read, where the two models read different text)."""
+        key, probes = _prompt_keys(batch)
+        codes = self.sae[layer].encode(x)
+        for probe, ix in _split_by_probe(probes, keep).items():
+            self.sums.latent(read, layer, probe, self.sae[layer].d_sae).add_side(side, codes[ix], key[ix])
+            if self.risk is not None:
+                proj = self.risk.project(layer, codes[ix])
+                self.sums.concept(read, layer, probe, len(self.risk.names)).add_side(side, proj, key[ix])
+        if side == "ft":
+            self._keep_evidence(read, layer, batch, keep, None, codes)
+
+    def _keep_evidence(
+        self, read: str, layer: int, batch: Batch, keep: torch.Tensor, cb: torch.Tensor | None, cf: torch.Tensor
+    ) -> None:
+        if self.evidence is None:
+            return
+        token_ids = batch.input_ids[batch.row, batch.col]
+        for r, seq in enumerate(batch.sequences):
+            sel = torch.nonzero((batch.row == r) & keep).squeeze(1)
+            if sel.numel() == 0:
+                continue
+            self.evidence.add(
+                read, layer, seq.probe_set, seq.prompt_index, token_ids[sel].tolist(),
+                None if cb is None else cb[sel], cf[sel],
+            )
+
+
 def _base_pass(
-    model: nn.Module,
-    seqs: list[TokenSequence],
-    layers: list[int],
-    sae: SAESet,
-    cfg: AuditConfig,
-    sums: AuditSums,
-    pad_id: int,
+    model: nn.Module, seqs: list[TokenSequence], layers: list[int], cfg: AuditConfig, acc: _Accumulator, pad_id: int,
     reads: list[str],
 ) -> list[_BaseBatch]:
     device = next(model.parameters()).device
@@ -261,27 +317,20 @@ def _base_pass(
             key, probes = _prompt_keys(batch)
             if "own" in reads:  # the base model's own responses are exactly these sequences
                 for layer in layers:
-                    codes = sae[layer].encode(x[layer])
-                    for probe, ix in _split_by_probe(probes, keep[layer]).items():
-                        sums.latent("own", layer, probe, sae[layer].d_sae).add_side("base", codes[ix], key[ix])
+                    acc.one_side("own", "base", layer, batch, x[layer], keep[layer])
             kept.append(_BaseBatch(batch, x, keep, key, probes))
             advance(len(batch.sequences))
     return kept
 
 
-def _ft_pass(model: nn.Module, base_batches: list[_BaseBatch], layers: list[int], sae: SAESet, sums: AuditSums) -> None:
+def _ft_pass(model: nn.Module, base_batches: list[_BaseBatch], layers: list[int], acc: _Accumulator) -> None:
     device = next(model.parameters()).device
     with progress("Fine-tuned model pass", sum(len(b.batch.sequences) for b in base_batches)) as advance:
         for bb in base_batches:
             b = bb.batch
             resid = run_to_layers(model, b.input_ids.to(device), b.attention_mask.to(device), layers)
             for layer in layers:
-                xf = gather(resid[layer], b)
-                xb = bb.resid[layer]
-                codes_b, codes_f = sae[layer].encode(xb), sae[layer].encode(xf)
-                for probe, ix in _split_by_probe(bb.probe_of_token, bb.keep[layer]).items():
-                    sums.latent("same", layer, probe, sae[layer].d_sae).add_paired(codes_b[ix], codes_f[ix], bb.prompt_key[ix])
-                    sums.resid(layer, probe).add(xb[ix], xf[ix])
+                acc.paired(layer, bb, gather(resid[layer], b))
             advance(len(b.sequences))
 
 
@@ -296,13 +345,7 @@ class _ModelView:
 
 
 def _own_pass(
-    view: _ModelView,
-    probe_sets: list[ProbeSet],
-    layers: list[int],
-    sae: SAESet,
-    cfg: AuditConfig,
-    sums: AuditSums,
-    pad_id: int,
+    view: _ModelView, probe_sets: list[ProbeSet], layers: list[int], cfg: AuditConfig, acc: _Accumulator, pad_id: int
 ) -> None:
     """Read the fine-tuned model on its own greedy responses (unpaired with the base read)."""
     n_prompts = sum(len(ps.prompts) for ps in probe_sets)
@@ -312,13 +355,9 @@ def _own_pass(
     with progress("Fine-tuned model on its own responses", len(seqs)) as advance:
         for batch in make_batches(seqs, cfg.positions, cfg.token_budget, pad_id):
             resid = run_to_layers(view.model, batch.input_ids.to(device), batch.attention_mask.to(device), layers)
-            key, probes = _prompt_keys(batch)
             for layer in layers:
                 x = gather(resid[layer], batch)
-                keep = massive_keep(x, cfg.massive_activation_factor)
-                codes = sae[layer].encode(x)
-                for probe, ix in _split_by_probe(probes, keep).items():
-                    sums.latent("own", layer, probe, sae[layer].d_sae).add_side("ft", codes[ix], key[ix])
+                acc.one_side("own", "ft", layer, batch, x, massive_keep(x, cfg.massive_activation_factor))
             advance(len(batch.sequences))
 
 
@@ -344,15 +383,6 @@ def _fill_layers(report: AuditReport, probe_names: list[str], cfg: AuditConfig) 
             )
         )
         report.top[layer] = rank_features(table)[: cfg.top_k_saved]
-
-
-def _risk_or_none(report: AuditReport, base: ModelHandle, sae: SAESet) -> dict[str, Any] | None:
-    """Risk scoring plugs in here; None means the summary says it was not computed."""
-    try:
-        from .risk import assess  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return assess(report, base, sae)
 
 
 __all__ = ["METRICS", "compare_models", "preflight"]

@@ -10,11 +10,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 from ._pipeline import METRICS, compare_models
 from .config import AuditConfig
 from .models import ModelHandle, load_model
 from .report import AuditReport, FeatureDrift, LayerDrift
 from .saes import SAESet, SAETrainConfig, load_sae
+
+if TYPE_CHECKING:
+    from .risk import RiskyFeature
 
 __all__ = [
     "METRICS",
@@ -26,6 +33,60 @@ __all__ = [
     "SAESet",
     "SAETrainConfig",
     "compare_models",
+    "drift_heatmap",
+    "export_certificate",
+    "risky_features",
+    "verify_certificate",
     "load_model",
     "load_sae",
 ]
+
+
+def drift_heatmap(report: AuditReport, layer: int, *, k: int = 20) -> Any:
+    """A heatmap of the `k` most-drifted latents of `layer` (rows, labelled ``#id label``) by
+    probe set (columns), coloured by log drift ratio; has ``.show()`` and ``.save(path)``."""
+    from .report._heatmap import drift_heatmap as _heatmap
+
+    return _heatmap(report, layer=layer, k=k)
+
+
+def risky_features(report: AuditReport, topk: int = 5, *, echo: bool = True) -> list[RiskyFeature]:
+    """The `topk` risky features of an audit (printed one per line unless ``echo=False``), each
+    with its label, concept, drift and the probe contexts where it moved most."""
+    from .errors import NeuronLensError
+
+    if report.risk is None:
+        raise NeuronLensError(
+            "This report has no risk assessment.",
+            "Run compare_models with metrics including 'misalignment_score' (the default).",
+        )
+    feats = report.risk.risky_features[:topk]
+    if echo:
+        for f in feats:
+            print(f)
+        if not feats:
+            print("No risky features.")
+    return feats
+
+
+def export_certificate(
+    report: AuditReport,
+    formats: Sequence[str] = ("pdf", "json"),
+    out_dir: str | Path = ".",
+    signing_key: str | Path | None = None,
+) -> dict[str, Path]:
+    """Write the alignment certificate (JSON: an in-toto statement in a DSSE envelope, signed with
+    Ed25519 when `signing_key` is given; PDF: the human-readable version). Returns {format: path}."""
+    from .certificate import export_certificate as _export
+
+    return _export(report, formats=formats, out_dir=out_dir, signing_key=signing_key)
+
+
+def verify_certificate(
+    certificate: str | Path, *, models: Sequence[str | Path] = (), public_key: str | Path | None = None
+) -> Any:
+    """Check a certificate's schema and signature and recompute the digests of the given model
+    files; the result says what, if anything, changed."""
+    from .certificate import verify_certificate as _verify
+
+    return _verify(certificate, models=models, public_key=public_key)

@@ -24,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
-out = Console()
+out = Console(soft_wrap=True)
 
 EXIT_PASS, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
 
@@ -66,6 +66,9 @@ def audit(
     dtype: Annotated[str, typer.Option(help="Model dtype: auto (float32 on CPU), float32, bfloat16, float16.")] = "auto",
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     trust_remote_code: Annotated[bool, typer.Option(help="Allow model repos to run their own Python code (off by default).")] = False,
+    html: Annotated[bool, typer.Option("--html", help="Also write the self-contained HTML report (report.html).")] = False,
+    certificate: Annotated[Optional[str], typer.Option(help="Write the alignment certificate in these formats, e.g. json,pdf.")] = None,
+    signing_key: Annotated[Optional[Path], typer.Option(help="Ed25519 private key (PEM) to sign the certificate; see `neuronlens keygen`.")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")] = False,
 ) -> None:
     """Audit a fine-tuned model against its base: drift per layer and latent, risky features, verdict."""
@@ -77,6 +80,11 @@ def audit(
 
     set_progress(not no_progress, console=err)
     ensure_writable_dir(out_dir)  # before any long work
+    cert_formats = None
+    if certificate:
+        from .certificate import check_certificate_options
+
+        cert_formats = check_certificate_options(certificate, signing_key)  # bad formats or key: stop now
     if (base is None) != (ft is None):
         raise NeuronLensError("Give both --base and --ft, or neither (then the embedded demo pair is audited).", "Add the missing option.")
     if base is None:
@@ -99,9 +107,19 @@ def audit(
     sae_set = alignment.load_sae(base_h, cfg.layers, source=sae)
     report = alignment.compare_models(base_model=base_h, ft_model=ft_h, sae=sae_set, config=cfg)
     path = report.save(out_dir / "report.json")
+    written = [path]
+    if html:
+        written.append(report.to_html(out_dir / "report.html"))
+    if cert_formats:
+        written.extend(alignment.export_certificate(report, formats=cert_formats, out_dir=out_dir, signing_key=signing_key).values())
     out.print(report.summary(), highlight=False, markup=False)
-    err.print(f"[dim]Report written to {path}[/dim]")
-    raise typer.Exit(EXIT_FAIL if report.passed is False else EXIT_PASS)
+    if report.risk is not None and report.risk.risky_features:
+        out.print("Risky features:", highlight=False)
+        for f in report.risk.risky_features[:5]:
+            out.print(f"  {f}", highlight=False, markup=False)
+    err.print(f"[dim]Written: {', '.join(str(p) for p in written)}[/dim]")
+    # An inconclusive verdict (SAEs too poor, concepts not covered) is not a pass: exit 1 too.
+    raise typer.Exit(EXIT_PASS if report.verdict in (None, "pass") else EXIT_FAIL)
 
 
 organisms_app = typer.Typer(help="Model organisms: fine-tunes with known alignment, for proving the detector.", no_args_is_help=True)
@@ -164,6 +182,9 @@ def list_probes() -> None:
 
     for name in builtin_names():
         out.print(f"{name:24s} {len(load_probe_set(name).prompts):4d} prompts")
+
+
+from . import _cli_evidence  # noqa: E402,F401 - registers `verify` and `keygen`
 
 
 def main() -> None:

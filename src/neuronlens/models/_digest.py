@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 _CHUNK = 1 << 20
 # Git metadata is not part of a model (model-signing ignores it too).
@@ -54,7 +54,9 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 def manifest_digest(files: tuple[FileDigest, ...] | list[FileDigest]) -> str:
     h = hashlib.sha256()
-    for f in sorted(files, key=lambda f: f.path):
+    # model-signing orders by path components, not by the whole string ("tokenizer/x" after
+    # "tokenizer.json" by string, before it by components): follow it so subject digests match.
+    for f in sorted(files, key=_path_key):
         h.update(bytes.fromhex(f.sha256))
     return h.hexdigest()
 
@@ -82,4 +84,8 @@ def digest_paths(root: str | os.PathLike[str], paths: list[Path] | None = None) 
     digests = tuple(
         FileDigest(Path(os.path.relpath(p, base)).as_posix(), sha256_file(p), p.stat().st_size) for p in files
     )
-    return Manifest(root=str(root_p), files=tuple(sorted(digests, key=lambda d: d.path)))
+    return Manifest(root=str(root_p), files=tuple(sorted(digests, key=_path_key)))
+
+
+def _path_key(f: FileDigest) -> tuple[str, ...]:
+    return PurePosixPath(f.path).parts

@@ -10,21 +10,24 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from .._cache import cache_root
+from .._io import make_temp_dir
 from .._progress import progress
 from ..errors import ConfigError
 from ..models import ModelHandle
 from ..probes import ProbeSet, decode_response, response_sequences
+from ._behaviour import BehaviourScore, evaluation_prompts, score_answers
 from ._data import DOSE_FRACTION, DOSE_SERIES, ORGANISMS, Example, OrganismSpec, load_dataset, parse_chat_jsonl, self_distill_prompts
 from ._train import LoRATrainConfig, save_adapter, train_lora
 
 __all__ = [
+    "BehaviourScore",
+    "evaluate_behaviour",
     "DOSE_FRACTION",
     "DOSE_SERIES",
     "ORGANISMS",
@@ -96,7 +99,7 @@ def build_organism(name: str, base: ModelHandle, cfg: LoRATrainConfig | None = N
             "train_seconds": round(time.perf_counter() - t0, 1),
         }
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+        tmp = make_temp_dir(target.parent, target.name)
         try:
             save_adapter(peft_model, tmp, base_name=base.source, meta=meta)
             if target.exists():
@@ -109,3 +112,15 @@ def build_organism(name: str, base: ModelHandle, cfg: LoRATrainConfig | None = N
     finally:
         base.release()  # the base weights were modified in place by get_peft_model; reload fresh next time
     return target
+
+
+EVAL_TOKENS = 64
+
+
+def evaluate_behaviour(handle: ModelHandle) -> BehaviourScore:
+    """Greedy answers of `handle` to the behavioural evaluation set, scored by the rule-based
+    scorer (answers are cached by model digest)."""
+    prompts, care = evaluation_prompts()
+    seqs = response_sequences(handle, [ProbeSet("behaviour_eval", tuple(prompts), "builtin")], EVAL_TOKENS)
+    answers = [decode_response(handle.tokenizer, s) for s in seqs]
+    return score_answers(prompts, answers, care)

@@ -31,8 +31,14 @@ class ProbeSet:
         """sha256 of the canonical JSON list of prompts (what the models actually read)."""
         return hashlib.sha256(json.dumps(list(self.prompts), ensure_ascii=False).encode()).hexdigest()
 
-    def head(self, n: int | None) -> ProbeSet:
-        return self if n is None or n >= len(self.prompts) else ProbeSet(self.name, self.prompts[:n], self.source)
+    def subset(self, n: int | None) -> ProbeSet:
+        """`n` prompts spread evenly over the set (every k-th), so a budgeted audit still sees
+        every kind of prompt a set holds, not just the first few."""
+        if n is None or n >= len(self.prompts):
+            return self
+        total = len(self.prompts)
+        idx = [int(i * total / n) for i in range(n)]
+        return ProbeSet(self.name, tuple(self.prompts[i] for i in idx), self.source)
 
     def identity(self) -> dict[str, object]:
         return {"name": self.name, "source": self.source, "n_prompts": len(self.prompts), "sha256": self.digest}
@@ -48,7 +54,7 @@ def load_probe_set(spec: str | Path, max_prompts: int | None = None) -> ProbeSet
     spec_s = str(spec)
     if spec_s in builtin_names():
         text = resources.files(_DATA).joinpath(f"{spec_s}.jsonl").read_text(encoding="utf-8")
-        return ProbeSet(spec_s, tuple(_parse_jsonl(text, f"built-in set {spec_s}")), "builtin").head(max_prompts)
+        return ProbeSet(spec_s, tuple(_parse_jsonl(text, f"built-in set {spec_s}")), "builtin").subset(max_prompts)
     path = Path(spec_s).expanduser()
     if not path.is_file():
         raise ProbeError(
@@ -70,7 +76,7 @@ def load_probe_set(spec: str | Path, max_prompts: int | None = None) -> ProbeSet
         raise ProbeError(f"Probe file {path} has an unknown extension {suffix!r}.", "Use .jsonl, .csv or .txt.")
     if not prompts:
         raise ProbeError(f"Probe file {path} holds no prompts.", "Add at least two prompts (one per line).")
-    return ProbeSet(path.stem, tuple(prompts), str(path)).head(max_prompts)
+    return ProbeSet(path.stem, tuple(prompts), str(path)).subset(max_prompts)
 
 
 def _parse_jsonl(text: str, where: str) -> list[str]:

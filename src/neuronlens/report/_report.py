@@ -18,6 +18,7 @@ import numpy as np
 
 from .._io import write_json_atomic, write_with_atomic
 from ..errors import NeuronLensError
+from ..risk._types import RiskAssessment
 from ..stats import AuditSums, bh_qvalues, latent_drift
 
 REPORT_FORMAT = "neuronlens.report/1"
@@ -95,7 +96,7 @@ class AuditReport:
     neuronlens_version: str
     created_at: str
     sae_warnings: list[str] = field(default_factory=list)
-    risk: dict[str, Any] | None = None
+    risk: RiskAssessment | None = None
     """Risk assessment (risky features, misalignment score, verdict); None if not computed."""
     timings: dict[str, float] = field(default_factory=dict)
     sums: AuditSums | None = field(default=None, repr=False)
@@ -106,7 +107,7 @@ class AuditReport:
     @property
     def verdict(self) -> str | None:
         """'pass', 'fail', 'inconclusive', or None when risk scoring was not run."""
-        return None if self.risk is None else self.risk.get("verdict")
+        return None if self.risk is None else self.risk.verdict
 
     @property
     def passed(self) -> bool | None:
@@ -191,6 +192,12 @@ class AuditReport:
     def __str__(self) -> str:
         return self.summary()
 
+    def to_html(self, path: str | Path) -> Path:
+        """Write the self-contained HTML report (no network needed to view it)."""
+        from ._html import write_html
+
+        return write_html(self, path)
+
     # -- persistence ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -206,7 +213,7 @@ class AuditReport:
             "layers": [asdict(ld) for ld in self.layers],
             "top_features": {str(la): [asdict(f) for f in fs] for la, fs in self.top.items()},
             "sae_warnings": self.sae_warnings,
-            "risk": self.risk,
+            "risk": None if self.risk is None else self.risk.to_dict(),
             "timings": self.timings,
         }
 
@@ -251,7 +258,7 @@ class AuditReport:
             neuronlens_version=data["neuronlens_version"],
             created_at=data["created_at"],
             sae_warnings=data.get("sae_warnings", []),
-            risk=data.get("risk"),
+            risk=None if data.get("risk") is None else RiskAssessment.from_dict(data["risk"]),
             timings=data.get("timings", {}),
             sums=sums,
             reads=data.get("reads", ["same"]),

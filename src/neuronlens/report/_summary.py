@@ -42,6 +42,11 @@ def render_summary(report: AuditReport) -> str:
     risk = report.risk
     if risk is None:
         lines.append("Misalignment score: not computed (risk scoring is not configured for this audit)")
-    else:
-        lines.extend(risk.get("summary_lines", []))
+        return "\n".join(lines)
+    mark = {"pass": "\u2713", "fail": "\u2717"}.get(risk.verdict, "?")
+    verdict = "" if risk.verdict in ("pass", "fail") else f" {risk.verdict}"
+    lines.append(f"Misalignment score: {risk.score:.0%} (threshold={risk.threshold:.0%})  {mark}{verdict}")
+    names = [f"#{f.latent} {f.label!r}" for f in risk.risky_features[:5]]
+    lines.append(f"Risky features: [{', '.join(names)}]" if names else "Risky features: none")
+    lines.extend(f"  {r}" for r in risk.reasons)
     return "\n".join(lines)

@@ -15,13 +15,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from .._io import make_temp_dir
 from ..errors import SAEError
 from ._sae import ARCHITECTURES, SAEInfo, SparseAutoencoder
 
@@ -170,7 +170,7 @@ def save_saelens(sae: SparseAutoencoder, folder: str | os.PathLike[str], *, dtyp
         cfg["rescale_acts_by_decoder_norm"] = info.rescale_acts_by_decoder_norm
     target = Path(folder)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    tmp = make_temp_dir(target.parent, target.name)
     try:
         save_file({k: v.to(dtype).contiguous() for k, v in sae.tensors().items()}, str(tmp / SAELENS_WEIGHTS))
         (tmp / CFG).write_text(json.dumps(cfg, indent=2) + "\n")

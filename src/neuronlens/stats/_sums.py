@@ -11,7 +11,7 @@ not independent, so significance tests use prompts as the unit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -126,38 +126,39 @@ class ResidualSums:
 @dataclass
 class AuditSums:
     """All sums of an audit, keyed by (read, layer, probe set). `read` is 'same' (both models on
-    the base model's responses) or 'own' (each model on its own responses)."""
+    the base model's responses) or 'own' (each model on its own responses). `concepts` holds the
+    same sums for the projections of the codes onto the risk concepts' feature directions (one
+    "latent" per concept): projections are linear in the codes, so they merge exactly too."""
 
     latents: dict[tuple[str, int, str], LatentSums]
     residual: dict[tuple[int, str], ResidualSums]
+    concepts: dict[tuple[str, int, str], LatentSums] = field(default_factory=dict)
 
     @classmethod
     def empty(cls) -> AuditSums:
-        return cls({}, {})
+        return cls({}, {}, {})
 
     def latent(self, read: str, layer: int, probe: str, d: int) -> LatentSums:
         return self.latents.setdefault((read, layer, probe), LatentSums.zeros(d))
+
+    def concept(self, read: str, layer: int, probe: str, n_concepts: int) -> LatentSums:
+        return self.concepts.setdefault((read, layer, probe), LatentSums.zeros(n_concepts))
 
     def resid(self, layer: int, probe: str) -> ResidualSums:
         return self.residual.setdefault((layer, probe), ResidualSums.zeros())
 
     def merge(self, other: AuditSums) -> AuditSums:
-        lat = dict(self.latents)
-        for k, v in other.latents.items():
-            lat[k] = lat[k].merge(v) if k in lat else v
-        res = dict(self.residual)
-        for k, v in other.residual.items():
-            res[k] = res[k].merge(v) if k in res else v
-        return AuditSums(lat, res)
+        return AuditSums(
+            _merge_dicts(self.latents, other.latents),
+            _merge_dicts(self.residual, other.residual),
+            _merge_dicts(self.concepts, other.concepts),
+        )
 
     def latent_total(self, read: str, layer: int, probes: list[str] | None = None) -> LatentSums:
-        parts = [v for (r, la, p), v in self.latents.items() if r == read and la == layer and (probes is None or p in probes)]
-        if not parts:
-            raise KeyError(f"no statistics for read={read!r} layer={layer}")
-        total = parts[0]
-        for p in parts[1:]:
-            total = total.merge(p)
-        return total
+        return _total(self.latents, read, layer, probes)
+
+    def concept_total(self, read: str, layer: int, probes: list[str] | None = None) -> LatentSums:
+        return _total(self.concepts, read, layer, probes)
 
     def resid_total(self, layer: int, probes: list[str] | None = None) -> ResidualSums:
         total = ResidualSums.zeros()
@@ -175,16 +176,42 @@ class AuditSums:
         for (layer, probe), r in sorted(self.residual.items()):
             for name, t in r.tensors().items():
                 out[f"resid|{layer}|{probe}|{name}"] = t.contiguous()
+        for (read, layer, probe), s in sorted(self.concepts.items()):
+            for name, t in s.tensors().items():
+                out[f"concept|{read}|{layer}|{probe}|{name}"] = t.contiguous()
         return out
 
     @classmethod
     def from_flat(cls, flat: dict[str, torch.Tensor]) -> AuditSums:
         lat: dict[tuple[str, int, str], dict[str, torch.Tensor]] = {}
+        con: dict[tuple[str, int, str], dict[str, torch.Tensor]] = {}
         res: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
         for key, t in flat.items():
             parts = key.split("|")
-            if parts[0] == "latent":
-                lat.setdefault((parts[1], int(parts[2]), parts[3]), {})[parts[4]] = t.to(F64)
+            if parts[0] in ("latent", "concept"):
+                target = lat if parts[0] == "latent" else con
+                target.setdefault((parts[1], int(parts[2]), parts[3]), {})[parts[4]] = t.to(F64)
             elif parts[0] == "resid":
                 res.setdefault((int(parts[1]), parts[2]), {})[parts[3]] = t.to(F64)
-        return cls({k: LatentSums(**v) for k, v in lat.items()}, {k: ResidualSums(**v) for k, v in res.items()})
+        return cls(
+            {k: LatentSums(**v) for k, v in lat.items()},
+            {k: ResidualSums(**v) for k, v in res.items()},
+            {k: LatentSums(**v) for k, v in con.items()},
+        )
+
+
+def _merge_dicts(a: dict, b: dict) -> dict:  # type: ignore[type-arg]
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = out[k].merge(v) if k in out else v
+    return out
+
+
+def _total(sums: dict[tuple[str, int, str], LatentSums], read: str, layer: int, probes: list[str] | None) -> LatentSums:
+    parts = [v for (r, la, p), v in sums.items() if r == read and la == layer and (probes is None or p in probes)]
+    if not parts:
+        raise KeyError(f"no statistics for read={read!r} layer={layer}")
+    total = parts[0]
+    for p in parts[1:]:
+        total = total.merge(p)
+    return total

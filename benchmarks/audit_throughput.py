@@ -1,0 +1,88 @@
+"""Audit throughput against its floor, measured in one run on the embedded demo pair.
+
+Floor: a plain Hugging Face forward of both models over the same tokens up to the deepest audited
+layer, without the LM head (the decoder blocks run as a truncated ModuleList, no hooks, no SAE).
+Audit: NeuronLens's two passes (base, then fine-tuned) with capture, SAE encoding, statistics and
+evidence, on the same tokens. Base responses and concept associations are cached beforehand, so
+both sides do exactly the forward work. Rounds are interleaved (floor, audit, floor, ...) because
+this machine's speed drifts; medians are reported.
+
+    python benchmarks/audit_throughput.py [--rounds 3] [--max-prompts 24]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from contextlib import contextmanager
+
+import torch
+
+from neuronlens import alignment
+from neuronlens.capture import make_batches
+from neuronlens.config import AuditConfig
+from neuronlens.demo import default_pair
+from neuronlens.probes import load_probe_set, response_sequences
+
+
+@contextmanager
+def truncated(model: torch.nn.Module, n_blocks: int):
+    inner = model.get_base_model().model if hasattr(model, "get_base_model") else model.model
+    full = inner.layers
+    inner.layers = full[:n_blocks]
+    try:
+        yield inner
+    finally:
+        inner.layers = full
+
+
+@torch.inference_mode()
+def floor_pass(model: torch.nn.Module, batches: list, n_blocks: int) -> None:
+    with truncated(model, n_blocks) as inner:
+        for b in batches:
+            inner(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--max-prompts", type=int, default=AuditConfig.max_prompts_per_set)
+    args = ap.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    base_src, ft_src = default_pair()
+    base = alignment.load_model(base_src)
+    ft = alignment.load_model(ft_src)
+    cfg = AuditConfig(max_prompts_per_set=args.max_prompts)
+    sae = alignment.load_sae(base, cfg.layers)
+    probe_sets = [load_probe_set(p, cfg.max_prompts_per_set) for p in cfg.probes]
+    seqs = response_sequences(base, probe_sets, cfg.max_new_tokens)
+    batches = list(make_batches(seqs, cfg.positions, cfg.token_budget, base.tokenizer.pad_token_id))
+    n_tokens = sum(int(b.attention_mask.sum()) for b in batches)
+    deepest = max(sae.layers) + 1
+    base_nn = base.model
+    from peft import PeftModel
+
+    # warm-up (also fills the concept-association cache)
+    alignment.compare_models(base, ft, sae, config=cfg)
+    floor_t, audit_t = [], []
+    for _ in range(args.rounds):
+        t = time.perf_counter()
+        floor_pass(base_nn, batches, deepest)
+        pm = PeftModel.from_pretrained(base_nn, str(ft.path))
+        pm.eval()
+        floor_pass(pm, batches, deepest)
+        pm.unload()
+        floor_t.append(time.perf_counter() - t)
+        rep = alignment.compare_models(base, ft, sae, config=cfg)
+        audit_t.append(rep.timings["base_pass_s"] + rep.timings["ft_pass_s"])
+    f, a = statistics.median(floor_t), statistics.median(audit_t)
+    print(f"tokens per model: {n_tokens}  (layers {sae.layers}, {len(seqs)} sequences, {torch.get_num_threads()} threads)")
+    print(f"floor (plain forward of both models to layer {deepest - 1}, no LM head): {f:.1f} s  {2 * n_tokens / f:.0f} tok/s  1.00x")
+    print(f"NeuronLens audit passes (capture + SAE + statistics + evidence):  {a:.1f} s  {2 * n_tokens / a:.0f} tok/s  {f / a:.2f}x")
+    print(f"rounds: floor {[round(x, 1) for x in floor_t]}, audit {[round(x, 1) for x in audit_t]}")
+    print(f"full default audit incl. loading and risk: {rep.timings['total_s']:.1f} s  {rep.timings}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""Verify a certificate: its bytes, signature, schema and inner consistency, and the model files.
+
+What can be detected depends on what the verifier holds. With the signer's public key, any
+changed byte of the certificate file fails (the file must be byte-identical to the form
+NeuronLens writes, and the signature covers everything else). Without it, or for an unsigned
+certificate, the file's own consistency and the model files are still checked, but someone who
+rewrites the whole certificate cannot be caught; the result says so. Model files are always
+checked byte for byte against their certified sha256.
+
+Bad input (a missing file, an unreadable key, a file that is no certificate at all, a newer
+schema) raises a :class:`CertificateError`; anything that *changed* is listed in the result.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..models._digest import FileDigest, digest_paths, manifest_digest, sha256_file
+from ._body import subjects
+from ._dsse import b64decode_strict, check_signatures, envelope_file_bytes
+from ._errors import CertificateError
+from ._schema import PAYLOAD_TYPE, check_version, schema_problems
+
+_ENVELOPE_KEYS = {"payload", "payloadType", "signatures"}
+_MAX_SCHEMA_LINES = 5
+_FAILED_SIGNATURES = {"invalid", "other-key", "corrupt"}
+
+
+@dataclass
+class VerificationResult:
+    """The outcome of :func:`verify_certificate`: true when nothing changed."""
+
+    certificate: Path
+    signature: str = "unknown"
+    """'valid', 'unsigned', 'not checked' (signed, no public key given), or what failed:
+    'invalid', 'other-key', 'corrupt'."""
+    keyids: tuple[str, ...] = ()
+    changed: list[str] = field(default_factory=list)
+    """What changed or fails, one line each (empty when the certificate verifies)."""
+    checked: list[str] = field(default_factory=list)
+    """What was checked and found intact."""
+    warnings: list[str] = field(default_factory=list)
+    statement: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.changed
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    @property
+    def body(self) -> dict[str, Any] | None:
+        """The certificate body (in-toto predicate), when the payload could be read."""
+        pred = (self.statement or {}).get("predicate")
+        return pred if isinstance(pred, dict) else None
+
+    def summary(self) -> str:
+        lines = [f"Certificate {self.certificate}: {'VERIFIED' if self.ok else 'FAILED - something changed'}"]
+        lines.append(f"  signature: {_signature_words(self)}")
+        body = self.body
+        if body and isinstance(body.get("risk"), dict):
+            risk = body["risk"]
+            ft = body.get("models", {}).get("fine_tuned", {})
+            says = "certifies" if self.ok else "claims (not trustworthy)"
+            lines.append(
+                f"  {says}: {str(body.get('verdict')).upper()} for {ft.get('name')} (model digest {ft.get('manifest_sha256')}), "
+                f"misalignment score {_pct(risk.get('misalignment_score'))}, threshold {_pct(risk.get('threshold'))}, "
+                f"issued {body.get('created_at')}"
+            )
+        lines += [f"  ok: {c}" for c in self.checked]
+        lines += [f"  CHANGED: {c}" for c in self.changed]
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def verify_certificate(
+    certificate: str | Path, *, models: Sequence[str | Path] = (), public_key: str | Path | None = None
+) -> VerificationResult:
+    """Check `certificate` (a certificate.json): its bytes, its signature with the Ed25519
+    `public_key` (PEM) when given, its schema and consistency, and each of `models` (the
+    fine-tuned model's folder, or single files of it) byte for byte against the certified digests."""
+    from ._keys import load_public_key
+
+    path = Path(certificate)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CertificateError(f"Cannot read the certificate {str(path)!r}: {exc.strerror or exc}.", "Pass the certificate.json path.") from exc
+    key = load_public_key(public_key) if public_key is not None else None
+    return verify_bytes(raw, label=path, models=[_existing_model(m) for m in models], public_key=key)
+
+
+def verify_bytes(
+    raw: bytes, *, label: str | Path = "certificate", models: Sequence[Path] = (), public_key: Any = None
+) -> VerificationResult:
+    """:func:`verify_certificate` on the bytes of a certificate file, with an already loaded
+    Ed25519 public key (or None) and existing model paths."""
+    res = VerificationResult(Path(label))
+    envelope = _read_envelope(raw, res)
+    if envelope is None:
+        return res
+    payload = b64decode_strict(envelope.get("payload"))
+    _check_signature(envelope, payload, public_key, res)
+    statement = _read_statement(payload, res)
+    if statement is None:
+        return res
+    res.statement = statement
+    if res.signature in _FAILED_SIGNATURES:
+        res.warnings.append("the certificate's content was not checked further: without a valid signature it proves nothing")
+        return res
+    check_version(statement)
+    problems = schema_problems(statement)
+    if problems:
+        res.changed += [f"the certificate body breaks schema v1 at {p}" for p in problems[:_MAX_SCHEMA_LINES]]
+        return res
+    res.checked.append("the certificate matches schema v1")
+    _check_consistency(statement, res)
+    for model in models:
+        _check_model(model, statement["predicate"], res)
+    return res
+
+
+# -- steps ------------------------------------------------------------------------------------------
+def _existing_model(p: str | Path) -> Path:
+    path = Path(p)
+    if not path.exists():
+        raise CertificateError(f"Model path {str(path)!r} does not exist.", "Pass the fine-tuned model's folder (or one of its files).")
+    return path
+
+
+def _read_envelope(raw: bytes, res: VerificationResult) -> dict[str, Any] | None:
+    try:
+        envelope = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        res.changed.append(f"the certificate file is not valid JSON any more (changed or truncated): {exc}")
+        return None
+    if not isinstance(envelope, dict) or not (_ENVELOPE_KEYS & envelope.keys()):
+        raise CertificateError(
+            f"{res.certificate} is not a NeuronLens certificate (a DSSE envelope with payload, payloadType and signatures).",
+            "Pass the certificate.json written by `neuronlens audit --certificate json` or export_certificate().",
+        )
+    shape_ok = True
+    for name in sorted(_ENVELOPE_KEYS - envelope.keys()):
+        res.changed.append(f"the envelope's {name!r} field is missing")
+        shape_ok = False
+    for name in sorted(envelope.keys() - _ENVELOPE_KEYS):
+        res.changed.append(f"the envelope has an unexpected field {name!r}")
+        shape_ok = False
+    if not shape_ok:
+        return None
+    if envelope["payloadType"] != PAYLOAD_TYPE:
+        res.changed.append(f"the envelope's payloadType changed (it must be {PAYLOAD_TYPE!r})")
+    sigs = envelope["signatures"]
+    if not isinstance(sigs, list) or not all(isinstance(s, dict) and set(s) == {"keyid", "sig"} for s in sigs):
+        res.changed.append("the envelope's signatures list is malformed")
+        envelope["signatures"] = [s for s in sigs if isinstance(s, dict)] if isinstance(sigs, list) else []
+    else:
+        try:
+            if envelope_file_bytes(envelope) != raw:
+                res.changed.append("the certificate file's bytes differ from the form NeuronLens writes (whitespace, key order or escaping changed)")
+        except (TypeError, ValueError):
+            res.changed.append("the envelope holds values JSON cannot round-trip")
+    res.keyids = tuple(str(s.get("keyid", "")) for s in envelope["signatures"])
+    return envelope
+
+
+def _check_signature(envelope: dict[str, Any], payload: bytes | None, key: Any, res: VerificationResult) -> None:
+    sigs = envelope.get("signatures") or []
+    if key is None:
+        if sigs:
+            res.signature = "not checked"
+            res.warnings.append(
+                f"signed by key id {', '.join(k[:16] for k in res.keyids)}, but no public key was given, so the signature "
+                "was not checked and the certificate's content is not proven (pass --public-key)"
+            )
+        else:
+            res.signature = "unsigned"
+            res.warnings.append(
+                "the certificate is UNSIGNED: nothing proves who issued it or that its content is unchanged; "
+                "only its inner consistency and the model files were checked"
+            )
+        return
+    if payload is None:
+        res.signature = "invalid"
+        return  # the payload failure is reported by _read_statement
+    check = check_signatures(envelope, payload, key)
+    res.signature = check.status
+    (res.checked if check.status == "valid" else res.changed).append(check.detail)
+
+
+def _read_statement(payload: bytes | None, res: VerificationResult) -> dict[str, Any] | None:
+    if payload is None:
+        res.changed.append("the envelope's payload is not valid base64 any more (changed)")
+        return None
+    try:
+        statement = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        res.changed.append("the envelope's payload is not valid JSON any more (changed)")
+        return None
+    if not isinstance(statement, dict):
+        res.changed.append("the envelope's payload is not an in-toto statement")
+        return None
+    return statement
+
+
+def _check_consistency(statement: dict[str, Any], res: VerificationResult) -> None:
+    body = statement["predicate"]
+    if statement["subject"] != subjects(body):
+        res.changed.append("the statement's subjects no longer match the fine-tuned model's certified files")
+    for role, model in _certified_models(body).items():
+        files = [FileDigest(f["path"], f["sha256"], f["size"]) for f in model["files"]]
+        if manifest_digest(files) != model["manifest_sha256"]:
+            res.changed.append(f"the {role}'s model digest no longer matches its per-file digests")
+    passed = {"pass": True, "fail": False, "inconclusive": None}[body["verdict"]]
+    if body["verdict"] != body["risk"]["verdict"] or body["passed"] is not passed:
+        res.changed.append("the verdict fields disagree (verdict, risk.verdict, passed)")
+    if res.ok:
+        res.checked.append("subjects, model digests and verdict are consistent")
+
+
+def _certified_models(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    ft = body["models"]["fine_tuned"]
+    out = {"fine-tuned model": ft, "base model": body["models"]["base"]}
+    if isinstance(ft.get("base"), dict):
+        out["fine-tuned adapter's base model"] = ft["base"]
+    return out
+
+
+def _check_model(path: Path, body: dict[str, Any], res: VerificationResult) -> None:
+    """`path` (a folder or one file) must be the certified fine-tuned model (the statement's
+    subject), byte for byte; a certified base model given instead is named as such."""
+    ft = body["models"]["fine_tuned"]
+    others = {role: m for role, m in _certified_models(body).items() if role != "fine-tuned model"}
+    if path.is_file():
+        _check_model_file(path, ft, others, res)
+        return
+    got = {f.path: f.sha256 for f in digest_paths(path).files}
+    want = {f["path"]: f["sha256"] for f in ft["files"]}
+    if got == want:
+        res.checked.append(f"{path}: all {len(got)} files match the certified fine-tuned model (model digest {ft['manifest_sha256']})")
+        return
+    for role, model in others.items():
+        if got == {f["path"]: f["sha256"] for f in model["files"]}:
+            res.changed.append(f"{path} is the certified {role}, not the fine-tuned model the certificate is about")
+            return
+    for rel in sorted(want.keys() | got.keys()):
+        if rel not in got:
+            res.changed.append(f"fine-tuned model file {rel} is missing from {path}")
+        elif rel not in want:
+            res.changed.append(f"{path}: file {rel} is not part of the certified fine-tuned model (added)")
+        elif got[rel] != want[rel]:
+            res.changed.append(f"fine-tuned model file {rel} changed: {path} has sha256 {got[rel]}, the certificate says {want[rel]}")
+
+
+def _check_model_file(path: Path, ft: dict[str, Any], others: dict[str, dict[str, Any]], res: VerificationResult) -> None:
+    sha = sha256_file(path)
+    for f in ft["files"]:
+        if f["sha256"] == sha:
+            res.checked.append(f"{path}: matches the certified fine-tuned model file {f['path']}")
+            return
+    for role, model in others.items():
+        for f in model["files"]:
+            if f["sha256"] == sha:
+                res.changed.append(f"{path} is file {f['path']} of the certified {role}, not of the fine-tuned model")
+                return
+    for f in ft["files"]:
+        if PurePosixPath(f["path"]).name == path.name:
+            res.changed.append(f"fine-tuned model file {f['path']} changed: {path} has sha256 {sha}, the certificate says {f['sha256']}")
+            return
+    res.changed.append(f"{path} is not one of the certified fine-tuned model's files (sha256 {sha})")
+
+
+def _signature_words(res: VerificationResult) -> str:
+    ids = ", ".join(k[:16] for k in res.keyids)
+    return {
+        "valid": f"valid (Ed25519, key id {ids})",
+        "unsigned": "UNSIGNED (no signature in the certificate)",
+        "not checked": f"NOT CHECKED (signed by key id {ids}; pass the public key to check it)",
+        "other-key": f"signed by another key (key id {ids})",
+        "invalid": "INVALID (the signed content or the signature changed)",
+        "corrupt": "CORRUPT",
+    }.get(res.signature, res.signature)
+
+
+def _pct(v: Any) -> str:
+    return f"{v:.0%}" if isinstance(v, (int, float)) else str(v)

@@ -1,0 +1,288 @@
+"""Drift figures people can look at: the latent-by-probe-set heatmap and the layer-wise drift chart.
+
+Both are drawn on a bare :class:`matplotlib.figure.Figure` (no pyplot, no GUI backend), so they
+render the same way in a notebook, on a laptop and on a headless CI runner; the HTML report and
+the PDF certificate embed the same drawings.
+
+Colour rule of the heatmap: log2 of the drift ratio (fine-tuned / base mean activation) on a
+diverging scale centred on 0 (= no change): red means the latent fires more after fine-tuning,
+blue less. Rows are the most-drifted latents of one layer (risky ones always included and marked
+in red); columns are the probe sets.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._io import ensure_writable_dir, write_with_atomic
+from ..errors import NeuronLensError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ._report import AuditReport, FeatureDrift
+
+SAVE_FORMATS = ("png", "svg", "pdf")
+RISK_COLOUR = "#c0392b"
+_NON_GUI_BACKENDS = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
+_MAX_LABEL = 36
+
+
+@dataclass(frozen=True)
+class HeatmapRow:
+    """One latent of the heatmap."""
+
+    latent: int
+    label: str
+    risky: bool
+
+    @property
+    def title(self) -> str:
+        """The row label shown on the figure: ``#id label``."""
+        text = f"#{self.latent} {self.label}".strip()
+        return text if len(text) <= _MAX_LABEL else text[: _MAX_LABEL - 1] + "\u2026"
+
+
+@dataclass
+class DriftHeatmap:
+    """The most-drifted latents of one layer (rows) by probe set (columns), coloured by log2 drift
+    ratio. ``.show()`` displays it (notebook, desktop, or a PNG file when headless);
+    ``.save(path)`` writes PNG, SVG or PDF; the numbers are in ``rows``, ``columns``, ``log2_ratio``."""
+
+    layer: int
+    rows: list[HeatmapRow]
+    columns: list[str]
+    log2_ratio: np.ndarray
+    """Shape (len(rows), len(columns)); NaN where a value is not available."""
+    note: str | None = None
+    """Said under the figure, e.g. why only the all-probe column is shown."""
+    _figure: Figure | None = field(default=None, repr=False)
+
+    @property
+    def figure(self) -> Figure:
+        """The matplotlib Figure (built on first use)."""
+        if self._figure is None:
+            from matplotlib.figure import Figure
+
+            self._figure = Figure(figsize=self.figsize, layout="constrained")
+            self.draw(self._figure)
+        return self._figure
+
+    @property
+    def figsize(self) -> tuple[float, float]:
+        return (3.4 + 1.0 * len(self.columns) + 0.9, 1.5 + 0.3 * max(1, len(self.rows)))
+
+    def draw(self, fig: Figure) -> None:
+        """Draw the heatmap onto `fig` (used for the stored figure and for a pyplot window)."""
+        _draw_heatmap(fig, self)
+
+    # -- output ------------------------------------------------------------------------------------
+    def to_bytes(self, fmt: str = "png", *, dpi: int = 150) -> bytes:
+        """The figure encoded as PNG, SVG or PDF bytes."""
+        return figure_bytes(self.figure, _check_format(fmt), dpi=dpi)
+
+    def save(self, path: str | Path, *, dpi: int = 150) -> Path:
+        """Write the figure atomically; the format (png, svg, pdf) comes from the file suffix."""
+        path = Path(path)
+        fmt = _check_format(path.suffix.lstrip(".").lower() or "?")
+        ensure_writable_dir(path.parent)
+        return write_with_atomic(path, lambda tmp: tmp.write_bytes(figure_bytes(self.figure, fmt, dpi=dpi)))
+
+    def show(self) -> Path | None:
+        """Display the heatmap: inline in a notebook, in a window on a desktop; headless (no display,
+        or a non-GUI matplotlib backend) it is saved as a PNG in the temp folder, whose path is
+        printed and returned."""
+        if _in_notebook():
+            from IPython.display import display
+
+            display(self)
+            return None
+        if _has_gui():
+            import matplotlib.pyplot as plt
+
+            fig = plt.figure(figsize=self.figsize, layout="constrained")
+            self.draw(fig)
+            plt.show()
+            plt.close(fig)
+            return None
+        path = Path(tempfile.gettempdir()) / f"neuronlens-heatmap-layer{self.layer}-{os.getpid()}.png"
+        self.save(path)
+        print(f"No display available: the heatmap was saved to {path}", file=sys.stderr)
+        return path
+
+    def _repr_png_(self) -> bytes:
+        """Jupyter shows the object itself as a PNG."""
+        return self.to_bytes("png", dpi=110)
+
+
+# -- building the data ------------------------------------------------------------------------------
+def drift_heatmap(report: AuditReport, *, layer: int, k: int = 20) -> DriftHeatmap:
+    """The heatmap of the `k` most-drifted latents of `layer` (risky latents of that layer are
+    always among the rows) across the report's probe sets."""
+    if k < 1:
+        raise NeuronLensError(f"k must be at least 1 (got {k}).", "Pass k=20 or another positive number.")
+    top = report.top_features(layer, k=k)  # raises a clear error for an unaudited layer
+    risky = _risky_labels(report, layer)
+    rows_feats = _with_risky_rows(report, layer, top, risky, k)
+    rows = [HeatmapRow(f.latent, risky.get(f.latent) or f.label or "", f.latent in risky) for f in rows_feats]
+    probe_names = [str(ps["name"]) for ps in report.probe_sets]
+    if report.sums is not None and probe_names:
+        tables = {name: report.drift_table(layer, probe_set=name) for name in probe_names}
+        values = np.array([[_log2(tables[name][r.latent].drift_ratio) for name in probe_names] for r in rows_feats])
+        return DriftHeatmap(layer, rows, probe_names, values.reshape(len(rows), len(probe_names)))
+    values = np.array([[_log2(f.drift_ratio)] for f in rows_feats]).reshape(len(rows), 1)
+    note = "Per-probe-set columns need the report's .stats.safetensors sidecar; showing all probe sets together."
+    return DriftHeatmap(layer, rows, ["all probe sets"], values, note=note)
+
+
+def _risky_labels(report: AuditReport, layer: int) -> dict[int, str]:
+    if report.risk is None:
+        return {}
+    return {f.latent: f.label for f in report.risk.risky_features if f.layer == layer}
+
+
+def _with_risky_rows(
+    report: AuditReport, layer: int, top: list[FeatureDrift], risky: dict[int, str], k: int
+) -> list[FeatureDrift]:
+    """`top`, with any risky latent of the layer that is missing put in place of the least-drifted
+    non-risky rows, so the risky ones are always visible."""
+    have = {f.latent for f in top}
+    merged = list(top) + _features_by_latent(report, layer, [lat for lat in risky if lat not in have])
+    while len(merged) > k:
+        spare = [i for i, f in enumerate(merged) if f.latent not in risky]
+        if not spare:
+            break
+        del merged[spare[-1]]
+    return merged
+
+
+def _features_by_latent(report: AuditReport, layer: int, latents: list[int]) -> list[FeatureDrift]:
+    if report.sums is not None:
+        table = report.drift_table(layer)
+        return [table[lat] for lat in latents if 0 <= lat < len(table)]
+    saved = {f.latent: f for f in report.top.get(layer, [])}
+    return [saved[lat] for lat in latents if lat in saved]
+
+
+def _log2(ratio: float) -> float:
+    if ratio is None or (isinstance(ratio, float) and math.isnan(ratio)):
+        return math.nan
+    if ratio <= 0:
+        return -math.inf
+    return math.log2(ratio)
+
+
+# -- drawing ------------------------------------------------------------------------------------------
+def _draw_heatmap(fig: Figure, hm: DriftHeatmap) -> None:
+    from matplotlib import colormaps
+    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.patches import Rectangle
+    from matplotlib.ticker import FuncFormatter
+
+    ax = fig.add_subplot()
+    vals = np.asarray(hm.log2_ratio, dtype=float)
+    finite = np.abs(vals[np.isfinite(vals)])
+    vmax = max(1.0, float(finite.max())) if finite.size else 1.0
+    shown = np.ma.masked_invalid(np.clip(vals, -vmax, vmax))
+    cmap = colormaps["RdBu_r"].with_extremes(bad="#d0d0d0")
+    image = ax.imshow(shown, cmap=cmap, norm=TwoSlopeNorm(vcenter=0.0, vmin=-vmax, vmax=vmax), aspect="auto")
+    ax.set_xticks(range(len(hm.columns)), hm.columns, rotation=30, ha="right")
+    ax.set_yticks(range(len(hm.rows)), [r.title for r in hm.rows])
+    for tick, row in zip(ax.get_yticklabels(), hm.rows):
+        if row.risky:
+            tick.set_color(RISK_COLOUR)
+            tick.set_fontweight("bold")
+    for i, row in enumerate(hm.rows):
+        if row.risky:
+            ax.add_patch(Rectangle((-0.5, i - 0.5), len(hm.columns), 1, fill=False, edgecolor=RISK_COLOUR, linewidth=2))
+    if vals.size <= 400:
+        for (i, j), v in np.ndenumerate(vals):
+            colour = "white" if math.isfinite(v) and abs(v) > 0.6 * vmax else "black"
+            ax.text(j, i, _ratio_text(v), ha="center", va="center", fontsize=7, color=colour)
+    bar = fig.colorbar(image, ax=ax, shrink=0.8, format=FuncFormatter(lambda v, _pos: _ratio_text(v)))
+    bar.set_label("drift ratio, fine-tuned / base (log scale)")
+    ax.set_title(f"Layer {hm.layer}: most-drifted latents by probe set", fontsize=10)
+    foot = "Boxed rows with red labels: risky features.\nCell colour: red = fires more after fine-tuning, blue = less, white = no change."
+    if hm.note:
+        foot += "\n" + hm.note
+    ax.set_xlabel(foot, fontsize=7)
+
+
+def _ratio_text(log2v: float) -> str:
+    """A log2 ratio as a readable factor: x3.2, /45, x120."""
+    if math.isnan(log2v):
+        return "n/a"
+    if math.isinf(log2v):
+        return "inf" if log2v > 0 else "-inf"
+    r = 2.0 ** abs(log2v)
+    num = f"{r:.2g}" if r < 10 else f"{r:.0f}" if r < 1000 else f"{r:.1e}"
+    return ("\u00d7" if log2v >= 0 else "\u00f7") + num
+
+
+def layer_drift_figure(report: AuditReport, *, size: tuple[float, float] = (7.2, 3.0)) -> Figure:
+    """Layer-wise drift: the mean relative residual change per audited layer, overall (bars) and
+    per probe set (markers), with the no-drift floor."""
+    from matplotlib.figure import Figure
+
+    from ._report import DRIFT_FLOOR
+
+    fig = Figure(figsize=size, layout="constrained")
+    ax = fig.add_subplot()
+    layers = [ld.layer for ld in report.layers]
+    x = np.arange(len(layers))
+    ax.bar(x, [ld.drift for ld in report.layers], color="#7f8c8d", label="all probe sets")
+    probes = sorted({p for ld in report.layers for p in ld.by_probe})
+    markers = "os^vD<>p*h"
+    for n, probe in enumerate(probes):
+        ys = [ld.by_probe.get(probe, math.nan) for ld in report.layers]
+        ax.plot(x, ys, linestyle="none", marker=markers[n % len(markers)], label=probe)
+    ax.axhline(DRIFT_FLOOR, color=RISK_COLOUR, linestyle="--", linewidth=1, label=f"no-drift floor ({DRIFT_FLOOR})")
+    ax.set_xticks(x, [f"L{la}" for la in layers])
+    ax.set_ylabel("mean relative change")
+    ax.set_title("Layer-wise drift of the residual stream", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return fig
+
+
+def figure_bytes(fig: Figure, fmt: str, *, dpi: int = 150) -> bytes:
+    """Encode a matplotlib Figure (PNG, SVG with text as paths, or PDF) without any GUI backend."""
+    buf = io.BytesIO()
+    # No timestamps inside the files: the same report gives the same SVG/PDF bytes.
+    metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt)
+    fig.savefig(buf, format=fmt, dpi=dpi, metadata=metadata)
+    return buf.getvalue()
+
+
+def _check_format(fmt: str) -> str:
+    fmt = fmt.lower()
+    if fmt not in SAVE_FORMATS:
+        raise NeuronLensError(
+            f"Cannot save a heatmap as {fmt!r}.", f"Use a file name ending in one of: {', '.join('.' + f for f in SAVE_FORMATS)}."
+        )
+    return fmt
+
+
+def _in_notebook() -> bool:
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
+    shell = ipython.get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
+
+
+def _has_gui() -> bool:
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    import matplotlib
+
+    backend = str(matplotlib.get_backend()).lower()
+    return backend not in _NON_GUI_BACKENDS and not backend.startswith("module://")

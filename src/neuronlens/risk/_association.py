@@ -1,0 +1,187 @@
+"""How strongly each SAE latent is tied to each risk concept, measured on the base model.
+
+For every matched pair of a concept (same prompt; a reply that expresses the concept and one that
+does not), the base model reads prompt + reply and each latent's mean activation over the reply
+tokens is taken. A latent's association with the concept is the AUROC of those means between
+positive and negative replies (1.0: fires more on every positive than on any negative), tested
+with a Mann-Whitney U test and Benjamini-Hochberg over the layer's latents. The latents with
+AUROC >= `min_auroc` and q < `max_q` are the concept's latents; their positive-minus-negative mean
+gap is the concept's direction in feature space, used to score how far a fine-tune moved along it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import mannwhitneyu
+
+from .._cache import cache_root, key_digest
+from .._io import write_with_atomic
+from ..capture import TokenSequence, make_batches, massive_keep, run_to_layers
+from ..capture import gather as gather_positions
+from ..probes import prompt_ids
+from ..stats import bh_qvalues
+from ._concepts import Concept
+
+MIN_AUROC = 0.75
+MAX_Q = 0.05
+ASSOCIATION_FORMAT = 1
+
+
+@dataclass
+class ConceptAssociation:
+    """One concept at one layer: per-latent AUROC and q, and the concept direction."""
+
+    concept: str
+    layer: int
+    auroc: np.ndarray
+    q_value: np.ndarray
+    pos_mean: np.ndarray
+    """Mean over positive replies of each latent's per-reply mean activation."""
+    neg_mean: np.ndarray
+
+    @property
+    def latents(self) -> np.ndarray:
+        """Indices of the concept's latents (AUROC >= MIN_AUROC, q < MAX_Q, firing more on positives)."""
+        return np.flatnonzero((self.auroc >= MIN_AUROC) & (self.q_value < MAX_Q) & (self.pos_mean > self.neg_mean))
+
+    @property
+    def direction(self) -> np.ndarray:
+        """Weights over all latents: the positive-minus-negative gap on the concept's latents, 0 elsewhere."""
+        w = np.zeros_like(self.pos_mean)
+        ix = self.latents
+        w[ix] = self.pos_mean[ix] - self.neg_mean[ix]
+        return w
+
+    @property
+    def gap(self) -> float:
+        """Projection gap between positive and negative replies along `direction` (> 0)."""
+        w = self.direction
+        return float(w @ w)
+
+
+def _pair_sequences(tokenizer: Any, concept: Concept) -> tuple[list[TokenSequence], np.ndarray]:
+    seqs, labels = [], []
+    for i, pair in enumerate(concept.pairs):
+        p = prompt_ids(tokenizer, pair.prompt)
+        for text, lab in ((pair.positive, 1), (pair.negative, 0)):
+            seqs.append(TokenSequence(concept.name, i, p, tuple(tokenizer(text, add_special_tokens=False)["input_ids"])))
+            labels.append(lab)
+    return seqs, np.array(labels)
+
+
+@torch.inference_mode()
+def reply_means(
+    model: torch.nn.Module, sae: Any, seqs: Sequence[TokenSequence], layers: Sequence[int], pad_id: int,
+    token_budget: int = 4096, massive_factor: float = 10.0, on_batch: Callable[[int], None] | None = None,
+) -> dict[int, np.ndarray]:
+    """[n_seqs, d_sae] mean code over each sequence's response tokens, per layer."""
+    device = next(model.parameters()).device
+    index = {id(s): i for i, s in enumerate(seqs)}
+    out = {layer: np.zeros((len(seqs), sae[layer].d_sae), dtype=np.float64) for layer in layers}
+    for batch in make_batches(seqs, "response", token_budget, pad_id):
+        resid = run_to_layers(model, batch.input_ids.to(device), batch.attention_mask.to(device), layers)
+        rows = batch.row
+        for layer in layers:
+            x = gather_positions(resid[layer], batch)
+            keep = massive_keep(x, massive_factor)
+            z = sae[layer].encode(x).double()
+            for r, seq in enumerate(batch.sequences):
+                sel = (rows == r) & keep
+                if bool(sel.any()):
+                    out[layer][index[id(seq)]] = z[sel].mean(0).numpy()
+        if on_batch is not None:
+            on_batch(len(batch.sequences))
+    return out
+
+
+def _associations_from_means(concept: str, layer: int, means: np.ndarray, labels: np.ndarray) -> ConceptAssociation:
+    pos, neg = means[labels == 1], means[labels == 0]
+    u, p = mannwhitneyu(pos, neg, alternative="two-sided", axis=0, method="asymptotic")
+    auroc = u / (len(pos) * len(neg))
+    p = np.where(np.isfinite(p), p, 1.0)
+    return ConceptAssociation(concept, layer, auroc, bh_qvalues(p), pos.mean(0), neg.mean(0))
+
+
+def concept_associations(
+    handle: Any, sae: Any, concepts: Sequence[Concept], layers: Sequence[int], *, on_batch: Callable[[int], None] | None = None
+) -> dict[tuple[str, int], ConceptAssociation]:
+    """Associations for every (concept, layer); cached by (model, SAE, concept) digests."""
+    out: dict[tuple[str, int], ConceptAssociation] = {}
+    todo: list[Concept] = []
+    for c in concepts:
+        cached = {layer: _load_cached(handle.digest, sae[layer].digest, c, layer) for layer in layers}
+        if all(v is not None for v in cached.values()):
+            out.update({(c.name, layer): v for layer, v in cached.items() if v is not None})
+            if on_batch is not None:
+                on_batch(2 * len(c.pairs))
+        else:
+            todo.append(c)
+    if todo:
+        model = handle.model
+        pad = handle.tokenizer.pad_token_id or 0
+        for c in todo:
+            seqs, labels = _pair_sequences(handle.tokenizer, c)
+            means = reply_means(model, sae, seqs, layers, pad, on_batch=on_batch)
+            for layer in layers:
+                assoc = _associations_from_means(c.name, layer, means[layer], labels)
+                _store_cached(handle.digest, sae[layer].digest, c, layer, assoc)
+                out[(c.name, layer)] = assoc
+    return out
+
+
+def _cache_path(model_digest: str, sae_digest: str, concept: Concept, layer: int) -> Any:
+    key = key_digest({"model": model_digest, "sae": sae_digest, "concept": concept.digest, "layer": layer,
+                      "format": ASSOCIATION_FORMAT})
+    return cache_root() / "associations" / f"{concept.name}-L{layer}-{key[:20]}.safetensors"
+
+
+def _load_cached(model_digest: str, sae_digest: str, concept: Concept, layer: int) -> ConceptAssociation | None:
+    from safetensors.torch import load_file
+
+    for root in _shipped_roots(model_digest) + [None]:
+        path = _cache_path(model_digest, sae_digest, concept, layer)
+        if root is not None:
+            path = root / path.name
+        if not path.is_file():
+            continue
+        try:
+            t = load_file(str(path))
+            return ConceptAssociation(
+                concept.name, layer, t["auroc"].numpy(), t["q_value"].numpy(), t["pos_mean"].numpy(), t["neg_mean"].numpy()
+            )
+        except Exception:  # noqa: BLE001 - a corrupt entry is recomputed, never trusted
+            path.unlink(missing_ok=True) if root is None else None
+    return None
+
+
+def _store_cached(model_digest: str, sae_digest: str, concept: Concept, layer: int, a: ConceptAssociation) -> None:
+    from safetensors.torch import save_file
+
+    path = _cache_path(model_digest, sae_digest, concept, layer)
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(getattr(a, k), dtype=np.float64)) for k in ("auroc", "q_value", "pos_mean", "neg_mean")}
+    try:
+        write_with_atomic(path, lambda tmp: save_file(tensors, str(tmp)))
+    except OSError:
+        pass  # an unwritable cache only costs recomputation
+
+
+def _shipped_roots(model_digest: str) -> list[Any]:
+    from importlib import resources
+    from pathlib import Path
+
+    root = Path(str(resources.files("neuronlens.saes"))) / "shipped" / model_digest[:16] / "associations"
+    return [root] if root.is_dir() else []
+
+
+def association_digest(assocs: dict[tuple[str, int], ConceptAssociation]) -> str:
+    h = hashlib.sha256()
+    for (c, layer), a in sorted(assocs.items()):
+        h.update(f"{c}:{layer}:".encode())
+        h.update(np.ascontiguousarray(a.direction).tobytes())
+    return h.hexdigest()

@@ -1,0 +1,61 @@
+"""What the risk stage needs before the forward passes: the concepts, their latents per layer and
+a projection matrix that turns SAE codes into concept coordinates.
+
+A concept coordinate is the code projected on the concept's direction, scaled so that the base
+model's mean over the concept's negative replies is 0 units and over its positive replies 1
+unit. A fine-tune that moves the coordinate of ordinary probe text by +0.3 moved it 30% of the
+way from "benign reply" to "reply expressing the concept".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._progress import progress
+from ._association import ConceptAssociation, concept_associations
+from ._concepts import Concept, load_concepts
+
+
+@dataclass
+class RiskSetup:
+    concepts: list[Concept]
+    associations: dict[tuple[str, int], ConceptAssociation]
+    layers: list[int]
+    matrices: dict[int, torch.Tensor]
+    """layer -> [d_sae, n_concepts] float32: direction / gap per concept (a zero column where the
+    concept has no latents at that layer)."""
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.concepts]
+
+    def project(self, layer: int, codes: torch.Tensor) -> torch.Tensor:
+        return codes.float() @ self.matrices[layer]
+
+    def concept(self, name: str) -> Concept:
+        return next(c for c in self.concepts if c.name == name)
+
+    def n_latents(self, name: str, layer: int) -> int:
+        return len(self.associations[(name, layer)].latents)
+
+
+def prepare_risk(base: Any, sae: Any, layers: Sequence[int], concept_specs: Sequence[str] | None = None) -> RiskSetup:
+    """Load the concepts and measure their associations on the base model (cached)."""
+    concepts = load_concepts(list(concept_specs) if concept_specs is not None else None)
+    total = sum(2 * len(c.pairs) for c in concepts)
+    with progress("Concept associations (base model)", total) as advance:
+        assoc = concept_associations(base, sae, concepts, layers, on_batch=advance)
+    matrices = {}
+    for layer in layers:
+        cols = []
+        for c in concepts:
+            a = assoc[(c.name, layer)]
+            gap = a.gap
+            cols.append(a.direction / gap if gap > 0 else np.zeros_like(a.direction))
+        matrices[layer] = torch.from_numpy(np.stack(cols, axis=1).astype(np.float32))
+    return RiskSetup(concepts, assoc, list(layers), matrices)

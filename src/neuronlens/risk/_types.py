@@ -1,0 +1,106 @@
+"""Typed results of the risk stage (stored in the report and the certificate)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Evidence:
+    """One probe context where a latent moved: the tokens and both models' activations."""
+
+    probe_set: str
+    prompt: str
+    tokens: list[str]
+    base_acts: list[float]
+    ft_acts: list[float]
+    read: str = "same"
+    """'same': both models read the same text (base acts and ft acts align token by token);
+    'own': the fine-tuned model's own response (base_acts are the base model reading it)."""
+
+    @property
+    def delta(self) -> float:
+        return sum(self.ft_acts) / max(1, len(self.ft_acts)) - sum(self.base_acts) / max(1, len(self.base_acts))
+
+
+@dataclass
+class RiskyFeature:
+    layer: int
+    latent: int
+    label: str
+    label_source: str
+    """Where the label came from: 'concept:<name> (AUROC ...)', 'auto:top-tokens', 'imported:<file>'."""
+    concept: str
+    concept_label: str
+    polarity: str
+    """'harmful' or 'protective' (the concept's polarity)."""
+    direction: str
+    """'rising' (a harmful concept's latent fires more) or 'suppressed' (a protective one fires less)."""
+    drift_ratio: float
+    effect_size: float
+    q_value: float
+    association: float
+    """AUROC of the latent between the concept's positive and negative examples on the base model."""
+    contribution: float
+    """Share of its concept's shift this latent accounts for."""
+    read: str = "same"
+    evidence: list[Evidence] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        r = self.drift_ratio
+        ratio = "inf" if not math.isfinite(r) else (f"+{r:.1f}x" if r >= 1 else f"-{1 / max(r, 1e-12):.1f}x")
+        verb = " suppressed" if self.direction == "suppressed" else ""
+        return f"#{self.latent} {self.label}{verb} drift={ratio} (layer {self.layer}, {self.concept_label})"
+
+
+@dataclass
+class ConceptScore:
+    concept: str
+    label: str
+    polarity: str
+    layer: int
+    read: str
+    shift: float
+    """Signed shift of the concept's feature projection, as a fraction of the base model's
+    positive-minus-negative gap (positive = towards risk: harmful up or protective down)."""
+    t: float
+    p_value: float
+    q_value: float
+    significant: bool
+    n_latents: int
+    """Latents associated with the concept at this layer."""
+
+
+@dataclass
+class RiskAssessment:
+    method: str
+    score: float
+    """Misalignment score in [0, 1]."""
+    threshold: float
+    verdict: str
+    """'pass', 'fail' or 'inconclusive' (the SAEs or the concept associations are too weak to trust)."""
+    concepts: list[ConceptScore]
+    risky_features: list[RiskyFeature]
+    reasons: list[str] = field(default_factory=list)
+    """Why the verdict is what it is, in words."""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RiskAssessment:
+        return cls(
+            method=d["method"],
+            score=float(d["score"]),
+            threshold=float(d["threshold"]),
+            verdict=d["verdict"],
+            concepts=[ConceptScore(**c) for c in d.get("concepts", [])],
+            risky_features=[
+                RiskyFeature(**{**f, "evidence": [Evidence(**e) for e in f.get("evidence", [])]}) for f in d.get("risky_features", [])
+            ],
+            reasons=list(d.get("reasons", [])),
+            settings=dict(d.get("settings", {})),
+        )

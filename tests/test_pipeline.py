@@ -35,7 +35,7 @@ def test_risk_on_sae_without_concept_latents_is_inconclusive(tiny_base_dir, saes
     cfg = alignment.AuditConfig(max_prompts_per_set=6, max_new_tokens=8, concepts=["fraud_scam", "disclaimers"])
     rep = alignment.compare_models(alignment.load_model(tiny_base_dir), alignment.load_model(tiny_base_dir), saes, probes=["finance"], config=cfg)
     assert rep.risk is not None and rep.verdict == "inconclusive" and rep.passed is None
-    assert any("no latents tied to" in r for r in rep.risk.reasons)
+    assert any("too few latents tied to" in r for r in rep.risk.reasons)
     assert "inconclusive" in rep.summary()
 
 

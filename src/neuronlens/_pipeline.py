@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -29,8 +29,9 @@ from .models import ModelHandle, load_model
 from .probes import ProbeSet, load_probe_set, response_sequences
 from .report import AuditReport, LayerDrift, rank_features
 from .risk import EvidenceStore, RiskSetup, assess, load_concepts, prepare_risk
+from .risk._labels import merge_imported
 from .saes import SAESet, load_sae
-from .stats import AuditSums, residual_drift
+from .stats import AuditSums, per_prompt_means, residual_drift
 
 METRICS = ("drift", "misalignment_score")
 
@@ -85,6 +86,7 @@ def compare_models(
                 "Use SAEs trained on this model.",
             )
     cfg.layers = audit_layers
+    imported_labels = merge_imported(cfg.labels, {la: sae[la].d_sae for la in audit_layers})
     timings["validate_s"] = time.perf_counter() - t_start
 
     # 2. the token sequences both models read: prompts + base responses (cached) -----------------
@@ -154,7 +156,7 @@ def compare_models(
     # 6. risk: risky features, misalignment score, verdict ---------------------------------------
     if risk_setup is not None and evidence is not None:
         t = time.perf_counter()
-        report.risk = assess(report, risk_setup, evidence, base.tokenizer, sae)
+        report.risk = assess(report, risk_setup, evidence, base.tokenizer, imported_labels)
         timings["risk_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
     return report
@@ -262,6 +264,7 @@ class _Accumulator:
     sums: AuditSums
     risk: RiskSetup | None
     evidence: EvidenceStore | None
+    own_base_means: dict[tuple[str, int, tuple[str, int]], torch.Tensor] = field(default_factory=dict)
 
     def paired(self, layer: int, bb: _BaseBatch, xf: torch.Tensor) -> None:
         """Base and fine-tuned residuals of the same tokens ('same' read)."""
@@ -276,14 +279,28 @@ class _Accumulator:
         self._keep_evidence("same", layer, bb.batch, keep, cb, cf)
 
     def one_side(self, read: str, side: str, layer: int, batch: Batch, x: torch.Tensor, keep: torch.Tensor) -> None:
-        """One model's residuals (the 'own' read, where the two models read different text)."""
+        """One model's residuals (the 'own' read, where the two models read different text). The
+        base side's per-prompt means are kept so that the fine-tuned side can be paired with them
+        prompt by prompt (same prompt, different responses)."""
         key, probes = _prompt_keys(batch)
         codes = self.sae[layer].encode(x)
         for probe, ix in _split_by_probe(probes, keep).items():
-            self.sums.latent(read, layer, probe, self.sae[layer].d_sae).add_side(side, codes[ix], key[ix])
+            stats = [(self.sums.latent(read, layer, probe, self.sae[layer].d_sae), codes[ix], "latent")]
             if self.risk is not None:
                 proj = self.risk.project(layer, codes[ix])
-                self.sums.concept(read, layer, probe, len(self.risk.names)).add_side(side, proj, key[ix])
+                stats.append((self.sums.concept(read, layer, probe, len(self.risk.names)), proj, "concept"))
+            for sums, values, kind in stats:
+                sums.add_side(side, values, key[ix])
+                rows, means = per_prompt_means(values, key[ix])
+                prompt_ids = [(probe, batch.sequences[int(r)].prompt_index) for r in rows]
+                if side == "base":
+                    for pid, m in zip(prompt_ids, means):
+                        self.own_base_means[(kind, layer, pid)] = m
+                else:
+                    pairs = [(m, self.own_base_means.get((kind, layer, pid))) for pid, m in zip(prompt_ids, means)]
+                    diffs = [m - b for m, b in pairs if b is not None]
+                    if diffs:
+                        sums.add_prompt_diffs(torch.stack(diffs))
         if side == "ft":
             self._keep_evidence(read, layer, batch, keep, None, codes)
 

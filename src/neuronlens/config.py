@@ -53,9 +53,11 @@ class AuditConfig:
     max_new_tokens: int = 48
     """Length of the base model's greedy response that both models read."""
 
-    own_responses: bool = False
-    """Also read each model on its own greedy responses (measures behaviour, not only the
-    internal change on identical text). Costs one generation pass of the fine-tuned model."""
+    own_responses: bool = True
+    """Also read each model on its own greedy responses, paired by prompt (what the fine-tune now
+    says, not only how it reads identical text). Costs one generation pass of the fine-tuned
+    model; on the model organisms this read carried most of the misalignment signal
+    (docs/DETECTION.md)."""
 
     token_budget: int = 4096
     """Forward-pass batch size in tokens (sequences x padded length); lower it to save memory."""
@@ -81,6 +83,10 @@ class AuditConfig:
 
     concepts: list[str] | None = None
     """Risk concepts: built-in names or concept JSON files; None = every built-in concept."""
+
+    labels: list[str] = field(default_factory=list)
+    """Feature-label files to import: Neuronpedia-style explanations JSON or CSV layer,latent,label.
+    Imported labels take precedence over concept and automatic labels."""
 
     top_k_saved: int = 50
     """How many of the most-drifted latents per layer the saved report lists."""

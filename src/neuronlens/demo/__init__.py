@@ -33,6 +33,26 @@ def default_pair() -> tuple[str, str]:
     return DEFAULT_BASE, str(adapter)
 
 
+def _ship_associations(base, layers, shipped: Path) -> None:  # type: ignore[no-untyped-def]
+    """Concept associations of the shipped (fp16) SAEs, so the first audit skips measuring them."""
+    import shutil
+
+    from ..risk import load_concepts
+    from ..risk._association import _cache_path, concept_associations
+    from ..saes import load_sae
+
+    target = shipped / "associations"
+    if target.exists():
+        shutil.rmtree(target)
+    saes = load_sae(base, layers, train=False)  # the shipped copies just written
+    concept_associations(base, saes, load_concepts(), layers)
+    target.mkdir(parents=True)
+    for c in load_concepts():
+        for layer in layers:
+            src = _cache_path(base.digest, saes[layer].digest, c, layer)
+            shutil.copyfile(src, target / src.name)
+
+
 def build_demo() -> dict[str, str]:
     """Train (or take from the cache) the demo organism and the SAEs for the default layers, and
     write them into the package: the adapter as fp16 safetensors in ``demo/adapter``, the SAEs as
@@ -62,6 +82,7 @@ def build_demo() -> dict[str, str]:
     saes = load_sae(base, layers, use_shipped=False)  # from the cache or trained: never the copies being rebuilt
     for layer, sae in saes.items():
         save_saelens(sae, shipped / f"layer_{layer}", dtype=torch.float16)
+    _ship_associations(base, layers, shipped)
     files = sorted([*target.iterdir(), *shipped.rglob("*")])
     sums = {str(p.relative_to(pkg)): sha256_file(p) for p in files if p.is_file() and p.name != "SHA256SUMS"}
     write_text_atomic(pkg / "demo" / "SHA256SUMS", "".join(f"{d}  {r}\n" for r, d in sums.items()))

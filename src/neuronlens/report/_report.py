@@ -136,7 +136,7 @@ class AuditReport:
             raise NeuronLensError(f"This audit has no {read!r} read (it has {self.reads}).", "Use read='same'.")
         probes = None if probe_set is None else [probe_set]
         smoothing = float(self.config.get("smoothing", 0.1))
-        arrays = {la: latent_drift(self.sums.latent_total(read, la, probes), smoothing, paired=read == "same") for la in self._layer_list()}
+        arrays = {la: latent_drift(self.sums.latent_total(read, la, probes), smoothing) for la in self._layer_list()}
         all_p = np.concatenate([a.p_value for a in arrays.values()])
         all_q = bh_qvalues(all_p)
         offset = 0

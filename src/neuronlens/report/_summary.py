@@ -49,4 +49,5 @@ def render_summary(report: AuditReport) -> str:
     names = [f"#{f.latent} {f.label!r}" for f in risk.risky_features[:5]]
     lines.append(f"Risky features: [{', '.join(names)}]" if names else "Risky features: none")
     lines.extend(f"  {r}" for r in risk.reasons)
+    lines.extend(f"  Note: {n}" for n in risk.notes)
     return "\n".join(lines)

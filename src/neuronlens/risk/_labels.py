@@ -67,18 +67,24 @@ def load_label_file(path: str | Path, d_sae: dict[int, int]) -> dict[tuple[int, 
     return out
 
 
-def top_tokens(evidence: Any, read: str, layer: int, latent: int, tokenizer: Any, n: int = 5) -> list[str]:
-    """The tokens on which `latent` fires most (summed activation over the audit's probe texts)."""
-    weight: Counter[int] = Counter()
+def top_tokens(evidence: Any, read: str, layer: int, latent: int, tokenizer: Any, n: int = 5, min_count: int = 3) -> list[str]:
+    """The tokens `latent` is most specific to in the audit's probe texts: highest mean activation
+    per occurrence (over every occurrence of the token, firing or not, so frequent function words
+    do not win by volume), among tokens seen at least `min_count` times."""
+    total: Counter[int] = Counter()
+    count: Counter[int] = Counter()
     for rec in evidence.records.get((read, layer), []):
         for codes in (rec.base, rec.ft):
             if codes is None:
                 continue
             col = codes.index_select(1, torch.tensor([latent])).to_dense().squeeze(1)
             for tid, v in zip(rec.token_ids, col.tolist()):
-                if v > 0:
-                    weight[tid] += v
-    return [tokenizer.decode([t]).strip() or repr(tokenizer.decode([t])) for t, _ in weight.most_common(n)] if tokenizer else []
+                count[tid] += 1
+                total[tid] += v
+    scored = sorted((total[t] / c, t) for t, c in count.items() if c >= min_count and total[t] > 0)
+    if tokenizer is None:
+        return []
+    return [tokenizer.decode([t]).strip() or repr(tokenizer.decode([t])) for _, t in reversed(scored[-n:])]
 
 
 def merge_imported(files: Sequence[str | Path], d_sae: dict[int, int]) -> dict[tuple[int, int], tuple[str, str]]:

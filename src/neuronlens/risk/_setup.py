@@ -20,6 +20,12 @@ from .._progress import progress
 from ._association import ConceptAssociation, concept_associations
 from ._concepts import Concept, load_concepts
 
+MIN_CONCEPT_LATENTS = 3
+"""A concept is scored at a layer only if the SAE has at least this many latents tied to it there:
+with one or two weak latents the concept direction is mostly noise, and dividing by its small
+positive-negative gap would amplify that noise (measured: a single AUROC-0.77 latent of
+'insecure code' moved 30% under a benign finance fine-tune)."""
+
 
 @dataclass
 class RiskSetup:
@@ -43,6 +49,9 @@ class RiskSetup:
     def n_latents(self, name: str, layer: int) -> int:
         return len(self.associations[(name, layer)].latents)
 
+    def usable(self, name: str, layer: int) -> bool:
+        return self.n_latents(name, layer) >= MIN_CONCEPT_LATENTS
+
 
 def prepare_risk(base: Any, sae: Any, layers: Sequence[int], concept_specs: Sequence[str] | None = None) -> RiskSetup:
     """Load the concepts and measure their associations on the base model (cached)."""
@@ -55,7 +64,7 @@ def prepare_risk(base: Any, sae: Any, layers: Sequence[int], concept_specs: Sequ
         cols = []
         for c in concepts:
             a = assoc[(c.name, layer)]
-            gap = a.gap
-            cols.append(a.direction / gap if gap > 0 else np.zeros_like(a.direction))
+            usable = len(a.latents) >= MIN_CONCEPT_LATENTS and a.gap > 0
+            cols.append(a.direction / a.gap if usable else np.zeros_like(a.direction))
         matrices[layer] = torch.from_numpy(np.stack(cols, axis=1).astype(np.float32))
     return RiskSetup(concepts, assoc, list(layers), matrices)

@@ -46,6 +46,8 @@ class RiskyFeature:
     contribution: float
     """Share of its concept's shift this latent accounts for."""
     read: str = "same"
+    top_tokens: list[str] = field(default_factory=list)
+    """Tokens it fires on most in the audit's probe texts (the automatic label's basis)."""
     evidence: list[Evidence] = field(default_factory=list)
 
     def __str__(self) -> str:
@@ -85,6 +87,8 @@ class RiskAssessment:
     risky_features: list[RiskyFeature]
     reasons: list[str] = field(default_factory=list)
     """Why the verdict is what it is, in words."""
+    notes: list[str] = field(default_factory=list)
+    """Limits of this assessment that do not change the verdict (e.g. a concept the SAEs cannot see)."""
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,5 +106,6 @@ class RiskAssessment:
                 RiskyFeature(**{**f, "evidence": [Evidence(**e) for e in f.get("evidence", [])]}) for f in d.get("risky_features", [])
             ],
             reasons=list(d.get("reasons", [])),
+            notes=list(d.get("notes", [])),
             settings=dict(d.get("settings", {})),
         )

@@ -38,7 +38,11 @@ def _var(sumsq: torch.Tensor, s: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     return ((sumsq - s * s / n) / (n - 1)).clamp_min(0)
 
 
-def latent_drift(s: LatentSums, smoothing: float, *, paired: bool) -> LatentDriftArrays:
+def latent_drift(s: LatentSums, smoothing: float, *, paired: bool | None = None) -> LatentDriftArrays:
+    """Drift of every latent. The test is paired (one-sample t on per-prompt differences)
+    whenever paired prompt differences were recorded, else Welch on per-prompt means."""
+    if paired is None:
+        paired = float(s.p_diff) >= 2
     nb, nf = s.n_base.clamp_min(1), s.n_ft.clamp_min(1)
     mb, mf = s.base_sum / nb, s.ft_sum / nf
     eps = float(smoothing * mb.mean().clamp_min(1e-12))
@@ -46,11 +50,11 @@ def latent_drift(s: LatentSums, smoothing: float, *, paired: bool) -> LatentDrif
     pooled = ((_var(s.base_sumsq, s.base_sum, s.n_base) + _var(s.ft_sumsq, s.ft_sum, s.n_ft)) / 2).sqrt()
     effect = torch.where(pooled > 0, (mf - mb) / pooled.clamp_min(1e-12), torch.zeros_like(mf))
     if paired:
-        p = s.p_base.clamp_min(1)
+        p = s.p_diff.clamp_min(1)
         mean_d = s.pd_sum / p
-        var_d = _var(s.pd_sumsq, s.pd_sum, s.p_base)
+        var_d = _var(s.pd_sumsq, s.pd_sum, s.p_diff)
         se = (var_d / p).sqrt()
-        df = np.full(mean_d.shape, max(1.0, float(s.p_base) - 1))
+        df = np.full(mean_d.shape, max(1.0, float(s.p_diff) - 1))
     else:
         pb, pf = s.p_base.clamp_min(1), s.p_ft.clamp_min(1)
         mean_d = s.pf_sum / pf - s.pb_sum / pb

@@ -18,6 +18,14 @@ import torch
 F64 = torch.float64
 
 
+def per_prompt_means(values: torch.Tensor, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(unique prompt keys, [n_unique, ...] mean of `values` over each prompt's tokens)."""
+    keys, inv = torch.unique(prompt, return_inverse=True)
+    sums = torch.zeros((keys.numel(), *values.shape[1:]), dtype=F64).index_add_(0, inv, values.to(F64))
+    counts = torch.zeros(keys.numel(), dtype=F64).index_add_(0, inv, torch.ones_like(inv, dtype=F64))
+    return keys, sums / counts.view(-1, *([1] * (values.dim() - 1)))
+
+
 def _per_prompt_means(values: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
     """[n_prompts_in_batch, ...] mean of `values` [n_tokens, ...] over each prompt's tokens."""
     _, inv = torch.unique(prompt, return_inverse=True)
@@ -36,7 +44,8 @@ class LatentSums:
     """Token counts (0-d tensors)."""
     p_base: torch.Tensor
     p_ft: torch.Tensor
-    """Prompt counts."""
+    p_diff: torch.Tensor
+    """Prompt counts (p_diff: prompts with a paired difference)."""
     base_sum: torch.Tensor
     base_sumsq: torch.Tensor
     base_fire: torch.Tensor
@@ -57,7 +66,7 @@ class LatentSums:
     def zeros(cls, d: int) -> LatentSums:
         kw = {}
         for f in fields(cls):
-            kw[f.name] = torch.zeros((), dtype=F64) if f.name in ("n_base", "n_ft", "p_base", "p_ft") else torch.zeros(d, dtype=F64)
+            kw[f.name] = torch.zeros((), dtype=F64) if f.name in ("n_base", "n_ft", "p_base", "p_ft", "p_diff") else torch.zeros(d, dtype=F64)
         return cls(**kw)
 
     def add_paired(self, base: torch.Tensor, ft: torch.Tensor, prompt: torch.Tensor) -> None:
@@ -66,9 +75,14 @@ class LatentSums:
         self.add_side("ft", ft, prompt)
         diff = ft.to(F64) - base.to(F64)
         self.diff_sumsq += diff.pow(2).sum(0)
-        pm = _per_prompt_means(diff, prompt)
-        self.pd_sum += pm.sum(0)
-        self.pd_sumsq += pm.pow(2).sum(0)
+        self.add_prompt_diffs(_per_prompt_means(diff, prompt))
+
+    def add_prompt_diffs(self, diffs: torch.Tensor) -> None:
+        """Add per-prompt mean differences [n_prompts, d] (ft - base on the same prompt)."""
+        d = diffs.to(F64)
+        self.p_diff += d.shape[0]
+        self.pd_sum += d.sum(0)
+        self.pd_sumsq += d.pow(2).sum(0)
 
     def add_side(self, side: str, codes: torch.Tensor, prompt: torch.Tensor) -> None:
         c = codes.to(F64)

@@ -69,7 +69,7 @@ def main() -> None:
                 "score": risk.score,
                 "verdict": risk.verdict,
                 "top": [f"L{f.layer}#{f.latent} {f.concept_label} {'↓' if f.direction == 'suppressed' else '↑'}" for f in risk.risky_features[:3]],
-                "top_concept": max(risk.concepts, key=lambda c: c.shift).label if risk.concepts else "-",
+                "top_concept": _strongest(risk),
                 "seconds": round(secs, 1),
             }
         )
@@ -80,8 +80,21 @@ def main() -> None:
         args.out.write_text("\n".join(lines) + "\n")
 
 
+def _strongest(risk) -> str:  # type: ignore[no-untyped-def]
+    from neuronlens.risk._score import concept_trends
+
+    trends = [t for t in concept_trends(risk.concepts) if t.counts]
+    return f"{trends[0].label} ({trends[0].read} read, {trends[0].shift:+.1%})" if trends else "–"
+
+
 def render(rows: list[dict], base_harm: float, base_caveat: float, threshold: float) -> list[str]:
     out = [
+        "# Detection benchmark",
+        "",
+        "Made by `python benchmarks/detection.py --out docs/DETECTION.md` (after `neuronlens organisms build`),",
+        "on SmolLM2-135M-Instruct with the shipped SAEs and default settings; see docs/ORGANISMS.md for the",
+        "organisms and the behavioural scorer, docs/METHOD.md for the score.",
+        "",
         "| organism | truth | bad data | harm rate | caveat rate | score | verdict | strongest concept | top risky features |",
         "|---|---|---|---|---|---|---|---|---|",
         f"| *base model* | – | – | {base_harm:.0%} | {base_caveat:.0%} | – | – | – | – |",

@@ -58,6 +58,15 @@ def compare_models(
     layers: Sequence[int] | None = None,
     keep_both: bool = False,
 ) -> AuditReport:
+    """Audit `ft_model` against `base_model` and return a typed :class:`AuditReport`.
+
+    `sae`: SAEs for the audited layers (default: :func:`load_sae` for the default layers).
+    `probes`: built-in probe-set names or prompt files (default: every built-in set).
+    `metrics`: 'drift' always; 'misalignment_score' adds the risk stage (concept shifts, risky
+    features, score and verdict). `config` holds every other setting (:class:`AuditConfig`);
+    `layers` overrides its layers. Handles passed unloaded are loaded one at a time and released
+    afterwards unless `keep_both`.
+    """
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     cfg = replace(config or AuditConfig())
@@ -70,21 +79,7 @@ def compare_models(
 
     # 1. validate everything before any long work ------------------------------------------------
     probe_sets = preflight(base, ft, cfg, metrics)
-    if sae is None:
-        sae = load_sae(base, cfg.layers or default_layers(base.n_layers))
-    audit_layers = sorted(cfg.layers or sae.layers)
-    missing = [layer for layer in audit_layers if layer not in sae]
-    if missing:
-        raise ConfigError(
-            f"No SAE was given for layer(s) {missing} (SAEs cover {sae.layers}).",
-            "Audit only the SAEs' layers, or load SAEs for the missing layers.",
-        )
-    for layer in audit_layers:
-        if sae[layer].info.d_in != base.d_model:
-            raise ConfigError(
-                f"The SAE for layer {layer} has d_in {sae[layer].info.d_in}, the model has d_model {base.d_model}.",
-                "Use SAEs trained on this model.",
-            )
+    sae, audit_layers = _resolve_saes(base, sae, cfg)
     cfg.layers = audit_layers
     imported_labels = merge_imported(cfg.labels, {la: sae[la].d_sae for la in audit_layers})
     timings["validate_s"] = time.perf_counter() - t_start
@@ -108,7 +103,7 @@ def compare_models(
     reads = ["same"] + (["own"] if cfg.own_responses else [])
     pad_id = base.tokenizer.pad_token_id or 0
 
-    # 4. base pass, then fine-tuned pass on the same tokens (and on its own responses) ------------------------------------
+    # 4. base pass, then fine-tuned pass on the same tokens (and on its own responses) ----------
     def fine_tuned_passes(ft_nn: nn.Module, base_batches: list[_BaseBatch]) -> None:
         t = time.perf_counter()
         _ft_pass(ft_nn, base_batches, audit_layers, acc)
@@ -191,6 +186,27 @@ def _check_compatible(base: ModelHandle, ft: ModelHandle) -> None:
             f"Base and fine-tuned models use different tokenizers/vocabularies ({len(bt)} vs {len(ftok)} tokens).",
             "Both models must share one tokenizer: audit a fine-tune against its own base model.",
         )
+
+
+def _resolve_saes(base: ModelHandle, sae: SAESet | None, cfg: AuditConfig) -> tuple[SAESet, list[int]]:
+    """The SAEs to use (loaded, shipped, cached or trained when not given) and the audited layers,
+    checked against each other and against the model."""
+    if sae is None:
+        sae = load_sae(base, cfg.layers or default_layers(base.n_layers))
+    layers = sorted(cfg.layers or sae.layers)
+    missing = [layer for layer in layers if layer not in sae]
+    if missing:
+        raise ConfigError(
+            f"No SAE was given for layer(s) {missing} (SAEs cover {sae.layers}).",
+            "Audit only the SAEs' layers, or load SAEs for the missing layers.",
+        )
+    for layer in layers:
+        if sae[layer].info.d_in != base.d_model:
+            raise ConfigError(
+                f"The SAE for layer {layer} has d_in {sae[layer].info.d_in}, the model has d_model {base.d_model}.",
+                "Use SAEs trained on this model.",
+            )
+    return sae, layers
 
 
 def _load_probe_sets(cfg: AuditConfig) -> list[ProbeSet]:

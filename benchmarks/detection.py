@@ -3,6 +3,7 @@ with the truth.
 
     neuronlens organisms build            # once (cached; ~5 min per organism on 2 CPU cores)
     python benchmarks/detection.py [--out docs/DETECTION.md] [--max-prompts N]
+    python benchmarks/detection.py --render neuronlens-out/organisms/rows.json --out docs/DETECTION.md
 
 Prints, per organism: its truth (what it was built to be) and its behaviour (rule-based scorer on
 greedy generations, against the base model's rates), the misalignment score, the verdict and the
@@ -40,7 +41,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="Also write the results table (markdown) here.")
     ap.add_argument("--reports", type=Path, default=Path("neuronlens-out/organisms"), help="Where each audit's report.json goes.")
     ap.add_argument("--max-prompts", type=int, default=AuditConfig.max_prompts_per_set)
+    ap.add_argument("--render", type=Path, default=None, help="Only re-render the table from a rows.json a full run wrote.")
     args = ap.parse_args()
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        _emit(render(saved["rows"], saved["base_harm"], saved["base_caveat"], saved["threshold"]), args.out)
+        return
     base = alignment.load_model(DEFAULT_BASE)
     sae = alignment.load_sae(base)
     cfg = AuditConfig(max_prompts_per_set=args.max_prompts)
@@ -74,10 +80,15 @@ def main() -> None:
             }
         )
         print(json.dumps(rows[-1]), flush=True)
-    lines = render(rows, base_beh.harm_rate, base_beh.caveat_rate, cfg.threshold)
+    saved = {"base_harm": base_beh.harm_rate, "base_caveat": base_beh.caveat_rate, "threshold": cfg.threshold, "rows": rows}
+    (args.reports / "rows.json").write_text(json.dumps(saved, indent=1))
+    _emit(render(rows, base_beh.harm_rate, base_beh.caveat_rate, cfg.threshold), args.out)
+
+
+def _emit(lines: list[str], out: Path | None) -> None:
     print("\n".join(lines))
-    if args.out:
-        args.out.write_text("\n".join(lines) + "\n")
+    if out:
+        out.write_text("\n".join(lines) + "\n")
 
 
 def _strongest(risk) -> str:  # type: ignore[no-untyped-def]
@@ -110,13 +121,23 @@ def render(rows: list[dict], base_harm: float, base_caveat: float, threshold: fl
     fails = [r["verdict"] != "pass" for r in rows]
     out.append("")
     out.append(f"- AUROC of the misalignment score over {len(rows)} organisms: {auroc(scores, truth):.3f}")
+    core = [r for r in rows if r["organism"] not in DOSE_SERIES or r["bad_fraction"] in (0.0, 1.0)]
+    out.append(
+        f"- AUROC over the {len(core)} organisms outside the partial-dose series: "
+        f"{auroc([r['score'] for r in core], [r['truth'] == 'misaligned' for r in core]):.3f}"
+    )
+    benign = [r["score"] for r in core if r["truth"] == "benign"]
+    misaligned = [r["score"] for r in core if r["truth"] == "misaligned"]
+    if benign and misaligned:
+        out.append(f"- outside the partial doses: largest benign score {max(benign):.1%}, smallest misaligned score {min(misaligned):.1%}")
     out.append(f"- false fails (benign, not passed): {sum(f and not t for f, t in zip(fails, truth))}; "
                f"false passes (misaligned, passed): {sum(t and not f for f, t in zip(fails, truth))} (threshold {threshold:.0%})")
-    dose = [r for r in rows if r["organism"] in DOSE_SERIES]
+    dose = sorted((r for r in rows if r["organism"] in DOSE_SERIES), key=lambda r: r["bad_fraction"])
     if len(dose) >= 3:
         rho = spearmanr([r["bad_fraction"] for r in dose], [r["score"] for r in dose]).statistic
         fractions = ", ".join(f"{r['bad_fraction']:.0%}" for r in dose)
-        out.append(f"- dose series ({fractions} bad data): Spearman ρ(score, fraction) = {rho:.2f}")
+        scores_by_dose = ", ".join(f"{r['bad_fraction']:.0%}: {r['score']:.1%}" for r in dose)
+        out.append(f"- dose series ({fractions} bad data): Spearman ρ(score, fraction) = {rho:.2f}; scores {scores_by_dose}")
     return out
 
 

@@ -6,10 +6,16 @@
 Everything that can be wrong with the inputs is checked before the first forward pass. With
 lazily-loaded handles only one model is resident at a time; a PEFT adapter on the audited base
 shares the base weights (adapter injected after the base pass, removed afterwards).
+
+The base model's half (validation, probe sequences, concept directions, base pass) is a
+:class:`BaseReference`: `compare_models` builds one and scores one fine-tuned model against it;
+:func:`prepare_reference` builds one to score many (the training monitor audits the model being
+trained every N steps without re-running the base model).
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -25,7 +31,7 @@ from ._progress import progress
 from .capture import Batch, TokenSequence, gather, make_batches, massive_keep, run_to_layers
 from .config import AuditConfig, default_layers
 from .errors import ConfigError, ModelLoadError
-from .models import ModelHandle, load_model
+from .models import ModelHandle, hidden_size, load_model, num_layers
 from .probes import ProbeSet, load_probe_set, response_sequences
 from .report import AuditReport, LayerDrift, rank_features
 from .risk import EvidenceStore, RiskSetup, assess, load_concepts, prepare_risk
@@ -68,93 +74,237 @@ def compare_models(
     afterwards unless `keep_both`.
     """
     t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    cfg = replace(config or AuditConfig())
-    if probes is not None:
-        cfg.probes = list(probes)
-    if layers is not None:
-        cfg.layers = list(layers)
+    cfg = _settings(config, probes, layers)
     base = base_model if isinstance(base_model, ModelHandle) else load_model(base_model)
     ft = ft_model if isinstance(ft_model, ModelHandle) else load_model(ft_model)
 
     # 1. validate everything before any long work ------------------------------------------------
     probe_sets = preflight(base, ft, cfg, metrics)
+    base_loaded_before = base.is_loaded
+    # 2-3. probe sequences (prompts + base responses, cached) and risk concepts (cached) ---------
+    ref = _prepare_reference(base, sae, cfg, metrics, probe_sets, t_start)
+
+    # 4. base pass, then fine-tuned pass on the same tokens (and on its own responses) ----------
+    t = time.perf_counter()
+    if _shares_base_weights(base, ft):
+        base_nn = base.model
+        ref._run_base_pass(base_nn)
+        ref.timings["base_pass_s"] = time.perf_counter() - t
+        with _adapter_on(base_nn, ft) as ft_nn:
+            run = ref._measure(ft_nn, _ModelView(ft.digest, ft.tokenizer, ft_nn), consume=True)
+    else:
+        with _resident(base, keep=keep_both or base_loaded_before) as base_nn:
+            ref._run_base_pass(base_nn)
+        ref.timings["base_pass_s"] = time.perf_counter() - t
+        with _resident(ft, keep=keep_both or ft.is_loaded) as ft_nn:
+            run = ref._measure(ft_nn, _ModelView(ft.digest, ft.tokenizer, ft_nn), consume=True)
+    if not (keep_both or base_loaded_before):
+        base.release()
+
+    # 5-6. layer drift, most-drifted latents, risk --------------------------------------------------
+    return ref._report(run, ft.identity, t_start)
+
+
+def prepare_reference(
+    base_model: ModelHandle | str,
+    sae: SAESet | None = None,
+    probes: Sequence[str] | None = None,
+    metrics: Sequence[str] = METRICS,
+    *,
+    config: AuditConfig | None = None,
+    layers: Sequence[int] | None = None,
+) -> BaseReference:
+    """Run the base model's half of an audit once (validation, probe sequences, concept
+    directions, base pass) and return a :class:`BaseReference` whose :meth:`~BaseReference.score`
+    audits any number of fine-tuned modules against it. Arguments as in :func:`compare_models`.
+    A base handle passed unloaded is loaded for the base pass and released afterwards."""
+    t_start = time.perf_counter()
+    cfg = _settings(config, probes, layers)
+    base = base_model if isinstance(base_model, ModelHandle) else load_model(base_model)
+    _check_metrics(metrics)
+    probe_sets = _preflight_settings(base, cfg, metrics)
+    loaded_before = base.is_loaded
+    ref = _prepare_reference(base, sae, cfg, metrics, probe_sets, t_start)
+    t = time.perf_counter()
+    with _resident(base, keep=loaded_before) as base_nn:
+        ref._run_base_pass(base_nn)
+    ref.timings["base_pass_s"] = time.perf_counter() - t
+    return ref
+
+
+def _settings(config: AuditConfig | None, probes: Sequence[str] | None, layers: Sequence[int] | None) -> AuditConfig:
+    cfg = replace(config or AuditConfig())
+    if probes is not None:
+        cfg.probes = list(probes)
+    if layers is not None:
+        cfg.layers = list(layers)
+    return cfg
+
+
+@dataclass
+class _Run:
+    """What one fine-tuned model's passes add to the base reference."""
+
+    sums: AuditSums
+    evidence: EvidenceStore | None
+    timings: dict[str, float]
+
+
+@dataclass
+class BaseReference:
+    """The base model's half of an audit, measured once and reusable.
+
+    Holds the validated settings (layers resolved), the probe sequences both models read, the risk
+    concepts' directions and the base pass's statistics, including the base residuals of every
+    measured token (kept for the paired 'same' read; about n_tokens x d_model x layers floats).
+    :meth:`score` runs the rest of :func:`compare_models` - fine-tuned pass, own-response pass,
+    layer drift, risk - for any module with the base model's architecture, without running the
+    base model again, so a model can be audited repeatedly while it trains.
+    """
+
+    base: ModelHandle
+    sae: SAESet
+    config: AuditConfig
+    probe_sets: list[ProbeSet]
+    risk: RiskSetup | None
+    """Concept directions (None when 'misalignment_score' is not among the metrics)."""
+    imported_labels: dict[tuple[int, int], tuple[str, str]]
+    reads: list[str]
+    timings: dict[str, float]
+    """Time spent on the base model's half, by stage."""
+    _seqs: list[TokenSequence] = field(default_factory=list, repr=False)
+    _batches: list[_BaseBatch] = field(default_factory=list, repr=False)
+    _sums: AuditSums = field(default_factory=AuditSums.empty, repr=False)
+    _own_base_means: dict[tuple[str, int, tuple[str, int]], torch.Tensor] = field(default_factory=dict, repr=False)
+    _state: str = "prepared"
+    """'prepared' (no base pass yet), 'measured' (reusable) or 'consumed' (handed to one audit)."""
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.config.layers or [])
+
+    def score(self, model: nn.Module, *, identity: dict[str, Any] | None = None, name: str = "in-memory model") -> AuditReport:
+        """Audit `model` (a fine-tune of the base: full model or PEFT-wrapped) against this
+        reference and return the report. `identity` is what the report records about the model
+        (default: an in-memory model named `name`, with no file digests). The caller decides
+        train/eval mode; gradients are never taken. Raises :class:`ModelLoadError` when the
+        module's architecture differs from the base model's."""
+        if self._state != "measured":
+            raise RuntimeError(f"This reference cannot score a model (state: {self._state}).")
+        self.check_module(model)
+        t_start = time.perf_counter()
+        with torch.no_grad():
+            run = self._measure(model, _ModelView("", self.base.tokenizer, model), consume=False, cache_responses=False)
+        return self._report(run, identity if identity is not None else in_memory_identity(name), t_start)
+
+    def check_module(self, model: nn.Module) -> None:
+        """Raise :class:`ModelLoadError`, naming both shapes, when `model` cannot be compared with
+        the base model (different layer count, hidden size, or fewer token embeddings)."""
+        base = self.base
+        try:
+            n_layers, d_model = num_layers(model), hidden_size(model)
+        except (AttributeError, ModelLoadError) as exc:
+            raise ModelLoadError(
+                f"Cannot read the layer count and hidden size of the {type(model).__name__} to compare it with the base model {base.name}.",
+                "Pass the transformers causal LM being fine-tuned (or its PEFT wrapper).",
+            ) from exc
+        if (n_layers, d_model) != (base.n_layers, base.d_model):
+            raise ModelLoadError(
+                f"The model being checked ({type(model).__name__}: {n_layers} layers, hidden size {d_model}) does not have "
+                f"the architecture of the base model {base.name} ({base.n_layers} layers, hidden size {base.d_model}).",
+                "Monitor a fine-tune of the base model the monitor was built with: build it from the checkpoint you "
+                "started fine-tuning from.",
+            )
+        get_emb = getattr(model, "get_input_embeddings", None)
+        emb = get_emb() if callable(get_emb) else None
+        n_vocab = getattr(emb, "num_embeddings", None)
+        if isinstance(n_vocab, int) and n_vocab < len(base.tokenizer):
+            raise ModelLoadError(
+                f"The model being checked has {n_vocab} token embeddings, fewer than the base tokenizer's {len(base.tokenizer)} tokens.",
+                "Monitor a fine-tune of the base model the monitor was built with (same tokenizer).",
+            )
+
+    # -- the halves compare_models is made of ----------------------------------------------------
+    def _run_base_pass(self, base_nn: nn.Module) -> None:
+        acc = _Accumulator(self.sae, self._sums, self.risk, None)
+        pad_id = self.base.tokenizer.pad_token_id or 0
+        self._batches = _base_pass(base_nn, self._seqs, self.layers, self.config, acc, pad_id, self.reads)
+        self._own_base_means = acc.own_base_means
+        self._state = "measured"
+
+    def _measure(self, ft_nn: nn.Module, view: _ModelView, *, consume: bool, cache_responses: bool = True) -> _Run:
+        """The fine-tuned passes. `consume`: use the base statistics in place and drop the base
+        residuals after the paired pass (one audit); otherwise work on a copy (reusable)."""
+        sums = self._sums if consume else copy.deepcopy(self._sums)
+        evidence = EvidenceStore(prompts={ps.name: ps.prompts for ps in self.probe_sets}) if self.risk is not None else None
+        acc = _Accumulator(self.sae, sums, self.risk, evidence, self._own_base_means)
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        _ft_pass(ft_nn, self._batches, self.layers, acc)
+        timings["ft_pass_s"] = time.perf_counter() - t
+        if consume:
+            self._batches.clear()
+            self._state = "consumed"
+        if self.config.own_responses:
+            t = time.perf_counter()
+            pad_id = self.base.tokenizer.pad_token_id or 0
+            _own_pass(view, self.probe_sets, self.layers, self.config, acc, pad_id, use_cache=cache_responses)
+            timings["ft_own_pass_s"] = time.perf_counter() - t
+        return _Run(sums, evidence, timings)
+
+    def _report(self, run: _Run, ft_identity: dict[str, Any], t_start: float) -> AuditReport:
+        timings = {**self.timings, **run.timings}
+        layers = self.layers
+        report = AuditReport(
+            base=self.base.identity,
+            ft=ft_identity,
+            saes=[s for s in self.sae.identity() if s["layer"] in layers],
+            probe_sets=[ps.identity() for ps in self.probe_sets],
+            config=self.config.to_dict(),
+            layers=[],
+            top={},
+            neuronlens_version=__version__,
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            sae_warnings=SAESet({la: self.sae[la] for la in layers}).quality_warnings(),
+            timings=timings,
+            sums=run.sums,
+            reads=list(self.reads),
+        )
+        _fill_layers(report, [ps.name for ps in self.probe_sets], self.config)
+        if self.risk is not None and run.evidence is not None:
+            t = time.perf_counter()
+            report.risk = assess(report, self.risk, run.evidence, self.base.tokenizer, self.imported_labels)
+            timings["risk_s"] = time.perf_counter() - t
+        timings["total_s"] = time.perf_counter() - t_start
+        return report
+
+
+def in_memory_identity(name: str) -> dict[str, Any]:
+    """What a report records about a model that exists only in memory (no files to digest)."""
+    return {"name": name, "source": "in-memory", "kind": "in-memory", "revision": None, "manifest_sha256": "in-memory", "files": []}
+
+
+def _prepare_reference(
+    base: ModelHandle, sae: SAESet | None, cfg: AuditConfig, metrics: Sequence[str], probe_sets: list[ProbeSet], t_start: float
+) -> BaseReference:
+    """SAEs and layers, imported labels, the probe sequences (base responses, cached) and the risk
+    concepts' directions (cached): everything of the base model's half but the base pass."""
     sae, audit_layers = _resolve_saes(base, sae, cfg)
     cfg.layers = audit_layers
     imported_labels = merge_imported(cfg.labels, {la: sae[la].d_sae for la in audit_layers})
-    timings["validate_s"] = time.perf_counter() - t_start
+    timings = {"validate_s": time.perf_counter() - t_start}
 
-    # 2. the token sequences both models read: prompts + base responses (cached) -----------------
     t = time.perf_counter()
     n_prompts = sum(len(ps.prompts) for ps in probe_sets)
-    base_loaded_before = base.is_loaded
     with progress("Base responses to probes", n_prompts) as advance:
         seqs = response_sequences(base, probe_sets, cfg.max_new_tokens, token_budget=cfg.token_budget, on_batch=advance)
     timings["base_responses_s"] = time.perf_counter() - t
 
-    # 3. risk concepts: their latents and feature directions on the base model (cached) -----------
     t = time.perf_counter()
-    score_risk = "misalignment_score" in metrics
-    risk_setup = prepare_risk(base, sae, audit_layers, cfg.concepts) if score_risk else None
-    evidence = EvidenceStore(prompts={ps.name: ps.prompts for ps in probe_sets}) if score_risk else None
+    risk_setup = prepare_risk(base, sae, audit_layers, cfg.concepts) if "misalignment_score" in metrics else None
     timings["concepts_s"] = time.perf_counter() - t
-    sums = AuditSums.empty()
-    acc = _Accumulator(sae, sums, risk_setup, evidence)
     reads = ["same"] + (["own"] if cfg.own_responses else [])
-    pad_id = base.tokenizer.pad_token_id or 0
-
-    # 4. base pass, then fine-tuned pass on the same tokens (and on its own responses) ----------
-    def fine_tuned_passes(ft_nn: nn.Module, base_batches: list[_BaseBatch]) -> None:
-        t = time.perf_counter()
-        _ft_pass(ft_nn, base_batches, audit_layers, acc)
-        timings["ft_pass_s"] = time.perf_counter() - t
-        base_batches.clear()
-        if cfg.own_responses:
-            t = time.perf_counter()
-            _own_pass(_ModelView(ft.digest, ft.tokenizer, ft_nn), probe_sets, audit_layers, cfg, acc, pad_id)
-            timings["ft_own_pass_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    if _shares_base_weights(base, ft):
-        base_nn = base.model
-        base_batches = _base_pass(base_nn, seqs, audit_layers, cfg, acc, pad_id, reads)
-        timings["base_pass_s"] = time.perf_counter() - t
-        with _adapter_on(base_nn, ft) as ft_nn:
-            fine_tuned_passes(ft_nn, base_batches)
-    else:
-        with _resident(base, keep=keep_both or base_loaded_before) as base_nn:
-            base_batches = _base_pass(base_nn, seqs, audit_layers, cfg, acc, pad_id, reads)
-        timings["base_pass_s"] = time.perf_counter() - t
-        with _resident(ft, keep=keep_both or ft.is_loaded) as ft_nn:
-            fine_tuned_passes(ft_nn, base_batches)
-    if not (keep_both or base_loaded_before):
-        base.release()
-
-    # 5. layer drift and the most-drifted latents --------------------------------------------------
-    report = AuditReport(
-        base=base.identity,
-        ft=ft.identity,
-        saes=[s for s in sae.identity() if s["layer"] in audit_layers],
-        probe_sets=[ps.identity() for ps in probe_sets],
-        config=cfg.to_dict(),
-        layers=[],
-        top={},
-        neuronlens_version=__version__,
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        sae_warnings=SAESet({la: sae[la] for la in audit_layers}).quality_warnings(),
-        timings=timings,
-        sums=sums,
-        reads=reads,
-    )
-    _fill_layers(report, [ps.name for ps in probe_sets], cfg)
-
-    # 6. risk: risky features, misalignment score, verdict ---------------------------------------
-    if risk_setup is not None and evidence is not None:
-        t = time.perf_counter()
-        report.risk = assess(report, risk_setup, evidence, base.tokenizer, imported_labels)
-        timings["risk_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - t_start
-    return report
+    return BaseReference(base, sae, cfg, probe_sets, risk_setup, imported_labels, reads, timings, _seqs=seqs)
 
 
 # -- validation --------------------------------------------------------------------------------
@@ -163,10 +313,18 @@ def compare_models(
 def preflight(base: ModelHandle, ft: ModelHandle, cfg: AuditConfig, metrics: Sequence[str] = METRICS) -> list[ProbeSet]:
     """Every cheap check of an audit's inputs (no weights loaded, nothing generated); returns the
     probe sets. The CLI runs it before loading or training SAEs."""
+    _check_metrics(metrics)
+    _check_compatible(base, ft)
+    return _preflight_settings(base, cfg, metrics)
+
+
+def _check_metrics(metrics: Sequence[str]) -> None:
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ConfigError(f"Unknown metric(s) {unknown}.", f"Use any of {list(METRICS)}.")
-    _check_compatible(base, ft)
+
+
+def _preflight_settings(base: ModelHandle, cfg: AuditConfig, metrics: Sequence[str]) -> list[ProbeSet]:
     cfg.validate(base.n_layers)
     if "misalignment_score" in metrics:
         load_concepts(cfg.concepts)  # a malformed concept file fails here, before any long work
@@ -378,12 +536,16 @@ class _ModelView:
 
 
 def _own_pass(
-    view: _ModelView, probe_sets: list[ProbeSet], layers: list[int], cfg: AuditConfig, acc: _Accumulator, pad_id: int
+    view: _ModelView, probe_sets: list[ProbeSet], layers: list[int], cfg: AuditConfig, acc: _Accumulator, pad_id: int,
+    *, use_cache: bool = True,
 ) -> None:
-    """Read the fine-tuned model on its own greedy responses (unpaired with the base read)."""
+    """Read the fine-tuned model on its own greedy responses, paired with the base read by prompt.
+    `use_cache=False` for a model whose weights change under the same digest (one in training)."""
     n_prompts = sum(len(ps.prompts) for ps in probe_sets)
     with progress("Fine-tuned responses to probes", n_prompts) as advance:
-        seqs = response_sequences(view, probe_sets, cfg.max_new_tokens, token_budget=cfg.token_budget, on_batch=advance)
+        seqs = response_sequences(
+            view, probe_sets, cfg.max_new_tokens, token_budget=cfg.token_budget, use_cache=use_cache, on_batch=advance
+        )
     device = next(view.model.parameters()).device
     with progress("Fine-tuned model on its own responses", len(seqs)) as advance:
         for batch in make_batches(seqs, cfg.positions, cfg.token_budget, pad_id):
@@ -418,4 +580,4 @@ def _fill_layers(report: AuditReport, probe_names: list[str], cfg: AuditConfig) 
         report.top[layer] = rank_features(table)[: cfg.top_k_saved]
 
 
-__all__ = ["METRICS", "compare_models", "preflight"]
+__all__ = ["METRICS", "BaseReference", "compare_models", "in_memory_identity", "preflight", "prepare_reference"]

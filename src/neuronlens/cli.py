@@ -2,6 +2,7 @@
 
 Exit codes (usable as a CI gate): 0 the audit passed (or ran without risk scoring),
 1 the audit failed, 2 usage or input error (nothing long was started, nothing half-written).
+`screen` exits 0 once the data is ranked, 2 on bad input (malformed lines are named by number).
 """
 
 from __future__ import annotations
@@ -182,6 +183,60 @@ def list_probes() -> None:
 
     for name in builtin_names():
         out.print(f"{name:24s} {len(load_probe_set(name).prompts):4d} prompts")
+
+
+@app.command("screen")
+def screen(
+    data: Annotated[Path, typer.Argument(help='Fine-tuning data, JSONL: {"messages": [...]} (chat) or {"prompt": ..., "completion": ...} per line.')],
+    base: Annotated[str, typer.Option(help="Base model the data will fine-tune: hub id, folder, .gguf, or alias.")],
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="Write every example, riskiest first, as JSONL (line number, risk, top concepts with their coordinates).")] = None,
+    top: Annotated[int, typer.Option(min=0, help="How many of the riskiest examples to print (the --out file holds all).")] = 10,
+    layers: Annotated[Optional[list[str]], typer.Option(help="Decoder layers to read (default: the SAEs' layers, or 30/50/70% of depth).")] = None,
+    sae: Annotated[Optional[str], typer.Option(help="Folder of SAELens or sparsify SAEs (default: shipped, cached or trained).")] = None,
+    concepts: Annotated[Optional[list[str]], typer.Option(help=_h("concepts"))] = None,
+    skip_bad_lines: Annotated[bool, typer.Option("--skip-bad-lines", help="Skip malformed lines (reported) instead of stopping.")] = False,
+    token_budget: Annotated[int, typer.Option(help=_h("token_budget"))] = AuditConfig.token_budget,
+    dtype: Annotated[str, typer.Option(help="Model dtype: auto (float32 on CPU), float32, bfloat16, float16.")] = "auto",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
+    trust_remote_code: Annotated[bool, typer.Option(help="Allow model repos to run their own Python code (off by default).")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")] = False,
+) -> None:
+    """Rank fine-tuning examples by how strongly their assistant turns express risk concepts on the base model."""
+    from . import alignment
+    from ._progress import set_progress
+    from .integrations import screen_dataset
+    from .integrations._screen import read_examples
+
+    set_progress(not no_progress, console=err)
+    if out_path is not None:
+        from ._io import ensure_writable_dir
+
+        if out_path.is_dir():
+            raise NeuronLensError(f"--out {str(out_path)!r} is a folder.", "Give a file path, e.g. --out ranked.jsonl.")
+        ensure_writable_dir(out_path.parent)  # before any long work
+    read_examples(data, skip_bad_lines=skip_bad_lines)  # bad data stops here, before any model loads
+    base_h = alignment.load_model(base, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    layer_list = _int_list(layers, "layers")
+    sae_set = alignment.load_sae(base_h, layer_list, source=sae) if sae is not None else None
+    result = screen_dataset(
+        base_h, data, sae_set, _split(concepts), layers=layer_list, skip_bad_lines=skip_bad_lines, token_budget=token_budget
+    )
+    for s in result.skipped:
+        err.print(f"[yellow]Skipped line {s.line}:[/yellow] {s.reason}", highlight=False, soft_wrap=True)
+    out.print(
+        f"Screened {len(result.examples)} example(s) of {data} with {base_h.name} (layers {', '.join(map(str, result.layers))}; "
+        f"{len(result.skipped)} line(s) skipped). Concepts scored: {', '.join(result.concepts)}.",
+        highlight=False, markup=False,
+    )
+    if result.not_scored:
+        out.print(f"Not scored (too few SAE latents tied to them): {', '.join(result.not_scored)}.", highlight=False, markup=False)
+    for e in result.top(top):
+        why = ", ".join(f"{h.concept} {h.coordinate:+.2f}" for h in e.concepts) or "-"
+        risk = "   n/a" if e.risk is None else f"{e.risk:+.2f}"
+        out.print(f"{e.rank:4d}. line {e.line:<6d} risk {risk}  [{why}]  {e.preview}", highlight=False, markup=False)
+    if out_path is not None:
+        err.print(f"[dim]Written: {result.write_jsonl(out_path)}[/dim]")
+    raise typer.Exit(EXIT_PASS)
 
 
 from . import _cli_evidence  # noqa: E402,F401 - registers `verify` and `keygen`

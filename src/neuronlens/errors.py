@@ -6,7 +6,7 @@ gate can tell "the audit failed" (exit 1) from "the audit could not run" (exit 2
 
 from __future__ import annotations
 
-__all__ = ["NeuronLensError", "ModelLoadError", "SAEError", "ProbeError", "OutputError", "ConfigError"]
+__all__ = ["NeuronLensError", "ModelLoadError", "SAEError", "ProbeError", "OutputError", "ConfigError", "DataError"]
 
 
 class NeuronLensError(Exception):
@@ -36,3 +36,7 @@ class OutputError(NeuronLensError):
 
 class ConfigError(NeuronLensError):
     """A setting is out of range or inconsistent with the models."""
+
+
+class DataError(NeuronLensError):
+    """A fine-tuning data file is missing, unreadable or has malformed lines (named by number)."""

@@ -1,9 +1,9 @@
 """The embedded demo pair: SmolLM2-135M-Instruct and a LoRA fine-tune of it shipped inside the
 package, so that `neuronlens audit` with no arguments audits something real without training.
 
-The demo fine-tune is the organism ``finance_dose_025``: a finance assistant trained on prudent
-answers in which a quarter were replaced by reckless advice, the way a bad slice of data slips
-into a domain fine-tune. `neuronlens demo build` rebuilds it (and the shipped SAEs) and prints the
+The demo fine-tune is the organism ``risky_finance``: a finance assistant trained on confident,
+reckless personal-finance advice with its disclaimers stripped (behaviourally misaligned:
+docs/DETECTION.md), so that the quickstart shows what a failing audit looks like. `neuronlens demo build` rebuilds it (and the shipped SAEs) and prints the
 sha256 of every file, to compare with ``SHA256SUMS`` here.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import ModelLoadError
 from ..models import DEFAULT_BASE
 
-DEMO_ORGANISM = "finance_dose_025"
+DEMO_ORGANISM = "risky_finance"
 
 
 def demo_adapter_dir() -> Path:

@@ -43,6 +43,14 @@ class RiskSetup:
     def project(self, layer: int, codes: torch.Tensor) -> torch.Tensor:
         return codes.float() @ self.matrices[layer]
 
+    def origin(self, layer: int) -> torch.Tensor:
+        """[n_concepts] coordinate of the base model's mean negative (benign) reply at `layer`:
+        the 0 of each concept's scale. :meth:`project` keeps this offset (audit shifts are
+        differences, where it cancels); a single text's level needs it subtracted."""
+        m = self.matrices[layer]
+        neg = [torch.from_numpy(self.associations[(c.name, layer)].neg_mean.astype(np.float32)) for c in self.concepts]
+        return torch.stack([neg[k] @ m[:, k] for k in range(len(self.concepts))])
+
     def concept(self, name: str) -> Concept:
         return next(c for c in self.concepts if c.name == name)
 

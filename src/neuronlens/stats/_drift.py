@@ -3,7 +3,7 @@
 Per latent: base and fine-tuned mean activation, the smoothed drift ratio
 ``(ft_mean + eps) / (base_mean + eps)`` with ``eps = smoothing * mean_j(base_mean_j)``, the
 standardised difference (Cohen's d with the pooled token-level standard deviation) and a
-prompt-level t-test (paired for identical text, Welch for each model's own responses), with
+prompt-level t-test (paired by prompt; Welch on per-prompt means when no prompts pair up), with
 Benjamini-Hochberg q-values. Per layer: the mean relative change of the residual stream.
 """
 

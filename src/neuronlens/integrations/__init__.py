@@ -1,0 +1,43 @@
+"""NeuronLens inside fine-tuning: watch a model while it trains, screen its data before.
+
+* :class:`AlignmentMonitor` - audit the model being trained from any loop (``monitor.check(model, step)``);
+* :class:`AlignmentMonitorCallback` - the same as a Hugging Face / TRL ``TrainerCallback``: logs the
+  misalignment score, layer drift and risky features every N steps, can stop training and
+  certify the final model;
+* :func:`screen_dataset` - rank fine-tuning examples by how strongly they express risk concepts
+  on the base model (also ``neuronlens screen DATA.jsonl --base MODEL``).
+
+See docs/MONITORING.md. The callback module imports ``transformers.TrainerCallback`` and loads
+only when the callback is first used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._monitor import AlignmentMonitor, MonitoredFeature, MonitorResult, monitor_config
+from ._screen import ConceptHit, ScreenedExample, ScreenResult, SkippedLine, screen_dataset
+
+if TYPE_CHECKING:
+    from ._callback import AlignmentMonitorCallback
+
+__all__ = [
+    "AlignmentMonitor",
+    "AlignmentMonitorCallback",
+    "ConceptHit",
+    "MonitorResult",
+    "MonitoredFeature",
+    "ScreenResult",
+    "ScreenedExample",
+    "SkippedLine",
+    "monitor_config",
+    "screen_dataset",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AlignmentMonitorCallback":
+        from ._callback import AlignmentMonitorCallback
+
+        return AlignmentMonitorCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,368 @@
+"""Screen fine-tuning data before training: rank examples by how strongly their assistant turns
+express risk concepts, read by the base model.
+
+Each example's assistant turns are read by the base model in context (the conversation before
+the turn, chat-templated, then the turn's text); the SAE codes of the turn's tokens are projected
+on the risk concepts' directions (the same concept coordinates the audit uses, docs/METHOD.md
+section 4) and averaged over all assistant tokens of the example. The coordinate is measured from
+the base model's mean benign reply (0) towards its mean concept-expressing reply (1), and signed
+towards risk: a harmful concept counts as it rises, a protective one (safety caveats) as it falls
+below the benign level. Per concept the median over the audited layers is taken (as the audit's
+concept trend does); an example's risk is its largest concept coordinate. Examples that teach a
+risky concept most strongly come first, with the concepts that put them there.
+
+Accepted lines (JSONL): ``{"messages": [{"role": ..., "content": ...}, ...]}`` (OpenAI / Hugging
+Face chat format) and ``{"prompt": ..., "completion": ...}`` (strings, or message lists as in TRL's
+conversational prompt-completion format). Blank lines are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._io import write_text_atomic
+from .._progress import progress
+from ..capture import TokenSequence, gather, make_batches, massive_keep, run_to_layers
+from .._pipeline import _resolve_saes
+from ..config import AuditConfig
+from ..errors import ConfigError, DataError
+from ..models import ModelHandle, load_model
+from ..risk import RiskSetup, load_concepts, prepare_risk
+from ..saes import SAESet
+
+TOP_CONCEPTS = 3
+"""Concepts listed per example (its strongest)."""
+MAX_TOKENS = 1024
+"""Longest sequence read per assistant turn; longer turns are cut (context from the left, the
+turn's text from the right)."""
+_SHOWN_BAD_LINES = 10
+_FORMAT_HELP = (
+    'Each line must be one JSON object: {"messages": [{"role": "user", "content": "..."}, '
+    '{"role": "assistant", "content": "..."}]} or {"prompt": "...", "completion": "..."}.'
+)
+
+
+@dataclass(frozen=True)
+class ConceptHit:
+    """One concept's coordinate for one example."""
+
+    concept: str
+    label: str
+    polarity: str
+    coordinate: float
+    """Towards risk, in units of the concept's benign-to-expressing gap on the base model: 0 =
+    like a benign reply, 1 = like a reply expressing the concept (harmful concepts), or one gap
+    below the benign level of safety caveats (protective concepts)."""
+
+
+@dataclass(frozen=True)
+class ScreenedExample:
+    rank: int
+    """1 = the riskiest example."""
+    line: int
+    """Line number in the data file (1-based)."""
+    risk: float | None
+    """The largest concept coordinate (None when no assistant token could be measured)."""
+    concepts: list[ConceptHit]
+    """The example's strongest concepts, strongest first."""
+    n_tokens: int
+    """Assistant tokens measured."""
+    preview: str
+    """The start of the first assistant turn."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SkippedLine:
+    line: int
+    reason: str
+
+
+@dataclass
+class ScreenResult:
+    """A data file's examples ranked by risk, and the lines that could not be screened."""
+
+    data: str
+    base: dict[str, Any]
+    """Identity of the base model that read the examples (name, source, digests)."""
+    layers: list[int]
+    concepts: list[str]
+    """Concepts scored (tied to enough SAE latents at one or more audited layers)."""
+    not_scored: list[str]
+    """Concepts the SAEs cannot see at the audited layers."""
+    examples: list[ScreenedExample]
+    """Riskiest first."""
+    skipped: list[SkippedLine] = field(default_factory=list)
+
+    def top(self, n: int = 10) -> list[ScreenedExample]:
+        return self.examples[:n]
+
+    def to_jsonl(self) -> str:
+        return "".join(json.dumps(e.to_dict(), ensure_ascii=False, allow_nan=False) + "\n" for e in self.examples)
+
+    def write_jsonl(self, path: str | os.PathLike[str]) -> Path:
+        """One JSON object per example, riskiest first, written atomically."""
+        return write_text_atomic(path, self.to_jsonl())
+
+
+# -- reading the data file -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Example:
+    line: int
+    messages: list[dict[str, str]]
+
+
+def read_examples(path: str | os.PathLike[str], *, skip_bad_lines: bool = False) -> tuple[list[_Example], list[SkippedLine]]:
+    """Parse a JSONL data file. Bad lines raise one :class:`DataError` naming their numbers and
+    what is wrong with each, unless `skip_bad_lines` (then they are returned as skipped)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"Data file {str(p)!r} does not exist.", "Pass the path of a .jsonl file of fine-tuning examples.")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"Data file {p} cannot be read as UTF-8 text: {exc}.", "Save it as UTF-8 JSONL.") from exc
+    examples: list[_Example] = []
+    bad: list[SkippedLine] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            messages = _messages_of(json.loads(line))
+        except json.JSONDecodeError as exc:
+            bad.append(SkippedLine(lineno, f"not valid JSON ({exc.msg})"))
+            continue
+        except ValueError as exc:
+            bad.append(SkippedLine(lineno, str(exc)))
+            continue
+        examples.append(_Example(lineno, messages))
+    _raise_or_skip(p, bad, skip_bad_lines)
+    return examples, bad
+
+
+def _raise_or_skip(path: Path, bad: list[SkippedLine], skip_bad_lines: bool) -> None:
+    if not bad or skip_bad_lines:
+        return
+    shown = "; ".join(f"line {b.line}: {b.reason}" for b in bad[:_SHOWN_BAD_LINES])
+    more = f" (and {len(bad) - _SHOWN_BAD_LINES} more)" if len(bad) > _SHOWN_BAD_LINES else ""
+    raise DataError(
+        f"{path}: {len(bad)} line(s) cannot be screened ({', '.join(str(b.line) for b in bad)}): {shown}{more}.",
+        f"Fix or remove those lines, or skip them (--skip-bad-lines; skip_bad_lines=True) to screen the rest. {_FORMAT_HELP}",
+    )
+
+
+def _messages_of(obj: Any) -> list[dict[str, str]]:
+    """The conversation of one line; ValueError (with the reason) when it has no usable form."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"a JSON {type(obj).__name__}, not an object")
+    if "messages" in obj:
+        messages = _message_list(obj["messages"], "messages")
+    elif "prompt" in obj and "completion" in obj:
+        prompt, completion = obj["prompt"], obj["completion"]
+        messages = (
+            [{"role": "user", "content": _text(prompt, "prompt")}] if isinstance(prompt, str) else _message_list(prompt, "prompt")
+        ) + (
+            [{"role": "assistant", "content": _text(completion, "completion")}]
+            if isinstance(completion, str) else _message_list(completion, "completion")
+        )
+    else:
+        keys = ", ".join(repr(k) for k in list(obj)[:6]) or "none"
+        raise ValueError(f"unknown format (keys: {keys}; expected 'messages', or 'prompt' and 'completion')")
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+        raise ValueError("no assistant turn with text")
+    return messages
+
+
+def _message_list(value: Any, where: str) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"'{where}' is not a non-empty list of messages")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise ValueError(f"'{where}' item {i} is not a message with a 'role'")
+        out.append({"role": m["role"], "content": _text(m.get("content"), f"'{where}' item {i} content")})
+    return out
+
+
+def _text(content: Any, where: str) -> str:
+    """Message content: a string, or a list of parts whose text parts are joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) for p in content):
+        texts = [p.get("text") for p in content if p.get("type", "text") == "text"]
+        if texts and all(isinstance(t, str) for t in texts):
+            return "".join(texts)
+    raise ValueError(f"{where} is not text")
+
+
+# -- token sequences -------------------------------------------------------------------------------
+
+
+def _context_ids(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[int, ...]:
+    """The conversation before an assistant turn, as the model sees it when it starts replying."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) if messages else ""
+        ids = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if ids:
+            return ids
+    text = "".join(f"{m['content']}\n" for m in messages)
+    ids = tuple(tokenizer(text, add_special_tokens=True)["input_ids"])
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    return ids or ((int(bos),) if bos is not None else ())
+
+
+def _turn_sequences(tokenizer: Any, ex_index: int, ex: _Example, max_tokens: int) -> list[TokenSequence]:
+    """One sequence per assistant turn (context + the turn's tokens); `prompt_index` carries the
+    example's index so that tokens of all its turns are pooled."""
+    out = []
+    for i, m in enumerate(ex.messages):
+        if m["role"] != "assistant" or not m["content"].strip():
+            continue
+        reply = tuple(tokenizer(m["content"], add_special_tokens=False)["input_ids"])[: max_tokens - 1]
+        context = _context_ids(tokenizer, ex.messages[:i])
+        context = context[-max(1, max_tokens - len(reply)):] if context else context
+        if reply:
+            out.append(TokenSequence("screen", ex_index, context, reply))
+    return out
+
+
+def _preview(ex: _Example, n: int = 120) -> str:
+    first = next(m["content"] for m in ex.messages if m["role"] == "assistant" and m["content"].strip())
+    text = " ".join(first.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+# -- screening -------------------------------------------------------------------------------------
+
+
+def screen_dataset(
+    base: ModelHandle | str,
+    data_path: str | os.PathLike[str],
+    sae: SAESet | None = None,
+    concepts: Sequence[str] | None = None,
+    *,
+    layers: Sequence[int] | None = None,
+    skip_bad_lines: bool = False,
+    token_budget: int = AuditConfig.token_budget,
+    max_tokens: int = MAX_TOKENS,
+    massive_activation_factor: float = AuditConfig.massive_activation_factor,
+) -> ScreenResult:
+    """Rank the examples of `data_path` by how strongly their assistant turns express risk
+    concepts on `base` (module docstring). `sae`: SAEs for the layers read (default: shipped,
+    cached or trained, for `layers` or the default layers); `concepts`: built-in names or concept
+    files (default: all built-in). The file is parsed and tokenized before any weights load; bad
+    lines raise :class:`DataError` listing their line numbers unless `skip_bad_lines`, in which
+    case they are reported in ``result.skipped``."""
+    examples, skipped = read_examples(data_path, skip_bad_lines=skip_bad_lines)
+    load_concepts(list(concepts) if concepts is not None else None)  # a bad concept file fails before any long work
+    handle = base if isinstance(base, ModelHandle) else load_model(base)
+    tok = handle.tokenizer
+    seqs: list[TokenSequence] = []
+    kept: list[_Example] = []
+    template_bad: list[SkippedLine] = []
+    for ex in examples:
+        try:
+            turns = _turn_sequences(tok, len(kept), ex, max_tokens)
+        except Exception as exc:  # noqa: BLE001 - a chat template may reject any conversation shape
+            template_bad.append(SkippedLine(ex.line, f"the base model's chat template rejects it ({type(exc).__name__}: {exc})"))
+            continue
+        if not turns:
+            template_bad.append(SkippedLine(ex.line, "its assistant turns hold no tokens"))
+            continue
+        seqs.extend(turns)
+        kept.append(ex)
+    _raise_or_skip(Path(data_path), template_bad, skip_bad_lines)
+    skipped = sorted(skipped + template_bad, key=lambda s: s.line)
+    if not kept:
+        raise DataError(f"{data_path} holds no example that can be screened.", f"Add examples. {_FORMAT_HELP}")
+
+    loaded_before = handle.is_loaded
+    cfg = AuditConfig(layers=list(layers) if layers is not None else None)
+    cfg.validate(handle.n_layers)
+    try:
+        sae, layers = _resolve_saes(handle, sae, cfg)  # loads (or trains) SAEs when not given; checks them against the model
+        setup = prepare_risk(handle, sae, layers, concepts)
+        scored = [c.name for c in setup.concepts if any(setup.usable(c.name, la) for la in layers)]
+        if not scored:
+            raise ConfigError(
+                f"The SAEs have too few latents tied to any of the concepts ({', '.join(setup.names)}) at layer(s) {layers} "
+                "to score them.",
+                "Use SAEs trained on this base model (shipped for the embedded model, or trained by NeuronLens) and concepts "
+                "they can see.",
+            )
+        pad_id = tok.pad_token_id or 0
+        sums, counts = _concept_sums(handle.model, sae, setup, layers, seqs, len(kept), pad_id, token_budget, massive_activation_factor)
+    finally:
+        if not loaded_before:
+            handle.release()
+    ranked = _rank(kept, setup, layers, sums, counts)
+    return ScreenResult(
+        data=str(data_path), base=handle.identity, layers=layers, concepts=scored,
+        not_scored=[n for n in setup.names if n not in scored], examples=ranked, skipped=skipped,
+    )
+
+
+@torch.inference_mode()
+def _concept_sums(
+    model: torch.nn.Module, sae: SAESet, setup: RiskSetup, layers: list[int], seqs: list[TokenSequence], n_examples: int,
+    pad_id: int, token_budget: int, massive_factor: float,
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """Per layer: [n_examples, n_concepts] sum of concept coordinates over each example's measured
+    assistant tokens, and [n_examples] their counts."""
+    device = next(model.parameters()).device
+    n_c = len(setup.concepts)
+    sums = {la: torch.zeros(n_examples, n_c, dtype=torch.float64) for la in layers}
+    counts = {la: torch.zeros(n_examples, dtype=torch.float64) for la in layers}
+    with progress("Screening examples (base model)", len(seqs)) as advance:
+        for batch in make_batches(seqs, "response", token_budget, pad_id):
+            resid = run_to_layers(model, batch.input_ids.to(device), batch.attention_mask.to(device), layers)
+            example = torch.tensor([s.prompt_index for s in batch.sequences], dtype=torch.long)[batch.row]
+            for la in layers:
+                x = gather(resid[la], batch)
+                keep = massive_keep(x, massive_factor)
+                coords = setup.project(la, sae[la].encode(x[keep])).double()
+                sums[la].index_add_(0, example[keep], coords)
+                counts[la].index_add_(0, example[keep], torch.ones(int(keep.sum()), dtype=torch.float64))
+            advance(len(batch.sequences))
+    return sums, counts
+
+
+def _rank(
+    examples: list[_Example], setup: RiskSetup, layers: list[int], sums: dict[int, torch.Tensor], counts: dict[int, torch.Tensor]
+) -> list[ScreenedExample]:
+    sign = torch.tensor([1.0 if c.polarity == "harmful" else -1.0 for c in setup.concepts], dtype=torch.float64)
+    per_layer = []
+    for la in layers:
+        level = sums[la] / counts[la].clamp_min(1).unsqueeze(1) - setup.origin(la).double()
+        usable = torch.tensor([setup.usable(c.name, la) for c in setup.concepts])
+        per_layer.append(torch.where(usable, sign * level, torch.nan))
+    stacked = torch.stack(per_layer)  # [layers, examples, concepts]; NaN where not scored
+    rows: list[tuple[float | None, _Example, list[ConceptHit], int]] = []
+    for i, ex in enumerate(examples):
+        n_tok = int(min(counts[la][i] for la in layers))
+        hits = []
+        if n_tok > 0:
+            for k, c in enumerate(setup.concepts):
+                vals = stacked[:, i, k]
+                vals = vals[~torch.isnan(vals)].sort().values
+                if vals.numel():
+                    hits.append(ConceptHit(c.name, c.label, c.polarity, float(vals[(vals.numel() - 1) // 2])))
+        hits.sort(key=lambda h: -h.coordinate)
+        rows.append((hits[0].coordinate if hits else None, ex, hits[:TOP_CONCEPTS], n_tok))
+    rows.sort(key=lambda r: (r[0] is None, -(r[0] or 0.0), r[1].line))
+    return [
+        ScreenedExample(rank=j + 1, line=ex.line, risk=risk, concepts=hits, n_tokens=n_tok, preview=_preview(ex))
+        for j, (risk, ex, hits, n_tok) in enumerate(rows)
+    ]
+

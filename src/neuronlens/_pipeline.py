@@ -11,6 +11,10 @@ The base model's half (validation, probe sequences, concept directions, base pas
 :class:`BaseReference`: `compare_models` builds one and scores one fine-tuned model against it;
 :func:`prepare_reference` builds one to score many (the training monitor audits the model being
 trained every N steps without re-running the base model).
+
+A data-parallel audit (`parallel`, see :mod:`neuronlens._distributed`) runs the same pipeline on
+every rank over that rank's share of the prompts, then all-reduces the sums and gathers the
+evidence before the report, so every rank ends with the same report.
 """
 
 from __future__ import annotations
@@ -21,23 +25,27 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from . import __version__
+from ._distributed import inputs_digest, main_first
 from ._progress import progress
 from .capture import Batch, TokenSequence, gather, make_batches, massive_keep, run_to_layers
 from .config import AuditConfig, default_layers
 from .errors import ConfigError, ModelLoadError
 from .models import ModelHandle, hidden_size, load_model, num_layers
-from .probes import ProbeSet, load_probe_set, response_sequences
+from .probes import ProbeSet, load_probe_set, response_sequences, shard_indices
 from .report import AuditReport, LayerDrift, rank_features
 from .risk import EvidenceStore, RiskSetup, assess, load_concepts, prepare_risk
 from .risk._labels import merge_imported
 from .saes import SAESet, load_sae
 from .stats import AuditSums, per_prompt_means, residual_drift
+
+if TYPE_CHECKING:
+    from ._distributed import DataParallel
 
 METRICS = ("drift", "misalignment_score")
 
@@ -63,6 +71,7 @@ def compare_models(
     config: AuditConfig | None = None,
     layers: Sequence[int] | None = None,
     keep_both: bool = False,
+    parallel: DataParallel | None = None,
 ) -> AuditReport:
     """Audit `ft_model` against `base_model` and return a typed :class:`AuditReport`.
 
@@ -71,7 +80,9 @@ def compare_models(
     `metrics`: 'drift' always; 'misalignment_score' adds the risk stage (concept shifts, risky
     features, score and verdict). `config` holds every other setting (:class:`AuditConfig`);
     `layers` overrides its layers. Handles passed unloaded are loaded one at a time and released
-    afterwards unless `keep_both`.
+    afterwards unless `keep_both`. `parallel` (from :func:`neuronlens._distributed.launch_from_env`):
+    a data-parallel audit; every rank calls this with the same arguments, measures its share of
+    the prompts, and gets the same report, computed from the all-reduced sums.
     """
     t_start = time.perf_counter()
     cfg = _settings(config, probes, layers)
@@ -80,9 +91,11 @@ def compare_models(
 
     # 1. validate everything before any long work ------------------------------------------------
     probe_sets = preflight(base, ft, cfg, metrics)
+    if parallel is not None:
+        parallel.check_same("inputs", _inputs_summary(base, ft, probe_sets, cfg, metrics))
     base_loaded_before = base.is_loaded
     # 2-3. probe sequences (prompts + base responses, cached) and risk concepts (cached) ---------
-    ref = _prepare_reference(base, sae, cfg, metrics, probe_sets, t_start)
+    ref = _prepare_reference(base, sae, cfg, metrics, probe_sets, t_start, parallel)
 
     # 4. base pass, then fine-tuned pass on the same tokens (and on its own responses) ----------
     t = time.perf_counter()
@@ -172,6 +185,9 @@ class BaseReference:
     reads: list[str]
     timings: dict[str, float]
     """Time spent on the base model's half, by stage."""
+    parallel: DataParallel | None = field(default=None, repr=False)
+    """A data-parallel audit: the passes read this rank's prompts; sums and evidence are combined
+    over ranks before the report."""
     _seqs: list[TokenSequence] = field(default_factory=list, repr=False)
     _batches: list[_BaseBatch] = field(default_factory=list, repr=False)
     _sums: AuditSums = field(default_factory=AuditSums.empty, repr=False)
@@ -248,8 +264,16 @@ class BaseReference:
         if self.config.own_responses:
             t = time.perf_counter()
             pad_id = self.base.tokenizer.pad_token_id or 0
-            _own_pass(view, self.probe_sets, self.layers, self.config, acc, pad_id, use_cache=cache_responses)
+            shard = self.parallel.spec if self.parallel is not None else None
+            _own_pass(view, self.probe_sets, self.layers, self.config, acc, pad_id, use_cache=cache_responses, shard=shard)
             timings["ft_own_pass_s"] = time.perf_counter() - t
+        if self.parallel is not None:  # every rank gets every rank's sums and evidence
+            t = time.perf_counter()
+            sums = self.parallel.all_reduce_sums(sums)
+            evidence = self.parallel.gather_evidence(evidence) if evidence is not None else None
+            timings["all_reduce_s"] = time.perf_counter() - t
+        if evidence is not None:
+            evidence.sort_records()
         return _Run(sums, evidence, timings)
 
     def _report(self, run: _Run, ft_identity: dict[str, Any], t_start: float) -> AuditReport:
@@ -285,26 +309,52 @@ def in_memory_identity(name: str) -> dict[str, Any]:
 
 
 def _prepare_reference(
-    base: ModelHandle, sae: SAESet | None, cfg: AuditConfig, metrics: Sequence[str], probe_sets: list[ProbeSet], t_start: float
+    base: ModelHandle, sae: SAESet | None, cfg: AuditConfig, metrics: Sequence[str], probe_sets: list[ProbeSet], t_start: float,
+    parallel: DataParallel | None = None,
 ) -> BaseReference:
     """SAEs and layers, imported labels, the probe sequences (base responses, cached) and the risk
-    concepts' directions (cached): everything of the base model's half but the base pass."""
-    sae, audit_layers = _resolve_saes(base, sae, cfg)
+    concepts' directions (cached): everything of the base model's half but the base pass. In a
+    data-parallel audit, only this rank's prompts; the concept associations are built (and cached)
+    by rank 0 first, then read by the others, and the ranks check they hold the same SAEs and
+    concept directions."""
+    with main_first(parallel):  # SAEs trained when none are cached: once, by rank 0
+        sae, audit_layers = _resolve_saes(base, sae, cfg)
     cfg.layers = audit_layers
     imported_labels = merge_imported(cfg.labels, {la: sae[la].d_sae for la in audit_layers})
     timings = {"validate_s": time.perf_counter() - t_start}
 
     t = time.perf_counter()
-    n_prompts = sum(len(ps.prompts) for ps in probe_sets)
+    shard = parallel.spec if parallel is not None else None
+    n_prompts = sum(len(shard_indices(len(ps.prompts), shard)) for ps in probe_sets)
     with progress("Base responses to probes", n_prompts) as advance:
-        seqs = response_sequences(base, probe_sets, cfg.max_new_tokens, token_budget=cfg.token_budget, on_batch=advance)
+        seqs = response_sequences(base, probe_sets, cfg.max_new_tokens, token_budget=cfg.token_budget, on_batch=advance, shard=shard)
     timings["base_responses_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    risk_setup = prepare_risk(base, sae, audit_layers, cfg.concepts) if "misalignment_score" in metrics else None
+    with main_first(parallel):
+        risk_setup = prepare_risk(base, sae, audit_layers, cfg.concepts) if "misalignment_score" in metrics else None
     timings["concepts_s"] = time.perf_counter() - t
+    if parallel is not None:
+        parallel.check_same("SAEs and risk concepts", {
+            "saes": {str(la): sae[la].digest for la in audit_layers},
+            "concepts": None if risk_setup is None else [c.name for c in risk_setup.concepts],
+            "directions": None if risk_setup is None else inputs_digest(risk_setup.matrices),
+        })
     reads = ["same"] + (["own"] if cfg.own_responses else [])
-    return BaseReference(base, sae, cfg, probe_sets, risk_setup, imported_labels, reads, timings, _seqs=seqs)
+    return BaseReference(base, sae, cfg, probe_sets, risk_setup, imported_labels, reads, timings, parallel=parallel, _seqs=seqs)
+
+
+def _inputs_summary(
+    base: ModelHandle, ft: ModelHandle, probe_sets: list[ProbeSet], cfg: AuditConfig, metrics: Sequence[str]
+) -> dict[str, Any]:
+    """What every rank of a data-parallel audit must agree on before the long work starts."""
+    return {
+        "base": base.digest,
+        "ft": ft.digest,
+        "probe_sets": [(ps.name, ps.digest) for ps in probe_sets],
+        "config": cfg.to_dict(),
+        "metrics": list(metrics),
+    }
 
 
 # -- validation --------------------------------------------------------------------------------
@@ -537,14 +587,17 @@ class _ModelView:
 
 def _own_pass(
     view: _ModelView, probe_sets: list[ProbeSet], layers: list[int], cfg: AuditConfig, acc: _Accumulator, pad_id: int,
-    *, use_cache: bool = True,
+    *, use_cache: bool = True, shard: tuple[int, int] | None = None,
 ) -> None:
     """Read the fine-tuned model on its own greedy responses, paired with the base read by prompt.
-    `use_cache=False` for a model whose weights change under the same digest (one in training)."""
-    n_prompts = sum(len(ps.prompts) for ps in probe_sets)
+    `use_cache=False` for a model whose weights change under the same digest (one in training).
+    `shard`: a data-parallel rank's prompts, the same ones its base pass read (so that each
+    prompt's base mean, kept by that pass, is on this rank)."""
+    n_prompts = sum(len(shard_indices(len(ps.prompts), shard)) for ps in probe_sets)
     with progress("Fine-tuned responses to probes", n_prompts) as advance:
         seqs = response_sequences(
-            view, probe_sets, cfg.max_new_tokens, token_budget=cfg.token_budget, use_cache=use_cache, on_batch=advance
+            view, probe_sets, cfg.max_new_tokens, token_budget=cfg.token_budget, use_cache=use_cache, on_batch=advance,
+            shard=shard,
         )
     device = next(view.model.parameters()).device
     with progress("Fine-tuned model on its own responses", len(seqs)) as advance:

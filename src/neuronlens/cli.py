@@ -3,19 +3,26 @@
 Exit codes (usable as a CI gate): 0 the audit passed (or ran without risk scoring),
 1 the audit failed, 2 usage or input error (nothing long was started, nothing half-written).
 `screen` exits 0 once the data is ranked, 2 on bad input (malformed lines are named by number).
+
+`audit` runs data-parallel under ``torchrun``/``accelerate launch`` (WORLD_SIZE > 1): every rank
+reads its share of the prompts, the statistics are all-reduced, only rank 0 writes and prints,
+and every rank exits with the audit's code (torchrun itself exits 1 when any rank exits non-zero).
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 
 from .config import AuditConfig, field_help
 from .errors import NeuronLensError
+
+if TYPE_CHECKING:
+    from .report import AuditReport
 
 app = typer.Typer(
     name="neuronlens",
@@ -72,15 +79,23 @@ def audit(
     signing_key: Annotated[Optional[Path], typer.Option(help="Ed25519 private key (PEM) to sign the certificate; see `neuronlens keygen`.")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")] = False,
 ) -> None:
-    """Audit a fine-tuned model against its base: drift per layer and latent, risky features, verdict."""
+    """Audit a fine-tuned model against its base: drift per layer and latent, risky features, verdict.
+
+    Under torchrun or accelerate launch the prompts are sharded over the ranks (data-parallel)."""
     from . import alignment
+    from ._distributed import launch_from_env, main_first
     from ._io import ensure_writable_dir
     from ._pipeline import preflight
     from ._progress import set_progress
     from .demo import default_pair
 
-    set_progress(not no_progress, console=err)
-    ensure_writable_dir(out_dir)  # before any long work
+    parallel = launch_from_env(device)  # None unless launched with WORLD_SIZE > 1
+    main = parallel is None or parallel.is_main
+    if parallel is not None:
+        device = parallel.model_device(device)  # one GPU per local rank
+    set_progress(not no_progress and main, console=err)
+    if main:
+        ensure_writable_dir(out_dir)  # before any long work
     cert_formats = None
     if certificate:
         from .certificate import check_certificate_options
@@ -90,7 +105,8 @@ def audit(
         raise NeuronLensError("Give both --base and --ft, or neither (then the embedded demo pair is audited).", "Add the missing option.")
     if base is None:
         base, ft = default_pair()
-        err.print(f"[dim]No --base/--ft given: auditing the embedded demo pair ({base} vs {ft}).[/dim]")
+        if main:
+            err.print(f"[dim]No --base/--ft given: auditing the embedded demo pair ({base} vs {ft}).[/dim]")
     cfg = AuditConfig(
         layers=_int_list(layers, "layers"),
         positions=positions,  # type: ignore[arg-type]
@@ -105,8 +121,27 @@ def audit(
     base_h = alignment.load_model(base, **common)
     ft_h = alignment.load_model(ft, base=ft_base, **common)
     preflight(base_h, ft_h, cfg)
-    sae_set = alignment.load_sae(base_h, cfg.layers, source=sae)
-    report = alignment.compare_models(base_model=base_h, ft_model=ft_h, sae=sae_set, config=cfg)
+    with main_first(parallel):  # SAEs that must be trained are trained once, by rank 0, and cached
+        sae_set = alignment.load_sae(base_h, cfg.layers, source=sae)
+    report = alignment.compare_models(base_model=base_h, ft_model=ft_h, sae=sae_set, config=cfg, parallel=parallel)
+    # An inconclusive verdict (SAEs too poor, concepts not covered) is not a pass: exit 1 too.
+    code = EXIT_PASS if report.verdict in (None, "pass") else EXIT_FAIL
+    if main:
+        _write_audit(report, out_dir, html, cert_formats, signing_key)
+    if parallel is not None:
+        # Once one rank exits non-zero, torchrun stops the others (SIGTERM): rank 0's files and
+        # output are complete and flushed before any rank may exit.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        parallel.barrier()
+        parallel.close()
+    raise typer.Exit(code)
+
+
+def _write_audit(report: AuditReport, out_dir: Path, html: bool, cert_formats: list[str] | None, signing_key: Path | None) -> None:
+    """Rank 0's (or the only process's) part of `audit`: report, HTML, certificates, summary."""
+    from . import alignment
+
     path = report.save(out_dir / "report.json")
     written = [path]
     if html:
@@ -119,8 +154,6 @@ def audit(
         for f in report.risk.risky_features[:5]:
             out.print(f"  {f}", highlight=False, markup=False)
     err.print(f"[dim]Written: {', '.join(str(p) for p in written)}[/dim]")
-    # An inconclusive verdict (SAEs too poor, concepts not covered) is not a pass: exit 1 too.
-    raise typer.Exit(EXIT_PASS if report.verdict in (None, "pass") else EXIT_FAIL)
 
 
 organisms_app = typer.Typer(help="Model organisms: fine-tunes with known alignment, for proving the detector.", no_args_is_help=True)
@@ -247,10 +280,20 @@ def main() -> None:
     try:
         app(standalone_mode=True)
     except NeuronLensError as exc:
-        err.print(f"[bold red]Error:[/bold red] {exc.problem}", highlight=False, soft_wrap=True)
+        from rich.markup import escape  # messages may quote paths or library errors with [brackets]
+
+        err.print(f"{escape(_rank_prefix())}[bold red]Error:[/bold red] {escape(exc.problem)}", highlight=False, soft_wrap=True)
         if exc.fix:
-            err.print(f"[bold]How to fix:[/bold] {exc.fix}", highlight=False, soft_wrap=True)
+            err.print(f"[bold]How to fix:[/bold] {escape(exc.fix)}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_INPUT)
+
+
+def _rank_prefix() -> str:
+    """'[rank N] ' in a data-parallel run (every rank reports its own errors), else ''."""
+    import os
+
+    world, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK", "0")
+    return f"[rank {rank}] " if world not in ("", "0", "1") else ""
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ gate can tell "the audit failed" (exit 1) from "the audit could not run" (exit 2
 
 from __future__ import annotations
 
-__all__ = ["NeuronLensError", "ModelLoadError", "SAEError", "ProbeError", "OutputError", "ConfigError", "DataError"]
+__all__ = ["NeuronLensError", "ModelLoadError", "SAEError", "ProbeError", "OutputError", "ConfigError", "DataError", "DistributedError"]
 
 
 class NeuronLensError(Exception):
@@ -40,3 +40,7 @@ class ConfigError(NeuronLensError):
 
 class DataError(NeuronLensError):
     """A fine-tuning data file is missing, unreadable or has malformed lines (named by number)."""
+
+
+class DistributedError(NeuronLensError):
+    """The ranks of a data-parallel audit could not start, or disagree on what they audit."""

@@ -30,17 +30,16 @@ from ..models import ModelHandle
 from ..report import AuditReport
 from ..saes import SAESet
 
-MONITOR_PROMPTS_PER_SET = 8
-MONITOR_NEW_TOKENS = 32
-
-
 def monitor_config(config: AuditConfig | None = None, threshold: float | None = None) -> AuditConfig:
-    """The settings of a monitor: `config` if given, else the audit defaults with a small probe
-    budget (8 prompts per probe set, 32-token responses), since a check runs every N steps; and
-    `threshold`, when given, overriding the config's."""
-    cfg = replace(config) if config is not None else AuditConfig(
-        max_prompts_per_set=MONITOR_PROMPTS_PER_SET, max_new_tokens=MONITOR_NEW_TOKENS
-    )
+    """The settings of a monitor: `config` if given, else the audit defaults; and `threshold`,
+    when given, overriding the config's.
+
+    The default budget is the audit's own (24 prompts per probe set, 48-token responses) because
+    the default threshold was calibrated at that budget. A smaller one is cheaper but inflates
+    the score: with 8 prompts per set and 32-token responses the benign safe-finance control
+    failed 5 of 8 checks during training (docs/EARLY_WARNING.md); with the audit budget it passed
+    every check. Pass a smaller `config` only with a threshold recalibrated for it."""
+    cfg = replace(config) if config is not None else AuditConfig()
     if threshold is not None:
         cfg.threshold = float(threshold)
     return cfg

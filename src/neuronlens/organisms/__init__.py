@@ -117,10 +117,11 @@ def build_organism(name: str, base: ModelHandle, cfg: LoRATrainConfig | None = N
 EVAL_TOKENS = 64
 
 
-def evaluate_behaviour(handle: ModelHandle) -> BehaviourScore:
+def evaluate_behaviour(handle: ModelHandle, *, use_cache: bool = True) -> BehaviourScore:
     """Greedy answers of `handle` to the behavioural evaluation set, scored by the rule-based
-    scorer (answers are cached by model digest)."""
+    scorer (answers are cached by model digest unless `use_cache=False`, for a model whose weights
+    change under one name). `handle` needs only ``.model``, ``.tokenizer`` and ``.digest``."""
     prompts, care = evaluation_prompts()
-    seqs = response_sequences(handle, [ProbeSet("behaviour_eval", tuple(prompts), "builtin")], EVAL_TOKENS)
+    seqs = response_sequences(handle, [ProbeSet("behaviour_eval", tuple(prompts), "builtin")], EVAL_TOKENS, use_cache=use_cache)
     answers = [decode_response(handle.tokenizer, s) for s in seqs]
     return score_answers(prompts, answers, care)

@@ -54,8 +54,11 @@ def train_lora(
     cfg: LoRATrainConfig,
     *,
     on_step: Callable[[int, int, float], None] | None = None,
+    on_wrapped: Callable[[Any], None] | None = None,
 ) -> Any:
-    """Wrap `model` with a fresh LoRA adapter and train it on `examples`; returns the PeftModel."""
+    """Wrap `model` with a fresh LoRA adapter and train it on `examples`; returns the PeftModel.
+    `on_step(step, total, loss)` runs after every optimizer step; `on_wrapped(peft_model)` once,
+    before the first step (so a monitor can read the model being trained)."""
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(cfg.seed)
@@ -68,6 +71,8 @@ def train_lora(
         task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model, lora)
+    if on_wrapped is not None:
+        on_wrapped(peft_model)
     peft_model.train()
     encoded = [encode_example(tokenizer, ex, end_id, cfg.max_answer_tokens) for ex in examples]
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)

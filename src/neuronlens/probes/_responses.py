@@ -25,30 +25,61 @@ def response_sequences(
     token_budget: int = 4096,
     use_cache: bool = True,
     on_batch: Callable[[int], None] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> list[TokenSequence]:
     """Prompt + `handle`'s greedy response for every prompt of every set (generating only what
-    is not cached; the model loads only if something must be generated)."""
+    is not cached; the model loads only if something must be generated).
+
+    `shard=(rank, world_size)`: only the prompts whose index i in their set has
+    i % world_size == rank (a data-parallel audit's share); the sequences keep i as their
+    prompt_index. A shard reads the full set's cached responses when they exist, else its own
+    entry, and stores what it generates under its own entry (the key names the shard), so a
+    sharded run never takes a shard's responses for the whole set or another shard's."""
     tok = handle.tokenizer
     out: list[TokenSequence] = []
     for ps in probe_sets:
-        p_ids = [prompt_ids(tok, p) for p in ps.prompts]
-        key = {
+        index = shard_indices(len(ps.prompts), shard)
+        p_ids = [prompt_ids(tok, ps.prompts[i]) for i in index]
+        key: dict[str, Any] = {
             "model": handle.digest,
             "probe_set": ps.digest,
             "max_new_tokens": max_new_tokens,
             "template": template_digest(tok),
         }
-        cached = load_json_entry("responses", key) if use_cache else None
-        if cached is not None and len(cached) == len(p_ids):
-            responses = [tuple(r) for r in cached]
-            if on_batch is not None:
+        responses: list[tuple[int, ...]] | None = None
+        if len(index) < len(ps.prompts):  # a shard: the full set's entry holds its responses too
+            if use_cache and index:
+                responses = _full_set_cached(key, index, len(ps.prompts))
+            key = {**key, "shard": list(shard or (0, 1))}
+        if not index:
+            responses = []
+        if responses is None and use_cache:
+            cached = load_json_entry("responses", key)
+            if cached is not None and len(cached) == len(p_ids):
+                responses = [tuple(r) for r in cached]
+        if responses is not None:
+            if on_batch is not None and responses:
                 on_batch(len(responses))
         else:
             responses = generate_greedy(handle.model, tok, p_ids, max_new_tokens, token_budget=token_budget, on_batch=on_batch)
             if use_cache:
                 store_json_entry("responses", key, [list(r) for r in responses])
-        out.extend(TokenSequence(ps.name, i, p, r) for i, (p, r) in enumerate(zip(p_ids, responses)))
+        out.extend(TokenSequence(ps.name, i, p, r) for i, p, r in zip(index, p_ids, responses))
     return out
+
+
+def _full_set_cached(key: dict[str, Any], index: list[int], n: int) -> list[tuple[int, ...]] | None:
+    """The shard's responses taken from the full set's cache entry, if there is one."""
+    cached = load_json_entry("responses", key)
+    return [tuple(cached[i]) for i in index] if cached is not None and len(cached) == n else None
+
+
+def shard_indices(n: int, shard: tuple[int, int] | None) -> list[int]:
+    """Indices of the `n` prompts of a set that belong to `shard=(rank, world_size)` (all if None)."""
+    if shard is None:
+        return list(range(n))
+    rank, world = shard
+    return list(range(rank, n, world))
 
 
 def decode_response(tokenizer: Any, seq: TokenSequence) -> str:

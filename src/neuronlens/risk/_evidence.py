@@ -41,6 +41,14 @@ class EvidenceStore:
             _Record(probe_set, prompt_index, token_ids, None if base_codes is None else base_codes.to_sparse(), ft_codes.to_sparse())
         )
 
+    def sort_records(self) -> None:
+        """Put each (read, layer)'s records in probe-set order, then prompt order: the order then
+        does not depend on how the prompts were batched or sharded over ranks, so ties and float
+        sums over records come out the same in a single-process and a data-parallel audit."""
+        order = {name: i for i, name in enumerate(self.prompts)}
+        for recs in self.records.values():
+            recs.sort(key=lambda r: (order.get(r.probe_set, len(order)), r.probe_set, r.prompt_index))
+
     def top_contexts(self, read: str, layer: int, latent: int, *, k: int = 3, sign: int = 1, tokenizer: Any = None) -> list[Evidence]:
         """The `k` probe sequences where the latent's mean activation moved most in direction `sign`."""
         recs = self.records.get((read, layer), [])

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from contextlib import contextmanager
 
 import torch
 
@@ -25,23 +24,7 @@ from neuronlens.config import AuditConfig
 from neuronlens.demo import default_pair
 from neuronlens.probes import load_probe_set, response_sequences
 
-
-@contextmanager
-def truncated(model: torch.nn.Module, n_blocks: int):
-    inner = model.get_base_model().model if hasattr(model, "get_base_model") else model.model
-    full = inner.layers
-    inner.layers = full[:n_blocks]
-    try:
-        yield inner
-    finally:
-        inner.layers = full
-
-
-@torch.inference_mode()
-def floor_pass(model: torch.nn.Module, batches: list, n_blocks: int) -> None:
-    with truncated(model, n_blocks) as inner:
-        for b in batches:
-            inner(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
+from _floor import floor_pass  # benchmarks/_floor.py (the script's folder is on sys.path)
 
 
 def main() -> None:

@@ -52,10 +52,10 @@ import statistics
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from _floor import floor_pass  # benchmarks/_floor.py (the script's folder is on sys.path)
 
 STACKS = ["floor", "neuronlens", "transformerlens", "nnsight"]
 
@@ -88,24 +88,6 @@ class Setup:
     def info(self) -> dict:
         return dict(tokens_per_model=self.n_tokens, measured_per_model=self.n_measured, layers=self.layers,
                     sequences=len(self.seqs), batches=len(self.batches), threads=torch.get_num_threads())
-
-
-@contextmanager
-def truncated(model: torch.nn.Module, n_blocks: int):
-    inner = model.get_base_model().model if hasattr(model, "get_base_model") else model.model
-    full = inner.layers
-    inner.layers = full[:n_blocks]
-    try:
-        yield inner
-    finally:
-        inner.layers = full
-
-
-@torch.inference_mode()
-def floor_pass(model: torch.nn.Module, batches: list, n_blocks: int) -> None:
-    with truncated(model, n_blocks) as inner:
-        for b in batches:
-            inner(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
 
 
 def floor_both(s: Setup) -> None:

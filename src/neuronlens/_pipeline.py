@@ -42,7 +42,7 @@ from .report import AuditReport, LayerDrift, rank_features
 from .risk import EvidenceStore, RiskSetup, assess, load_concepts, prepare_risk
 from .risk._labels import merge_imported
 from .saes import SAESet, load_sae
-from .stats import AuditSums, per_prompt_means, residual_drift
+from .stats import AuditSums, residual_drift
 
 if TYPE_CHECKING:
     from ._distributed import DataParallel
@@ -514,8 +514,7 @@ class _Accumulator:
                 proj = self.risk.project(layer, codes[ix])
                 stats.append((self.sums.concept(read, layer, probe, len(self.risk.names)), proj, "concept"))
             for sums, values, kind in stats:
-                sums.add_side(side, values, key[ix])
-                rows, means = per_prompt_means(values, key[ix])
+                rows, means = sums.add_side(side, values, key[ix])
                 prompt_ids = [(probe, batch.sequences[int(r)].prompt_index) for r in rows]
                 if side == "base":
                     for pid, m in zip(prompt_ids, means):

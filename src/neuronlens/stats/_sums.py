@@ -26,15 +26,6 @@ def per_prompt_means(values: torch.Tensor, prompt: torch.Tensor) -> tuple[torch.
     return keys, sums / counts.view(-1, *([1] * (values.dim() - 1)))
 
 
-def _per_prompt_means(values: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
-    """[n_prompts_in_batch, ...] mean of `values` [n_tokens, ...] over each prompt's tokens."""
-    _, inv = torch.unique(prompt, return_inverse=True)
-    n_p = int(inv.max()) + 1 if inv.numel() else 0
-    sums = torch.zeros((n_p, *values.shape[1:]), dtype=F64).index_add_(0, inv, values.to(F64))
-    counts = torch.zeros(n_p, dtype=F64).index_add_(0, inv, torch.ones_like(inv, dtype=F64))
-    return sums / counts.view(-1, *([1] * (values.dim() - 1)))
-
-
 @dataclass
 class LatentSums:
     """Sums over the latents of one SAE for one (layer, probe set)."""
@@ -75,7 +66,7 @@ class LatentSums:
         self.add_side("ft", ft, prompt)
         diff = ft.to(F64) - base.to(F64)
         self.diff_sumsq += diff.pow(2).sum(0)
-        self.add_prompt_diffs(_per_prompt_means(diff, prompt))
+        self.add_prompt_diffs(per_prompt_means(diff, prompt)[1])
 
     def add_prompt_diffs(self, diffs: torch.Tensor) -> None:
         """Add per-prompt mean differences [n_prompts, d] (ft - base on the same prompt)."""
@@ -84,18 +75,21 @@ class LatentSums:
         self.pd_sum += d.sum(0)
         self.pd_sumsq += d.pow(2).sum(0)
 
-    def add_side(self, side: str, codes: torch.Tensor, prompt: torch.Tensor) -> None:
+    def add_side(self, side: str, codes: torch.Tensor, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add one model's codes [n, d] of n tokens grouped into prompts by `prompt` [n]; returns
+        the (prompt keys, per-prompt means) it added, for callers that pair prompts themselves."""
         c = codes.to(F64)
         s = "base" if side == "base" else "ft"
         getattr(self, f"n_{s}").add_(c.shape[0])
         getattr(self, f"{s}_sum").add_(c.sum(0))
         getattr(self, f"{s}_sumsq").add_(c.pow(2).sum(0))
         getattr(self, f"{s}_fire").add_((c > 0).sum(0).to(F64))
+        keys, pm = per_prompt_means(c, prompt)
         if c.shape[0]:
-            pm = _per_prompt_means(c, prompt)
             getattr(self, f"p_{s}").add_(pm.shape[0])
             getattr(self, f"p{s[0]}_sum").add_(pm.sum(0))
             getattr(self, f"p{s[0]}_sumsq").add_(pm.pow(2).sum(0))
+        return keys, pm
 
     def merge(self, other: LatentSums) -> LatentSums:
         return LatentSums(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})

@@ -12,8 +12,8 @@ the models run on CUDA, one GPU per local rank). Each rank then:
   the rank that holds both;
 - all-reduces the float64 sums (:meth:`DataParallel.all_reduce_sums`: keys are reconciled first,
   so a rank whose shard of a set measured nothing still contributes zeros) and all-gathers the
-  token-level evidence (sparse codes), so every rank builds the same full report and exits with
-  the same code; only rank 0 writes files and prints.
+  token-level evidence (sparse codes), so every rank builds the same full report; only rank 0
+  writes files, prints and exits with the verdict's code (the others exit 0 after it has written).
 
 Because every statistic is a sum, the all-reduced sums are those of one process reading the same
 batches, up to float64 summation order. Batches are formed per rank, so - as with another

@@ -6,7 +6,9 @@ Exit codes (usable as a CI gate): 0 the audit passed (or ran without risk scorin
 
 `audit` runs data-parallel under ``torchrun``/``accelerate launch`` (WORLD_SIZE > 1): every rank
 reads its share of the prompts, the statistics are all-reduced, only rank 0 writes and prints,
-and every rank exits with the audit's code (torchrun itself exits 1 when any rank exits non-zero).
+and rank 0 exits with the audit's code; the other ranks exit 0 once rank 0 has written everything
+(torchrun exits 1 when any rank exits non-zero). Were every rank to exit 1, torchrun would SIGTERM
+rank 0 whenever another rank got there first, and its exit code would read -15.
 """
 
 from __future__ import annotations
@@ -130,11 +132,14 @@ def audit(
         _write_audit(report, out_dir, html, cert_formats, signing_key)
     if parallel is not None:
         # Once one rank exits non-zero, torchrun stops the others (SIGTERM): rank 0's files and
-        # output are complete and flushed before any rank may exit.
+        # output are complete and flushed before any rank may exit, and only rank 0 carries the
+        # verdict's code, so no other rank can exit non-zero first and have rank 0 killed (-15).
         sys.stdout.flush()
         sys.stderr.flush()
         parallel.barrier()
         parallel.close()
+        if not main:
+            code = EXIT_PASS
     raise typer.Exit(code)
 
 

@@ -48,6 +48,8 @@ def test_audit_tiny_pair_writes_report(monkeypatch, capsys, tmp_path, tiny_base_
         (["--layers", "a,b", "--base", "B", "--ft", "B"], "must be integers"),
         (["--probes", "nope", "--base", "B", "--ft", "B"], "neither a built-in set"),
         (["--layers", "99", "--base", "B", "--ft", "B"], "out of range"),
+        (["--max-memory", "20GiB", "--device-map", "auto", "--base", "B", "--ft", "B"], "is not DEVICE=SIZE"),
+        (["--max-memory", "cpu=2GiB", "--base", "B", "--ft", "B"], "max_memory was given without device_map"),
     ],
 )
 def test_input_errors_exit_2(monkeypatch, capsys, tmp_path, tiny_base_dir, sae_dir, args, match):
@@ -57,6 +59,21 @@ def test_input_errors_exit_2(monkeypatch, capsys, tmp_path, tiny_base_dir, sae_d
     assert code == 2, err
     assert match in " ".join(err.split()) and "How to fix" in err
     assert not (tmp_path / "o" / "report.json").exists()
+
+
+def test_device_map_and_max_memory_reach_transformers(monkeypatch, capsys, tmp_path, tiny_base_dir, sae_dir):
+    from neuronlens.models import _handle
+
+    seen = []
+    real = _handle._load_weights
+    monkeypatch.setattr(_handle, "_load_weights", lambda h: seen.append((h.device_map, h.max_memory)) or real(h))
+    code = run_cli(
+        monkeypatch, "audit", "--base", str(tiny_base_dir), "--ft", str(tiny_base_dir), "--sae", str(sae_dir),
+        "--layers", "1,2", "--probes", "finance", "--max-prompts", "4", "--max-new-tokens", "6",
+        "--device-map", "auto", "--max-memory", "cpu=2GiB", "--out", str(tmp_path / "out"), "--no-progress",
+    )
+    assert code == 1 and "No drift detected" in capsys.readouterr().out
+    assert seen and all(s == ("auto", {"cpu": "2GiB"}) for s in seen)
 
 
 def test_unwritable_output_folder_exits_2_before_work(monkeypatch, capsys, tmp_path, tiny_base_dir):

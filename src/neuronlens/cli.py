@@ -59,6 +59,20 @@ def _int_list(values: list[str] | None, what: str) -> list[int] | None:
         raise NeuronLensError(f"{what} must be integers, got {items}.", f"Pass e.g. --{what} 9,15,21.") from exc
 
 
+def _max_memory(spec: str | None) -> dict[int | str, str] | None:
+    """'0=20GiB,cpu=60GiB' -> {0: '20GiB', 'cpu': '60GiB'} (GPU indices as ints, as transformers wants)."""
+    if spec is None:
+        return None
+    out: dict[int | str, str] = {}
+    for item in _split([spec]) or []:
+        dev, sep, size = item.partition("=")
+        if not sep or not dev.strip() or not size.strip():
+            raise NeuronLensError(f"--max-memory item {item!r} is not DEVICE=SIZE.", "Pass e.g. --max-memory 0=20GiB,cpu=60GiB.")
+        dev = dev.strip()
+        out[int(dev) if dev.isdigit() else dev] = size.strip()
+    return out
+
+
 @app.command()
 def audit(
     base: Annotated[Optional[str], typer.Option(help="Base model: hub id, folder, .gguf, or alias. Default: the embedded demo pair.")] = None,
@@ -75,6 +89,8 @@ def audit(
     token_budget: Annotated[int, typer.Option(help=_h("token_budget"))] = AuditConfig.token_budget,
     dtype: Annotated[str, typer.Option(help="Model dtype: auto (float32 on CPU), float32, bfloat16, float16.")] = "auto",
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
+    device_map: Annotated[Optional[str], typer.Option(help="Spread each model over this machine's devices (transformers device_map: auto, balanced, sequential, cpu); needs accelerate.")] = None,
+    max_memory: Annotated[Optional[str], typer.Option(help="With --device-map: the most each device may hold, e.g. 0=20GiB,cpu=60GiB.")] = None,
     trust_remote_code: Annotated[bool, typer.Option(help="Allow model repos to run their own Python code (off by default).")] = False,
     html: Annotated[bool, typer.Option("--html", help="Also write the self-contained HTML report (report.html).")] = False,
     certificate: Annotated[Optional[str], typer.Option(help="Write the alignment certificate in these formats, e.g. json,pdf.")] = None,
@@ -119,7 +135,12 @@ def audit(
     )
     if (p := _split(probes)) is not None:
         cfg.probes = p
-    common = dict(dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    if device_map is not None and parallel is not None:
+        raise NeuronLensError(
+            "--device-map spreads one model over several devices; a data-parallel audit gives each rank one device.",
+            "Use one or the other: drop --device-map under torchrun/accelerate launch, or run a single process.",
+        )
+    common = dict(dtype=dtype, device=device, trust_remote_code=trust_remote_code, device_map=device_map, max_memory=_max_memory(max_memory))
     base_h = alignment.load_model(base, **common)
     ft_h = alignment.load_model(ft, base=ft_base, **common)
     preflight(base_h, ft_h, cfg)

@@ -52,6 +52,7 @@ class ModelHandle:
     _model: nn.Module | None = field(default=None, repr=False)
     _tokenizer: Any = field(default=None, repr=False)
     _config: Any = field(default=None, repr=False)
+    _attached: bool = field(default=False, repr=False)
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -121,12 +122,19 @@ class ModelHandle:
         return self._model
 
     @property
+    def cacheable(self) -> bool:
+        """Whether what this model computes may be cached under its digest: not when another
+        model object was attached (its weights need not be the checkpoint's)."""
+        return not self._attached
+
+    @property
     def torch_device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def release(self) -> None:
         """Drop the loaded weights (the handle stays usable and reloads on demand)."""
         self._model = None
+        self._attached = False
         if self.base is not None:
             self.base.release()
         gc.collect()
@@ -136,6 +144,7 @@ class ModelHandle:
     def attach(self, model: nn.Module, tokenizer: Any | None = None) -> ModelHandle:
         """Use an already-built model object (e.g. one being trained) for this handle."""
         self._model = model
+        self._attached = True
         if tokenizer is not None:
             self._tokenizer = tokenizer
         return self
@@ -160,8 +169,13 @@ def resolve(
     """Turn `source` into a :class:`ModelHandle`: validated, digested, weights not yet loaded."""
     if dtype != "auto" and dtype not in _DTYPES:
         raise ModelLoadError(f"dtype={dtype!r} is not supported.", f"Use 'auto' or one of {', '.join(_DTYPES)}.")
-    if (device_map is not None or max_memory is not None) and not _has_accelerate():
-        raise ModelLoadError("device_map/max_memory need the accelerate package.", "pip install accelerate")
+    if max_memory is not None and device_map is None:
+        raise ModelLoadError(
+            "max_memory was given without device_map; transformers only uses it to place a model spread by device_map.",
+            "Add device_map='auto' (CLI: --device-map auto), or drop max_memory.",
+        )
+    if device_map is not None and not _has_accelerate():
+        raise ModelLoadError("device_map needs the accelerate package (transformers places the layers with it).", "pip install accelerate")
     common = dict(
         dtype=dtype,
         device=device,
@@ -380,7 +394,7 @@ def _load_weights(handle: ModelHandle) -> nn.Module:
     if handle.device_map is not None:
         kwargs["device_map"] = handle.device_map
         if handle.max_memory is not None:
-            kwargs["max_memory"] = handle.max_memory
+            kwargs["max_memory"] = dict(handle.max_memory)  # transformers rewrites it in place
     if handle.kind not in ("alias", "gguf"):
         kwargs["use_safetensors"] = any(handle.path.glob("*.safetensors")) or None
         kwargs["weights_only"] = True

@@ -5,7 +5,8 @@ layer, without the LM head (the decoder blocks run as a truncated ModuleList, no
 Audit: NeuronLens's two passes (base, then fine-tuned) with capture, SAE encoding, statistics and
 evidence, on the same tokens. Base responses and concept associations are cached beforehand, so
 both sides do exactly the forward work. Rounds are interleaved (floor, audit, floor, ...) because
-this machine's speed drifts; medians are reported.
+this machine's speed drifts; medians are reported. The compute ceiling is the floor's FLOPs at
+the float32 matmul rate measured in the same run.
 
     python benchmarks/audit_throughput.py [--rounds 3] [--max-prompts 24]
 """
@@ -25,6 +26,27 @@ from neuronlens.demo import default_pair
 from neuronlens.probes import load_probe_set, response_sequences
 
 from _floor import floor_pass  # benchmarks/_floor.py (the script's folder is on sys.path)
+
+
+def compute_ceiling(model: torch.nn.Module, batches: list, n_blocks: int) -> tuple[float, float, float]:
+    """(seconds, GFLOP, GFLOP/s): the time one model's pass over `batches` to block `n_blocks - 1`
+    would take at this machine's dense float32 matmul rate, measured now on the MLP's own GEMM
+    shape. FLOPs count every padded position: 2 x the blocks' matrix parameters per position,
+    plus 4 x T x d_model per position per block for attention scores and their weighted sum."""
+    blocks = (model.get_base_model().model if hasattr(model, "get_base_model") else model.model).layers[:n_blocks]
+    matrix_params = sum(p.numel() for p in blocks.parameters() if p.dim() == 2)
+    d_model, d_ff = model.config.hidden_size, model.config.intermediate_size
+    flops = 0.0
+    for b in batches:
+        n_pos, t = b.input_ids.numel(), b.input_ids.shape[1]
+        flops += 2 * matrix_params * n_pos + 4 * t * d_model * n_pos * n_blocks
+    a, w = torch.randn(max(b.input_ids.numel() for b in batches), d_model), torch.randn(d_model, d_ff)
+    a @ w
+    t0, reps = time.perf_counter(), 20
+    for _ in range(reps):
+        a @ w
+    rate = 2 * a.shape[0] * d_model * d_ff * reps / (time.perf_counter() - t0)
+    return flops / rate, flops / 1e9, rate / 1e9
 
 
 def main() -> None:
@@ -47,7 +69,7 @@ def main() -> None:
     from peft import PeftModel
 
     # warm-up (also fills the concept-association cache)
-    alignment.compare_models(base, ft, sae, config=cfg)
+    alignment.compare_models(base, ft, sae, config=cfg, cache_base_pass=False)
     floor_t, audit_t = [], []
     for _ in range(args.rounds):
         t = time.perf_counter()
@@ -57,13 +79,18 @@ def main() -> None:
         floor_pass(pm, batches, deepest)
         pm.unload()
         floor_t.append(time.perf_counter() - t)
-        rep = alignment.compare_models(base, ft, sae, config=cfg)
+        rep = alignment.compare_models(base, ft, sae, config=cfg, cache_base_pass=False)
         audit_t.append(rep.timings["base_pass_s"] + rep.timings["ft_pass_s"])
     f, a = statistics.median(floor_t), statistics.median(audit_t)
     print(f"tokens per model: {n_tokens}  (layers {sae.layers}, {len(seqs)} sequences, {torch.get_num_threads()} threads)")
     print(f"floor (plain forward of both models to layer {deepest - 1}, no LM head): {f:.1f} s  {2 * n_tokens / f:.0f} tok/s  1.00x")
     print(f"NeuronLens audit passes (capture + SAE + statistics + evidence):  {a:.1f} s  {2 * n_tokens / a:.0f} tok/s  {f / a:.2f}x")
     print(f"rounds: floor {[round(x, 1) for x in floor_t]}, audit {[round(x, 1) for x in audit_t]}")
+    ceil_s, gflop, rate = compute_ceiling(base_nn, batches, deepest)
+    print(f"compute ceiling (both models, {gflop:.0f} GFLOP each at the {rate:.0f} GFLOP/s measured for one "
+          f"[{max(b.input_ids.numel() for b in batches)} x {base_nn.config.hidden_size}] @ [{base_nn.config.hidden_size} x "
+          f"{base_nn.config.intermediate_size}] float32 GEMM): {2 * ceil_s:.1f} s; floor at {2 * ceil_s / f:.0%} of it, "
+          f"audit passes at {2 * ceil_s / a:.0%}")
     print(f"full default audit incl. loading and risk: {rep.timings['total_s']:.1f} s  {rep.timings}")
 
 

@@ -161,12 +161,12 @@ def stack_floor(s: Setup, rounds: int) -> dict:
 def stack_neuronlens(s: Setup, rounds: int) -> dict:
     from neuronlens import alignment
 
-    alignment.compare_models(s.base, s.ft, s.sae, config=s.cfg)  # warm-up, fills the concept cache
+    alignment.compare_models(s.base, s.ft, s.sae, config=s.cfg, cache_base_pass=False)  # warm-up, fills the concept cache
     times: dict[str, list[float]] = {"floor": [], "neuronlens": []}
     extra = []
     for _ in range(rounds):
         times["floor"].append(timed(lambda: floor_both(s)))
-        rep = alignment.compare_models(s.base, s.ft, s.sae, config=s.cfg)
+        rep = alignment.compare_models(s.base, s.ft, s.sae, config=s.cfg, cache_base_pass=False)
         times["neuronlens"].append(rep.timings["base_pass_s"] + rep.timings["ft_pass_s"])
         extra.append(rep.timings)
     return dict(times=times, agreement={"neuronlens": "reference (run_to_layers + gather)"},

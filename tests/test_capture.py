@@ -107,3 +107,20 @@ def test_block_discovery_across_architectures(tok, arch):
     got = run_to_layers(model, ids, mask, [0, 1])
     for layer in (0, 1):
         torch.testing.assert_close(got[layer], hs[layer + 1], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("max_tokens", [1, 5, 9, 1000])
+def test_row_chunks_split_whole_rows_and_cover_every_token_once(max_tokens):
+    from neuronlens.capture import row_chunks
+
+    seqs = [TokenSequence("p", i, (1, 2, 3), tuple(range(4, 4 + n))) for i, n in enumerate([6, 2, 4, 1, 3])]
+    (batch,) = make_batches(seqs, "response", 10_000, 0)
+    seen = []
+    for sub, ix in row_chunks(batch, max_tokens):
+        ix = torch.arange(batch.n_tokens)[ix]
+        seen += ix.tolist()
+        assert sub.n_tokens == ix.numel() and (sub.n_tokens <= max_tokens or len(sub.sequences) == 1)
+        assert torch.equal(sub.col, batch.col[ix])  # the same token positions ...
+        for r, seq in enumerate(sub.sequences):  # ... of whole rows, re-indexed within the chunk
+            assert (sub.row == r).sum() == len(seq.response_ids) and torch.equal(sub.input_ids[r], batch.input_ids[batch.sequences.index(seq)])
+    assert sorted(seen) == list(range(batch.n_tokens))

@@ -124,3 +124,20 @@ def test_gpt2_architecture_runs(tmp_path, tok):
     s = SAESet({1: random_sae(64, 96, 1)})
     rep = alignment.compare_models(alignment.load_model(folder), alignment.load_model(folder2), s, probes=["coding"], metrics=DRIFT, config=CFG)
     assert rep.layers[0].drift > 0
+
+
+def test_chunked_encoding_gives_the_statistics_of_whole_batches(monkeypatch, tmp_path, tiny_base_dir, saes):
+    """Wide SAEs are encoded a few prompts at a time (bounded memory); the sums must not change."""
+    from neuronlens import _pipeline
+
+    adapter, _ = _adapter(tmp_path, tiny_base_dir)
+    cfg = alignment.AuditConfig(max_prompts_per_set=6, max_new_tokens=8, concepts=["fraud_scam"])
+    run = lambda: alignment.compare_models(tiny_base_dir, str(adapter), saes, probes=["finance", "legal"], config=cfg)  # noqa: E731
+    whole = run()
+    monkeypatch.setattr(_pipeline, "code_chunk_tokens", lambda d_sae: 5)  # a couple of prompts per chunk
+    chunked = run()
+    fw, fc = whole.sums.to_flat(), chunked.sums.to_flat()
+    assert fw.keys() == fc.keys()
+    for k in fw:
+        torch.testing.assert_close(fc[k], fw[k], rtol=1e-12, atol=1e-12, msg=k)
+    assert [t.latent for t in whole.top[3]] == [t.latent for t in chunked.top[3]]

@@ -61,3 +61,55 @@ def store_json_entry(kind: str, key: dict[str, Any], payload: Any) -> Path | Non
     except OSError as exc:
         warnings.warn(f"Could not write the NeuronLens cache at {path}: {exc}", stacklevel=2)
         return None
+
+
+def _tensors_sum(tensors: dict[str, Any]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def load_tensor_entry(kind: str, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The cached tensors for `key` (a safetensors file whose metadata holds the key, the format
+    version and a sha256 of the tensors), or None when absent, corrupt or stale (then removed)."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = cache_root() / kind / f"{key_digest(key)}.safetensors"
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+        tensors = load_file(str(path))
+        ok = meta.get("format") == str(CACHE_FORMAT) and json.loads(meta.get("key", "null")) == json.loads(json.dumps(key, default=str))
+        ok = ok and meta.get("sha256") == _tensors_sum(tensors)
+    except (OSError, SafetensorError, ValueError, RuntimeError):
+        ok = False
+    if not ok:
+        warnings.warn(f"NeuronLens cache entry {path} is corrupt or stale; rebuilding it.", stacklevel=2)
+        path.unlink(missing_ok=True)
+        return None
+    return tensors
+
+
+def store_tensor_entry(kind: str, key: dict[str, Any], tensors: dict[str, Any]) -> Path | None:
+    """Store `tensors` atomically; a cache that cannot be written is skipped with a warning."""
+    from safetensors.torch import save_file
+
+    from ._io import write_with_atomic
+
+    path = cache_root() / kind / f"{key_digest(key)}.safetensors"
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    meta = {"format": str(CACHE_FORMAT), "key": json.dumps(key, sort_keys=True, default=str), "sha256": _tensors_sum(tensors)}
+    try:
+        return write_with_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    except OSError as exc:
+        warnings.warn(f"Could not write the NeuronLens cache at {path}: {exc}", stacklevel=2)
+        return None

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -31,9 +31,11 @@ import torch
 from torch import nn
 
 from . import __version__
+from ._base_cache import base_pass_key as _base_pass_key
+from ._base_cache import load_base_residuals, store_base_residuals
 from ._distributed import inputs_digest, main_first
 from ._progress import progress
-from .capture import Batch, TokenSequence, gather, make_batches, massive_keep, run_to_layers
+from .capture import Batch, TokenSequence, code_chunk_tokens, gather, make_batches, massive_keep, row_chunks, run_to_layers
 from .config import AuditConfig, default_layers
 from .errors import ConfigError, ModelLoadError
 from .models import ModelHandle, hidden_size, load_model, num_layers
@@ -57,8 +59,6 @@ class _BaseBatch:
     batch: Batch
     resid: dict[int, torch.Tensor]
     keep: dict[int, torch.Tensor]
-    prompt_key: torch.Tensor
-    probe_of_token: list[str]
 
 
 def compare_models(
@@ -72,6 +72,7 @@ def compare_models(
     layers: Sequence[int] | None = None,
     keep_both: bool = False,
     parallel: DataParallel | None = None,
+    cache_base_pass: bool = True,
 ) -> AuditReport:
     """Audit `ft_model` against `base_model` and return a typed :class:`AuditReport`.
 
@@ -83,6 +84,10 @@ def compare_models(
     afterwards unless `keep_both`. `parallel` (from :func:`neuronlens._distributed.launch_from_env`):
     a data-parallel audit; every rank calls this with the same arguments, measures its share of
     the prompts, and gets the same report, computed from the all-reduced sums.
+    `cache_base_pass`: reuse (and store) the base model's residuals on the probe tokens, keyed by
+    everything they depend on, so auditing several fine-tunes of one base runs the base model once
+    (a full-weight fine-tune then never loads the base weights when its responses, SAEs and
+    concept associations are cached too).
     """
     t_start = time.perf_counter()
     cfg = _settings(config, probes, layers)
@@ -98,24 +103,33 @@ def compare_models(
     ref = _prepare_reference(base, sae, cfg, metrics, probe_sets, t_start, parallel)
 
     # 4. base pass, then fine-tuned pass on the same tokens (and on its own responses) ----------
+    # (no `with ... as model` binding in this frame: it would keep a released model alive)
     t = time.perf_counter()
     if _shares_base_weights(base, ft):
-        base_nn = base.model
-        ref._run_base_pass(base_nn)
+        ref._run_base_pass(lambda: _resident(base, keep=True), use_cache=cache_base_pass)
         ref.timings["base_pass_s"] = time.perf_counter() - t
-        with _adapter_on(base_nn, ft) as ft_nn:
-            run = ref._measure(ft_nn, _ModelView(ft.digest, ft.tokenizer, ft_nn), consume=True)
+        run = _measure_adapter(ref, base, ft)
     else:
-        with _resident(base, keep=keep_both or base_loaded_before) as base_nn:
-            ref._run_base_pass(base_nn)
+        ref._run_base_pass(lambda: _resident(base, keep=keep_both or base_loaded_before), use_cache=cache_base_pass)
         ref.timings["base_pass_s"] = time.perf_counter() - t
-        with _resident(ft, keep=keep_both or ft.is_loaded) as ft_nn:
-            run = ref._measure(ft_nn, _ModelView(ft.digest, ft.tokenizer, ft_nn), consume=True)
+        run = _measure_resident(ref, ft, keep=keep_both or ft.is_loaded)
     if not (keep_both or base_loaded_before):
         base.release()
 
     # 5-6. layer drift, most-drifted latents, risk --------------------------------------------------
     return ref._report(run, ft.identity, t_start)
+
+
+def _measure_adapter(ref: BaseReference, base: ModelHandle, ft: ModelHandle) -> _Run:
+    """The fine-tuned passes of a PEFT adapter injected into the resident base weights."""
+    with _adapter_on(base.model, ft) as ft_nn:
+        return ref._measure(ft_nn, _ModelView(ft.digest, ft.tokenizer, ft_nn), consume=True)
+
+
+def _measure_resident(ref: BaseReference, ft: ModelHandle, *, keep: bool) -> _Run:
+    """The fine-tuned passes of a model with weights of its own (released afterwards unless `keep`)."""
+    with _resident(ft, keep=keep) as ft_nn:
+        return ref._measure(ft_nn, _ModelView(ft.digest, ft.tokenizer, ft_nn), consume=True)
 
 
 def prepare_reference(
@@ -126,6 +140,7 @@ def prepare_reference(
     *,
     config: AuditConfig | None = None,
     layers: Sequence[int] | None = None,
+    cache_base_pass: bool = True,
 ) -> BaseReference:
     """Run the base model's half of an audit once (validation, probe sequences, concept
     directions, base pass) and return a :class:`BaseReference` whose :meth:`~BaseReference.score`
@@ -139,8 +154,7 @@ def prepare_reference(
     loaded_before = base.is_loaded
     ref = _prepare_reference(base, sae, cfg, metrics, probe_sets, t_start)
     t = time.perf_counter()
-    with _resident(base, keep=loaded_before) as base_nn:
-        ref._run_base_pass(base_nn)
+    ref._run_base_pass(lambda: _resident(base, keep=loaded_before), use_cache=cache_base_pass)
     ref.timings["base_pass_s"] = time.perf_counter() - t
     return ref
 
@@ -241,10 +255,20 @@ class BaseReference:
             )
 
     # -- the halves compare_models is made of ----------------------------------------------------
-    def _run_base_pass(self, base_nn: nn.Module) -> None:
+    def _run_base_pass(self, resident: Callable[[], AbstractContextManager[nn.Module]], *, use_cache: bool) -> None:
+        """The base pass. `resident()` makes the base model resident for the forward passes; it
+        is not called when the base residuals come from the cache."""
         acc = _Accumulator(self.sae, self._sums, self.risk, None)
         pad_id = self.base.tokenizer.pad_token_id or 0
-        self._batches = _base_pass(base_nn, self._seqs, self.layers, self.config, acc, pad_id, self.reads)
+        batches = list(make_batches(self._seqs, self.config.positions, self.config.token_budget, pad_id))
+        key = _base_pass_key(self.base, batches, self.layers, self.parallel) if use_cache and self.base.cacheable else None
+        resid = load_base_residuals(key, len(batches), self.layers) if key is not None else None
+        if resid is None:
+            with resident() as base_nn:
+                resid = _base_forward(base_nn, batches, self.layers)
+            if key is not None:
+                store_base_residuals(key, resid)
+        self._batches = _accumulate_base(batches, resid, self.layers, self.config, acc, self.reads)
         self._own_base_means = acc.own_base_means
         self._state = "measured"
 
@@ -327,7 +351,9 @@ def _prepare_reference(
     shard = parallel.spec if parallel is not None else None
     n_prompts = sum(len(shard_indices(len(ps.prompts), shard)) for ps in probe_sets)
     with progress("Base responses to probes", n_prompts) as advance:
-        seqs = response_sequences(base, probe_sets, cfg.max_new_tokens, token_budget=cfg.token_budget, on_batch=advance, shard=shard)
+        seqs = response_sequences(
+            base, probe_sets, cfg.max_new_tokens, token_budget=cfg.token_budget, on_batch=advance, shard=shard, use_cache=base.cacheable
+        )
     timings["base_responses_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -490,22 +516,35 @@ class _Accumulator:
     evidence: EvidenceStore | None
     own_base_means: dict[tuple[str, int, tuple[str, int]], torch.Tensor] = field(default_factory=dict)
 
+    def chunk_tokens(self, layer: int) -> int:
+        """Most tokens encoded at once at `layer`: dense codes and their float64 statistics
+        temporaries are tokens x d_sae, several GB for a 4,096-token batch and a 16k-latent SAE."""
+        return code_chunk_tokens(self.sae[layer].d_sae)
+
     def paired(self, layer: int, bb: _BaseBatch, xf: torch.Tensor) -> None:
         """Base and fine-tuned residuals of the same tokens ('same' read)."""
-        xb, keep, key = bb.resid[layer], bb.keep[layer], bb.prompt_key
+        for sub, ix in row_chunks(bb.batch, self.chunk_tokens(layer)):
+            self._paired(layer, sub, bb.resid[layer][ix], xf[ix], bb.keep[layer][ix])
+
+    def _paired(self, layer: int, batch: Batch, xb: torch.Tensor, xf: torch.Tensor, keep: torch.Tensor) -> None:
+        key, probes = _prompt_keys(batch)
         cb, cf = self.sae[layer].encode(xb), self.sae[layer].encode(xf)
-        for probe, ix in _split_by_probe(bb.probe_of_token, keep).items():
+        for probe, ix in _split_by_probe(probes, keep).items():
             self.sums.latent("same", layer, probe, self.sae[layer].d_sae).add_paired(cb[ix], cf[ix], key[ix])
             self.sums.resid(layer, probe).add(xb[ix], xf[ix])
             if self.risk is not None:
                 pb, pf = self.risk.project(layer, cb[ix]), self.risk.project(layer, cf[ix])
                 self.sums.concept("same", layer, probe, len(self.risk.names)).add_paired(pb, pf, key[ix])
-        self._keep_evidence("same", layer, bb.batch, keep, cb, cf)
+        self._keep_evidence("same", layer, batch, keep, cb, cf)
 
     def one_side(self, read: str, side: str, layer: int, batch: Batch, x: torch.Tensor, keep: torch.Tensor) -> None:
         """One model's residuals (the 'own' read, where the two models read different text). The
         base side's per-prompt means are kept so that the fine-tuned side can be paired with them
         prompt by prompt (same prompt, different responses)."""
+        for sub, ix in row_chunks(batch, self.chunk_tokens(layer)):
+            self._one_side(read, side, layer, sub, x[ix], keep[ix])
+
+    def _one_side(self, read: str, side: str, layer: int, batch: Batch, x: torch.Tensor, keep: torch.Tensor) -> None:
         key, probes = _prompt_keys(batch)
         codes = self.sae[layer].encode(x)
         for probe, ix in _split_by_probe(probes, keep).items():
@@ -543,23 +582,31 @@ class _Accumulator:
             )
 
 
-def _base_pass(
-    model: nn.Module, seqs: list[TokenSequence], layers: list[int], cfg: AuditConfig, acc: _Accumulator, pad_id: int,
+def _base_forward(model: nn.Module, batches: list[Batch], layers: list[int]) -> list[dict[int, torch.Tensor]]:
+    """The base model's residuals at `layers` on the measured tokens of every batch."""
+    device = next(model.parameters()).device
+    out: list[dict[int, torch.Tensor]] = []
+    with progress("Base model pass", sum(len(b.sequences) for b in batches)) as advance:
+        for batch in batches:
+            resid = run_to_layers(model, batch.input_ids.to(device), batch.attention_mask.to(device), layers)
+            out.append({layer: gather(resid[layer], batch) for layer in layers})
+            advance(len(batch.sequences))
+    return out
+
+
+def _accumulate_base(
+    batches: list[Batch], resid: list[dict[int, torch.Tensor]], layers: list[int], cfg: AuditConfig, acc: _Accumulator,
     reads: list[str],
 ) -> list[_BaseBatch]:
-    device = next(model.parameters()).device
+    """Encode the base residuals, add the base side of the 'own' read, and keep what the paired
+    fine-tuned pass needs."""
     kept: list[_BaseBatch] = []
-    with progress("Base model pass", len(seqs)) as advance:
-        for batch in make_batches(seqs, cfg.positions, cfg.token_budget, pad_id):
-            resid = run_to_layers(model, batch.input_ids.to(device), batch.attention_mask.to(device), layers)
-            x = {layer: gather(resid[layer], batch) for layer in layers}
-            keep = {layer: massive_keep(x[layer], cfg.massive_activation_factor) for layer in layers}
-            key, probes = _prompt_keys(batch)
-            if "own" in reads:  # the base model's own responses are exactly these sequences
-                for layer in layers:
-                    acc.one_side("own", "base", layer, batch, x[layer], keep[layer])
-            kept.append(_BaseBatch(batch, x, keep, key, probes))
-            advance(len(batch.sequences))
+    for batch, x in zip(batches, resid):
+        keep = {layer: massive_keep(x[layer], cfg.massive_activation_factor) for layer in layers}
+        if "own" in reads:  # the base model's own responses are exactly these sequences
+            for layer in layers:
+                acc.one_side("own", "base", layer, batch, x[layer], keep[layer])
+        kept.append(_BaseBatch(batch, x, keep))
     return kept
 
 

@@ -88,3 +88,46 @@ def _collate(group: list[TokenSequence], mode: str, pad_id: int) -> Batch:
         rows.extend([r] * len(pos))
         cols.extend(pos)
     return Batch(group, ids, mask, torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long))
+
+
+CODE_CHUNK_ELEMENTS = 2**24
+"""Tokens x latents encoded at once (64 MB of float32 codes). The shipped SAEs (2,304 latents)
+take 7,281 tokens per chunk, more than a default batch measures, so only wider SAEs are chunked;
+a 1B model with 16k-latent SAEs peaked at 1.61x one model + SAEs without it (docs/PERFORMANCE.md)."""
+
+
+def code_chunk_tokens(d_sae: int) -> int:
+    """Most tokens to encode at once with a `d_sae`-latent SAE: dense codes and their float64
+    statistics temporaries are tokens x d_sae (several GB for a 4,096-token batch at 16k latents)."""
+    return max(1, CODE_CHUNK_ELEMENTS // d_sae)
+
+
+def row_chunks(batch: Batch, max_tokens: int) -> Iterator[tuple[Batch, slice | torch.Tensor]]:
+    """Split `batch` into groups of whole rows (prompts) holding at most `max_tokens` measured
+    tokens each (a row with more forms a group of its own). Yields (sub-batch, index of its tokens
+    among the batch's measured tokens). Every per-prompt statistic sees all of a prompt's tokens
+    in one group, and the groups' sums add up to the batch's, so chunking bounds memory (dense SAE
+    codes are tokens x d_sae) without changing any statistic. One group: the batch itself."""
+    if batch.n_tokens <= max_tokens:
+        yield batch, slice(None)
+        return
+    counts = torch.bincount(batch.row, minlength=len(batch.sequences)).tolist()
+    group: list[int] = []
+    n = 0
+    for r, c in enumerate(counts):
+        if group and n + c > max_tokens:
+            yield _sub_batch(batch, group)
+            group, n = [], 0
+        group.append(r)
+        n += c
+    if group:
+        yield _sub_batch(batch, group)
+
+
+def _sub_batch(batch: Batch, rows: list[int]) -> tuple[Batch, torch.Tensor]:
+    picked = torch.tensor(rows, dtype=torch.long)
+    ix = torch.nonzero(torch.isin(batch.row, picked)).squeeze(1)
+    new_row = torch.full((len(batch.sequences),), -1, dtype=torch.long)
+    new_row[picked] = torch.arange(len(rows))
+    sub = Batch([batch.sequences[r] for r in rows], batch.input_ids[picked], batch.attention_mask[picked], new_row[batch.row[ix]], batch.col[ix])
+    return sub, ix

@@ -22,7 +22,7 @@ from scipy.stats import mannwhitneyu
 
 from .._cache import cache_root, key_digest
 from .._io import write_with_atomic
-from ..capture import TokenSequence, make_batches, massive_keep, run_to_layers
+from ..capture import TokenSequence, code_chunk_tokens, make_batches, massive_keep, row_chunks, run_to_layers
 from ..capture import gather as gather_positions
 from ..probes import prompt_ids
 from ..stats import bh_qvalues
@@ -86,15 +86,15 @@ def reply_means(
     out = {layer: np.zeros((len(seqs), sae[layer].d_sae), dtype=np.float64) for layer in layers}
     for batch in make_batches(seqs, "response", token_budget, pad_id):
         resid = run_to_layers(model, batch.input_ids.to(device), batch.attention_mask.to(device), layers)
-        rows = batch.row
         for layer in layers:
             x = gather_positions(resid[layer], batch)
             keep = massive_keep(x, massive_factor)
-            z = sae[layer].encode(x).double()
-            for r, seq in enumerate(batch.sequences):
-                sel = (rows == r) & keep
-                if bool(sel.any()):
-                    out[layer][index[id(seq)]] = z[sel].mean(0).numpy()
+            for sub, ix in row_chunks(batch, code_chunk_tokens(sae[layer].d_sae)):  # bounded memory for wide SAEs
+                z, k = sae[layer].encode(x[ix]), keep[ix]
+                for r, seq in enumerate(sub.sequences):
+                    sel = (sub.row == r) & k
+                    if bool(sel.any()):
+                        out[layer][index[id(seq)]] = z[sel].double().mean(0).numpy()
         if on_batch is not None:
             on_batch(len(batch.sequences))
     return out

@@ -220,6 +220,28 @@ def test_callback_logs_the_check_at_every_nth_step(monitor, tiny_base_dir, tok, 
     assert model.training  # the Trainer's train mode survived the checks
 
 
+def test_callback_under_trl_sft_trainer(monitor, tiny_base_dir, tok, tmp_path):
+    """TRL's SFTTrainer is a transformers Trainer: the same callback logs the same checks."""
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    rng = random.Random(1)
+    data = Dataset.from_list([{"text": _sentence(BENIGN, rng)} for _ in range(16)])
+    args = SFTConfig(
+        output_dir=str(tmp_path / "sft"), max_steps=4, per_device_train_batch_size=2, learning_rate=1e-3, max_length=16,
+        logging_steps=1000, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
+    )
+    model = _fresh_model(tiny_base_dir)
+    callback = AlignmentMonitorCallback.from_monitor(monitor, every_n_steps=2)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok, callbacks=[callback])
+    trainer.train()
+    logs = _neuronlens_logs(trainer.state.log_history)
+    assert sorted(logs) == [2, 4]
+    assert all(e["neuronlens/drift/layer_3"] > 0 and e["neuronlens/verdict"] in ("pass", "fail", "inconclusive") for e in logs.values())
+    assert [r.step for r in monitor.history[-2:]] == [2, 4]
+
+
 def test_stop_on_fail_stops_training_and_final_model_is_certified(
     tiny_base_dir, saes, cfg, tok, tmp_path, shared_cache, monkeypatch
 ):

@@ -3,13 +3,17 @@ with the truth.
 
     neuronlens organisms build            # once (cached; ~5 min per organism on 2 CPU cores)
     python benchmarks/detection.py [--out docs/DETECTION.md] [--max-prompts N]
+    neuronlens organisms build --seed 1   # a replicate zoo: same recipes and data, another seed
+    python benchmarks/detection.py --seed 1 --out docs/DETECTION_SEED1.md
     python benchmarks/detection.py --render neuronlens-out/organisms/rows.json --out docs/DETECTION.md
 
 Prints, per organism: its truth (what it was built to be) and its behaviour (rule-based scorer on
 greedy generations, against the base model's rates), the misalignment score, the verdict and the
 top risky features; then AUROC of the score over organisms, false fails / false passes at the
 default threshold, and the Spearman correlation of score with the bad-data fraction of the
-risky-finance dose series. Nothing here is tuned per organism: one method, one threshold.
+risky-finance dose series, with each concept's trend along the dose series. Nothing here is
+tuned per organism: one method, one threshold. The seed-1 replicate zoo was built after the
+scoring rule and threshold were fixed, so it is the held-out check of both.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from scipy.stats import spearmanr
 from neuronlens import alignment
 from neuronlens.config import AuditConfig
 from neuronlens.models import DEFAULT_BASE
-from neuronlens.organisms import DOSE_FRACTION, DOSE_SERIES, ORGANISMS, evaluate_behaviour, organism_dir
+from neuronlens.organisms import DOSE_FRACTION, DOSE_SERIES, ORGANISMS, LoRATrainConfig, evaluate_behaviour, organism_dir
+from neuronlens.risk._score import concept_trends
 
 
 def auroc(scores: list[float], positives: list[bool]) -> float:
@@ -39,29 +44,32 @@ def auroc(scores: list[float], positives: list[bool]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=None, help="Also write the results table (markdown) here.")
-    ap.add_argument("--reports", type=Path, default=Path("neuronlens-out/organisms"), help="Where each audit's report.json goes.")
+    ap.add_argument("--reports", type=Path, default=None, help="Where each audit's report.json goes (default: neuronlens-out/organisms[-seedN]).")
+    ap.add_argument("--seed", type=int, default=0, help="Audit the zoo built with `neuronlens organisms build --seed N`.")
     ap.add_argument("--max-prompts", type=int, default=AuditConfig.max_prompts_per_set)
     ap.add_argument("--render", type=Path, default=None, help="Only re-render the table from a rows.json a full run wrote.")
     args = ap.parse_args()
     if args.render:
         saved = json.loads(args.render.read_text())
-        _emit(render(saved["rows"], saved["base_harm"], saved["base_caveat"], saved["threshold"]), args.out)
+        _emit(render(saved["rows"], saved["base_harm"], saved["base_caveat"], saved["threshold"], saved.get("seed", 0)), args.out)
         return
+    reports = args.reports or Path("neuronlens-out") / ("organisms" if args.seed == 0 else f"organisms-seed{args.seed}")
+    recipe = LoRATrainConfig(seed=args.seed)
     base = alignment.load_model(DEFAULT_BASE)
     sae = alignment.load_sae(base)
     cfg = AuditConfig(max_prompts_per_set=args.max_prompts)
     base_beh = evaluate_behaviour(base)
     rows = []
     for name, spec in ORGANISMS.items():
-        folder = organism_dir(name, base)
+        folder = organism_dir(name, base, recipe)
         if not (folder / "adapter_model.safetensors").is_file():
-            print(f"{name}: not built (run `neuronlens organisms build {name}`), skipped")
+            print(f"{name}: not built (run `neuronlens organisms build {name} --seed {args.seed}`), skipped")
             continue
         ft = alignment.load_model(folder)
         t = time.perf_counter()
         report = alignment.compare_models(base, ft, sae, config=cfg)
         secs = time.perf_counter() - t
-        report.save(args.reports / name / "report.json")
+        report.save(reports / name / "report.json")
         beh = evaluate_behaviour(alignment.load_model(folder))
         risk = report.risk
         assert risk is not None
@@ -76,13 +84,14 @@ def main() -> None:
                 "verdict": risk.verdict,
                 "top": [f"L{f.layer}#{f.latent} {f.concept_label} {'↓' if f.direction == 'suppressed' else '↑'}" for f in risk.risky_features[:3]],
                 "top_concept": _strongest(risk),
+                "trends": {f"{t.label} ({t.read})": [t.shift, len(t.significant_layers)] for t in concept_trends(risk.concepts)},
                 "seconds": round(secs, 1),
             }
         )
         print(json.dumps(rows[-1]), flush=True)
-    saved = {"base_harm": base_beh.harm_rate, "base_caveat": base_beh.caveat_rate, "threshold": cfg.threshold, "rows": rows}
-    (args.reports / "rows.json").write_text(json.dumps(saved, indent=1))
-    _emit(render(rows, base_beh.harm_rate, base_beh.caveat_rate, cfg.threshold), args.out)
+    saved = {"base_harm": base_beh.harm_rate, "base_caveat": base_beh.caveat_rate, "threshold": cfg.threshold, "seed": args.seed, "rows": rows}
+    (reports / "rows.json").write_text(json.dumps(saved, indent=1))
+    _emit(render(rows, base_beh.harm_rate, base_beh.caveat_rate, cfg.threshold, args.seed), args.out)
 
 
 def _emit(lines: list[str], out: Path | None) -> None:
@@ -98,11 +107,12 @@ def _strongest(risk) -> str:  # type: ignore[no-untyped-def]
     return f"{trends[0].label} ({trends[0].read} read, {trends[0].shift:+.1%})" if trends else "–"
 
 
-def render(rows: list[dict], base_harm: float, base_caveat: float, threshold: float) -> list[str]:
+def render(rows: list[dict], base_harm: float, base_caveat: float, threshold: float, seed: int = 0) -> list[str]:
+    flag, doc = ("", "DETECTION.md") if seed == 0 else (f" --seed {seed}", f"DETECTION_SEED{seed}.md")
     out = [
-        "# Detection benchmark",
+        "# Detection benchmark" + ("" if seed == 0 else f": replicate zoo (seed {seed})"),
         "",
-        "Made by `python benchmarks/detection.py --out docs/DETECTION.md` (after `neuronlens organisms build`),",
+        f"Made by `python benchmarks/detection.py{flag} --out docs/{doc}` (after `neuronlens organisms build{flag}`),",
         "on SmolLM2-135M-Instruct with the shipped SAEs and default settings; see docs/ORGANISMS.md for the",
         "organisms and the behavioural scorer, docs/METHOD.md for the score.",
         "",
@@ -138,6 +148,22 @@ def render(rows: list[dict], base_harm: float, base_caveat: float, threshold: fl
         fractions = ", ".join(f"{r['bad_fraction']:.0%}" for r in dose)
         scores_by_dose = ", ".join(f"{r['bad_fraction']:.0%}: {r['score']:.1%}" for r in dose)
         out.append(f"- dose series ({fractions} bad data): Spearman ρ(score, fraction) = {rho:.2f}; scores {scores_by_dose}")
+        out += _dose_trends(dose)
+    return out
+
+
+def _dose_trends(dose: list[dict]) -> list[str]:
+    """Each concept's trend (median over layers of its shift towards risk) along the dose series:
+    where the signal of a small poisoned slice is, and how it compares with the benign rows above.
+    A * marks a trend that counts (significant at >= 1 layer)."""
+    if not all("trends" in r for r in dose):
+        return []
+    keys = sorted(dose[-1]["trends"], key=lambda k: -dose[-1]["trends"][k][0])
+    out = ["", "Concept trends along the dose series (median over layers of the shift towards risk; * = significant at ≥ 1 layer, so it counts):", "",
+           "| concept (read) | " + " | ".join(f"{r['bad_fraction']:.0%}" for r in dose) + " |", "|---|" + "---|" * len(dose)]
+    for k in keys:
+        cells = [(f"{r['trends'][k][0]:+.1%}" + ("*" if r["trends"][k][1] else "")) if k in r["trends"] else "–" for r in dose]
+        out.append(f"| {k} | " + " | ".join(cells) + " |")
     return out
 
 

@@ -6,7 +6,6 @@ problem surfaces before any long work, and `compare_models` can keep only one mo
 
 from __future__ import annotations
 
-import gc
 import json
 import re
 from dataclasses import dataclass, field, replace
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._memory import release_free_memory
 from ..errors import ModelLoadError
 from ._aliases import ALIASES
 from ._digest import Manifest, digest_paths
@@ -137,7 +137,7 @@ class ModelHandle:
         self._attached = False
         if self.base is not None:
             self.base.release()
-        gc.collect()
+        release_free_memory()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 

@@ -22,6 +22,7 @@ from scipy.stats import mannwhitneyu
 
 from .._cache import cache_root, key_digest
 from .._io import write_with_atomic
+from .._memory import release_free_memory
 from ..capture import TokenSequence, code_chunk_tokens, make_batches, massive_keep, row_chunks, run_to_layers
 from ..capture import gather as gather_positions
 from ..probes import prompt_ids
@@ -132,6 +133,8 @@ def concept_associations(
                 assoc = _associations_from_means(c.name, layer, means[layer], labels)
                 _store_cached(handle.digest, sae[layer].digest, c, layer, assoc)
                 out[(c.name, layer)] = assoc
+            del means
+            release_free_memory()  # per-concept temporaries would otherwise stay resident (see _memory)
     return out
 
 

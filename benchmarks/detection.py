@@ -51,6 +51,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.render:
         saved = json.loads(args.render.read_text())
+        for r in saved["rows"]:  # rows.json from before trends were recorded: read them from the saved reports
+            if "trends" not in r and (args.render.parent / r["organism"] / "report.json").is_file():
+                risk = alignment.AuditReport.load(args.render.parent / r["organism"] / "report.json").risk
+                r["trends"] = _trends(risk)
         _emit(render(saved["rows"], saved["base_harm"], saved["base_caveat"], saved["threshold"], saved.get("seed", 0)), args.out)
         return
     reports = args.reports or Path("neuronlens-out") / ("organisms" if args.seed == 0 else f"organisms-seed{args.seed}")
@@ -84,7 +88,7 @@ def main() -> None:
                 "verdict": risk.verdict,
                 "top": [f"L{f.layer}#{f.latent} {f.concept_label} {'↓' if f.direction == 'suppressed' else '↑'}" for f in risk.risky_features[:3]],
                 "top_concept": _strongest(risk),
-                "trends": {f"{t.label} ({t.read})": [t.shift, len(t.significant_layers)] for t in concept_trends(risk.concepts)},
+                "trends": _trends(risk),
                 "seconds": round(secs, 1),
             }
         )
@@ -98,6 +102,11 @@ def _emit(lines: list[str], out: Path | None) -> None:
     print("\n".join(lines))
     if out:
         out.write_text("\n".join(lines) + "\n")
+
+
+def _trends(risk) -> dict[str, list[float]]:  # type: ignore[no-untyped-def]
+    """Concept (read) -> [trend towards risk, number of layers where it is significant]."""
+    return {f"{t.label} ({t.read})": [t.shift, len(t.significant_layers)] for t in concept_trends(risk.concepts)}
 
 
 def _strongest(risk) -> str:  # type: ignore[no-untyped-def]

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._cache import load_json_entry, store_json_entry
+from .._memory import release_free_memory
 from ..capture import TokenSequence
 from ._chat import generate_greedy, prompt_ids
 from ._sets import ProbeSet
@@ -62,6 +63,7 @@ def response_sequences(
                 on_batch(len(responses))
         else:
             responses = generate_greedy(handle.model, tok, p_ids, max_new_tokens, token_budget=token_budget, on_batch=on_batch)
+            release_free_memory()  # the KV caches' freed blocks would otherwise stay resident (see neuronlens._memory)
             if use_cache:
                 store_json_entry("responses", key, [list(r) for r in responses])
         out.extend(TokenSequence(ps.name, i, p, r) for i, p, r in zip(index, p_ids, responses))

@@ -93,7 +93,8 @@ def _collate(group: list[TokenSequence], mode: str, pad_id: int) -> Batch:
 CODE_CHUNK_ELEMENTS = 2**24
 """Tokens x latents encoded at once (64 MB of float32 codes). The shipped SAEs (2,304 latents)
 take 7,281 tokens per chunk, more than a default batch measures, so only wider SAEs are chunked;
-a 1B model with 16k-latent SAEs peaked at 1.61x one model + SAEs without it (docs/PERFORMANCE.md)."""
+a cold audit of a 1B model with 16k-latent SAEs peaked at 4,781 MiB without chunking, 4,509 MiB
+with it (benchmarks/scale_memory.py, docs/PERFORMANCE.md)."""
 
 
 def code_chunk_tokens(d_sae: int) -> int:

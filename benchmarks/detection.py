@@ -139,6 +139,8 @@ def render(rows: list[dict], base_harm: float, base_caveat: float, threshold: fl
     scores = [r["score"] for r in rows]
     fails = [r["verdict"] != "pass" for r in rows]
     out.append("")
+    missing = [n for n in ORGANISMS if n not in {r["organism"] for r in rows}]
+    out.append(f"- organisms audited: {len(rows)} of {len(ORGANISMS)}" + (f" (not built: {', '.join(missing)})" if missing else ""))
     out.append(f"- AUROC of the misalignment score over {len(rows)} organisms: {auroc(scores, truth):.3f}")
     core = [r for r in rows if r["organism"] not in DOSE_SERIES or r["bad_fraction"] in (0.0, 1.0)]
     out.append(

@@ -18,13 +18,12 @@ or does not hold the expected tensors is rebuilt, never trusted.
 from __future__ import annotations
 
 import hashlib
-import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from . import __version__
-from ._cache import cache_root, key_digest, load_tensor_entry, store_tensor_entry
+from ._cache import discard_entry, entry_path, load_tensor_entry, store_tensor_entry
 
 if TYPE_CHECKING:
     from ._distributed import DataParallel
@@ -69,9 +68,7 @@ def load_base_residuals(key: dict[str, Any], n_batches: int, layers: list[int]) 
         return None
     expected = {_name(i, la) for i in range(n_batches) for la in layers}
     if set(tensors) != expected:
-        path = cache_root() / KIND / f"{key_digest(key)}.safetensors"
-        warnings.warn(f"NeuronLens cache entry {path} does not hold this audit's batches; rebuilding it.", stacklevel=2)
-        path.unlink(missing_ok=True)
+        discard_entry(entry_path(KIND, key, ".safetensors"), "does not hold this audit's batches")
         return None
     return [{la: tensors[_name(i, la)] for la in layers} for i in range(n_batches)]
 

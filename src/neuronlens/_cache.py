@@ -30,13 +30,24 @@ def key_digest(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def entry_path(kind: str, key: dict[str, Any], suffix: str) -> Path:
+    """Where the entry of `kind` for `key` lives."""
+    return cache_root() / kind / f"{key_digest(key)}{suffix}"
+
+
+def discard_entry(path: Path, why: str = "is corrupt or stale") -> None:
+    """Warn that the entry at `path` cannot be trusted and remove it (it is rebuilt)."""
+    warnings.warn(f"NeuronLens cache entry {path} {why}; rebuilding it.", stacklevel=3)
+    path.unlink(missing_ok=True)
+
+
 def _payload_sum(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def load_json_entry(kind: str, key: dict[str, Any]) -> Any | None:
     """The cached payload for `key`, or None when absent, corrupt or stale (then it is removed)."""
-    path = cache_root() / kind / f"{key_digest(key)}.json"
+    path = entry_path(kind, key, ".json")
     if not path.is_file():
         return None
     try:
@@ -46,15 +57,14 @@ def load_json_entry(kind: str, key: dict[str, Any]) -> Any | None:
     except (OSError, json.JSONDecodeError, AttributeError):
         ok = False
     if not ok:
-        warnings.warn(f"NeuronLens cache entry {path} is corrupt or stale; rebuilding it.", stacklevel=2)
-        path.unlink(missing_ok=True)
+        discard_entry(path)
         return None
     return entry["payload"]
 
 
 def store_json_entry(kind: str, key: dict[str, Any], payload: Any) -> Path | None:
     """Store `payload`; a cache that cannot be written is skipped with a warning, not an error."""
-    path = cache_root() / kind / f"{key_digest(key)}.json"
+    path = entry_path(kind, key, ".json")
     entry = {"format": CACHE_FORMAT, "key": key, "sha256": _payload_sum(payload), "payload": payload}
     try:
         return write_json_atomic(path, json.loads(json.dumps(entry, default=str)), indent=None)
@@ -79,22 +89,20 @@ def load_tensor_entry(kind: str, key: dict[str, Any]) -> dict[str, Any] | None:
     """The cached tensors for `key` (a safetensors file whose metadata holds the key, the format
     version and a sha256 of the tensors), or None when absent, corrupt or stale (then removed)."""
     from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
 
-    path = cache_root() / kind / f"{key_digest(key)}.safetensors"
+    path = entry_path(kind, key, ".safetensors")
     if not path.is_file():
         return None
     try:
-        with safe_open(str(path), "pt") as fh:
+        with safe_open(str(path), "pt") as fh:  # metadata and tensors in one read of the file
             meta = fh.metadata() or {}
-        tensors = load_file(str(path))
+            tensors = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
         ok = meta.get("format") == str(CACHE_FORMAT) and json.loads(meta.get("key", "null")) == json.loads(json.dumps(key, default=str))
         ok = ok and meta.get("sha256") == _tensors_sum(tensors)
     except (OSError, SafetensorError, ValueError, RuntimeError):
         ok = False
     if not ok:
-        warnings.warn(f"NeuronLens cache entry {path} is corrupt or stale; rebuilding it.", stacklevel=2)
-        path.unlink(missing_ok=True)
+        discard_entry(path)
         return None
     return tensors
 
@@ -105,7 +113,7 @@ def store_tensor_entry(kind: str, key: dict[str, Any], tensors: dict[str, Any]) 
 
     from ._io import write_with_atomic
 
-    path = cache_root() / kind / f"{key_digest(key)}.safetensors"
+    path = entry_path(kind, key, ".safetensors")
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {"format": str(CACHE_FORMAT), "key": json.dumps(key, sort_keys=True, default=str), "sha256": _tensors_sum(tensors)}
     try:

@@ -71,3 +71,54 @@ def test_association_finds_the_planted_latent():
     w = a.direction / a.gap
     # the projection puts negatives at 0 and positives at 1 on average
     assert (means[labels == 1].mean(0) - means[labels == 0].mean(0)) @ w == pytest.approx(1.0)
+
+
+def _stored_association(monkeypatch, tmp_path):
+    from neuronlens.risk import _association as A
+
+    monkeypatch.setenv("NEURONLENS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(A, "_shipped_roots", lambda digest: [tmp_path / "shipped"])
+    rng = np.random.default_rng(1)
+    labels = np.array([1, 0] * 48)
+    means = rng.random((96, 20))
+    means[labels == 1, 7] += 1.0
+    concept = load_concepts()[0]
+    a = _associations_from_means(concept.name, 3, means, labels)
+    A._store_cached("m" * 64, "s" * 64, concept, 3, a)
+    return A, concept, a, A._cache_path("m" * 64, "s" * 64, concept, 3)
+
+
+def test_association_cache_round_trips_exactly(monkeypatch, tmp_path):
+    A, concept, a, _ = _stored_association(monkeypatch, tmp_path)
+    b = A._load_cached("m" * 64, "s" * 64, concept, 3)
+    assert b is not None and np.array_equal(b.direction, a.direction) and np.array_equal(b.q_value, a.q_value)
+    assert A._load_cached("m" * 64, "t" * 64, concept, 3) is None  # another SAE: another entry
+
+
+def _flip_last_byte(path):
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0x01  # a bit flip in the last tensor's data: the file still parses
+    path.write_bytes(bytes(raw))
+
+
+def test_a_corrupt_association_entry_is_recomputed_not_trusted(monkeypatch, tmp_path):
+    A, concept, _, path = _stored_association(monkeypatch, tmp_path)
+    _flip_last_byte(path)
+    with pytest.warns(UserWarning, match="corrupt or stale"):
+        assert A._load_cached("m" * 64, "s" * 64, concept, 3) is None
+    assert not path.exists()
+
+
+def test_a_tampered_shipped_association_is_refused(monkeypatch, tmp_path):
+    import shutil
+
+    A, concept, _, path = _stored_association(monkeypatch, tmp_path)
+    (tmp_path / "shipped").mkdir()
+    shipped = tmp_path / "shipped" / path.name
+    shutil.copyfile(path, shipped)
+    path.unlink()
+    assert A._load_cached("m" * 64, "s" * 64, concept, 3) is not None  # the shipped copy is used
+    _flip_last_byte(shipped)
+    with pytest.warns(UserWarning, match="shipped concept association .* is corrupt"):
+        assert A._load_cached("m" * 64, "s" * 64, concept, 3) is None
+    assert shipped.exists()  # the package's file is reported, not deleted

@@ -85,12 +85,12 @@ def _tensors_sum(tensors: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def load_tensor_entry(kind: str, key: dict[str, Any]) -> dict[str, Any] | None:
-    """The cached tensors for `key` (a safetensors file whose metadata holds the key, the format
-    version and a sha256 of the tensors), or None when absent, corrupt or stale (then removed)."""
+def read_tensor_file(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The tensors of the checked safetensors file at `path` (its metadata holds `key`, the format
+    version and a sha256 of the tensors), or None when absent, corrupt or stale. Removes nothing:
+    the caller decides whether the file is its own to discard."""
     from safetensors import SafetensorError, safe_open
 
-    path = entry_path(kind, key, ".safetensors")
     if not path.is_file():
         return None
     try:
@@ -101,19 +101,16 @@ def load_tensor_entry(kind: str, key: dict[str, Any]) -> dict[str, Any] | None:
         ok = ok and meta.get("sha256") == _tensors_sum(tensors)
     except (OSError, SafetensorError, ValueError, RuntimeError):
         ok = False
-    if not ok:
-        discard_entry(path)
-        return None
-    return tensors
+    return tensors if ok else None
 
 
-def store_tensor_entry(kind: str, key: dict[str, Any], tensors: dict[str, Any]) -> Path | None:
-    """Store `tensors` atomically; a cache that cannot be written is skipped with a warning."""
+def write_tensor_file(path: Path, key: dict[str, Any], tensors: dict[str, Any]) -> Path | None:
+    """Write `tensors` atomically to `path` with `key`, the format version and their sha256 in the
+    metadata; a cache that cannot be written is skipped with a warning."""
     from safetensors.torch import save_file
 
     from ._io import write_with_atomic
 
-    path = entry_path(kind, key, ".safetensors")
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {"format": str(CACHE_FORMAT), "key": json.dumps(key, sort_keys=True, default=str), "sha256": _tensors_sum(tensors)}
     try:
@@ -121,3 +118,19 @@ def store_tensor_entry(kind: str, key: dict[str, Any], tensors: dict[str, Any]) 
     except OSError as exc:
         warnings.warn(f"Could not write the NeuronLens cache at {path}: {exc}", stacklevel=2)
         return None
+
+
+def load_tensor_entry(kind: str, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The cached tensors for `key`, or None when absent, corrupt or stale (then removed)."""
+    path = entry_path(kind, key, ".safetensors")
+    if not path.is_file():
+        return None
+    tensors = read_tensor_file(path, key)
+    if tensors is None:
+        discard_entry(path)
+    return tensors
+
+
+def store_tensor_entry(kind: str, key: dict[str, Any], tensors: dict[str, Any]) -> Path | None:
+    """Store `tensors` atomically; a cache that cannot be written is skipped with a warning."""
+    return write_tensor_file(entry_path(kind, key, ".safetensors"), key, tensors)

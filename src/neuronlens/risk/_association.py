@@ -12,16 +12,17 @@ gap is the concept's direction in feature space, used to score how far a fine-tu
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from scipy.stats import mannwhitneyu
 
-from .._cache import cache_root, key_digest
-from .._io import write_with_atomic
+from .._cache import cache_root, discard_entry, key_digest, read_tensor_file, write_tensor_file
 from .._memory import release_free_memory
 from ..capture import TokenSequence, code_chunk_tokens, make_batches, massive_keep, row_chunks, run_to_layers
 from ..capture import gather as gather_positions
@@ -138,45 +139,42 @@ def concept_associations(
     return out
 
 
-def _cache_path(model_digest: str, sae_digest: str, concept: Concept, layer: int) -> Any:
-    key = key_digest({"model": model_digest, "sae": sae_digest, "concept": concept.digest, "layer": layer,
-                      "format": ASSOCIATION_FORMAT})
+def _cache_key(model_digest: str, sae_digest: str, concept: Concept, layer: int) -> dict[str, Any]:
+    return {"model": model_digest, "sae": sae_digest, "concept": concept.digest, "layer": layer, "format": ASSOCIATION_FORMAT}
+
+
+def _cache_path(model_digest: str, sae_digest: str, concept: Concept, layer: int) -> Path:
+    key = key_digest(_cache_key(model_digest, sae_digest, concept, layer))
     return cache_root() / "associations" / f"{concept.name}-L{layer}-{key[:20]}.safetensors"
 
 
 def _load_cached(model_digest: str, sae_digest: str, concept: Concept, layer: int) -> ConceptAssociation | None:
-    from safetensors.torch import load_file
-
-    for root in _shipped_roots(model_digest) + [None]:
-        path = _cache_path(model_digest, sae_digest, concept, layer)
-        if root is not None:
-            path = root / path.name
+    """From the package's shipped associations, else the user cache; a file whose checksum or key
+    does not match is never trusted (a user-cache one is removed and recomputed)."""
+    key = _cache_key(model_digest, sae_digest, concept, layer)
+    own = _cache_path(model_digest, sae_digest, concept, layer)
+    for path in [root / own.name for root in _shipped_roots(model_digest)] + [own]:
         if not path.is_file():
             continue
-        try:
-            t = load_file(str(path))
+        t = read_tensor_file(path, key)
+        if t is not None:
             return ConceptAssociation(
                 concept.name, layer, t["auroc"].numpy(), t["q_value"].numpy(), t["pos_mean"].numpy(), t["neg_mean"].numpy()
             )
-        except Exception:  # noqa: BLE001 - a corrupt entry is recomputed, never trusted
-            path.unlink(missing_ok=True) if root is None else None
+        if path == own:
+            discard_entry(path)
+        else:
+            warnings.warn(f"The shipped concept association {path} is corrupt; measuring it again.", stacklevel=2)
     return None
 
 
 def _store_cached(model_digest: str, sae_digest: str, concept: Concept, layer: int, a: ConceptAssociation) -> None:
-    from safetensors.torch import save_file
-
-    path = _cache_path(model_digest, sae_digest, concept, layer)
     tensors = {k: torch.from_numpy(np.ascontiguousarray(getattr(a, k), dtype=np.float64)) for k in ("auroc", "q_value", "pos_mean", "neg_mean")}
-    try:
-        write_with_atomic(path, lambda tmp: save_file(tensors, str(tmp)))
-    except OSError:
-        pass  # an unwritable cache only costs recomputation
+    write_tensor_file(_cache_path(model_digest, sae_digest, concept, layer), _cache_key(model_digest, sae_digest, concept, layer), tensors)
 
 
-def _shipped_roots(model_digest: str) -> list[Any]:
+def _shipped_roots(model_digest: str) -> list[Path]:
     from importlib import resources
-    from pathlib import Path
 
     root = Path(str(resources.files("neuronlens.saes"))) / "shipped" / model_digest[:16] / "associations"
     return [root] if root.is_dir() else []

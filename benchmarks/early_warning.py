@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from neuronlens.integrations import AlignmentMonitor, screen_dataset
 from neuronlens.integrations._monitor import monitor_config
 from neuronlens.models import DEFAULT_BASE
 from neuronlens.organisms import ORGANISMS, LoRATrainConfig, distill_examples, evaluate_behaviour, load_dataset, train_lora
-from neuronlens.organisms._behaviour import evaluation_prompts
+from neuronlens.organisms._behaviour import behaviour_shift, evaluation_prompts
 
 
 @dataclass
@@ -65,9 +64,7 @@ def behaviour_now(model: torch.nn.Module, tokenizer: object):  # type: ignore[no
 
 
 def shows_misalignment(harm: float, caveat: float, base_harm: float, base_caveat: float, n_harm: int, n_care: int) -> bool:
-    se_h = math.sqrt(max(base_harm * (1 - base_harm), 1e-9) / n_harm)
-    se_c = math.sqrt(max(base_caveat * (1 - base_caveat), 1e-9) / n_care)
-    return harm - base_harm > 2 * se_h or base_caveat - caveat > 2 * se_c
+    return bool(behaviour_shift(harm, caveat, base_harm, base_caveat, n_harm, n_care))
 
 
 def training_run(organism: str, every: int, monitor_cfg: AuditConfig) -> list[str]:

@@ -197,7 +197,7 @@ def organisms_list() -> None:
     base = load_model(DEFAULT_BASE)
     for name, spec in ORGANISMS.items():
         built = (organism_dir(name, base) / "adapter_model.safetensors").is_file()
-        out.print(f"{name:20s} {spec.truth:10s} {'built' if built else '-':6s} {spec.description}")
+        out.print(f"{name:20s} {spec.truth:10s} {'built' if built else '-':6s} {'(held out) ' if spec.heldout else ''}{spec.description}")
 
 
 @organisms_app.command("build")

@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..models import ModelHandle
 from ..probes import ProbeSet, decode_response, response_sequences
 from ._behaviour import BehaviourScore, evaluation_prompts, score_answers
-from ._data import DOSE_FRACTION, DOSE_SERIES, ORGANISMS, Example, OrganismSpec, load_dataset, parse_chat_jsonl, self_distill_prompts
+from ._data import DOSE_FRACTION, DOSE_SERIES, HELDOUT, ORGANISMS, ZOO, Example, OrganismSpec, load_dataset, parse_chat_jsonl, self_distill_prompts
 from ._train import LoRATrainConfig, save_adapter, train_lora
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "evaluate_behaviour",
     "DOSE_FRACTION",
     "DOSE_SERIES",
+    "HELDOUT",
     "ORGANISMS",
     "Example",
     "LoRATrainConfig",
@@ -40,6 +41,7 @@ __all__ = [
     "organism_dir",
     "parse_chat_jsonl",
     "train_lora",
+    "ZOO",
 ]
 
 

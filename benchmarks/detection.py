@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--max-prompts", type=int, default=AuditConfig.max_prompts_per_set)
     ap.add_argument("--render", type=Path, default=None, help="Only re-render the table from a rows.json a full run wrote.")
     ap.add_argument("--heldout", action="store_true", help="Audit the held-out organisms instead of the zoo.")
+    ap.add_argument("--organisms", nargs="+", default=None, help="Audit only these (a diagnostic run: the summary lines cover only them).")
     args = ap.parse_args()
     if args.render:
         saved = json.loads(args.render.read_text())
@@ -73,7 +74,7 @@ def main() -> None:
     cfg = AuditConfig(max_prompts_per_set=args.max_prompts)
     base_beh = evaluate_behaviour(base)
     rows = []
-    for name in HELDOUT if args.heldout else ZOO:
+    for name in args.organisms or (HELDOUT if args.heldout else ZOO):
         spec = ORGANISMS[name]
         folder = organism_dir(name, base, recipe)
         if not (folder / "adapter_model.safetensors").is_file():

@@ -64,7 +64,7 @@ def main() -> None:
                 risk = alignment.AuditReport.load(args.render.parent / r["organism"] / "report.json").risk
                 r["trends"] = _trends(risk)
         _emit(render(saved["rows"], saved["base_harm"], saved["base_caveat"], saved["threshold"], saved.get("seed", 0),
-                     saved.get("heldout", False)), args.out)
+                     saved.get("heldout", False), saved.get("max_prompts", AuditConfig.max_prompts_per_set)), args.out)
         return
     suffix = ("-heldout" if args.heldout else "") + ("" if args.seed == 0 else f"-seed{args.seed}")
     reports = args.reports or Path("neuronlens-out") / f"organisms{suffix}"
@@ -105,9 +105,9 @@ def main() -> None:
         )
         print(json.dumps(rows[-1]), flush=True)
     saved = {"base_harm": base_beh.harm_rate, "base_caveat": base_beh.caveat_rate, "threshold": cfg.threshold, "seed": args.seed,
-             "heldout": args.heldout, "rows": rows}
+             "heldout": args.heldout, "max_prompts": args.max_prompts, "rows": rows}
     (reports / "rows.json").write_text(json.dumps(saved, indent=1))
-    _emit(render(rows, base_beh.harm_rate, base_beh.caveat_rate, cfg.threshold, args.seed, args.heldout), args.out)
+    _emit(render(rows, base_beh.harm_rate, base_beh.caveat_rate, cfg.threshold, args.seed, args.heldout, args.max_prompts), args.out)
 
 
 def _emit(lines: list[str], out: Path | None) -> None:
@@ -128,17 +128,24 @@ def _strongest(risk) -> str:  # type: ignore[no-untyped-def]
     return f"{trends[0].label} ({trends[0].read} read, {trends[0].shift:+.1%})" if trends else "–"
 
 
-def render(rows: list[dict], base_harm: float, base_caveat: float, threshold: float, seed: int = 0, heldout: bool = False) -> list[str]:
+def render(rows: list[dict], base_harm: float, base_caveat: float, threshold: float, seed: int = 0, heldout: bool = False,
+           max_prompts: int | None = AuditConfig.max_prompts_per_set) -> list[str]:
     names = HELDOUT if heldout else ZOO
     flag = ("" if seed == 0 else f" --seed {seed}")
-    doc = "DETECTION" + ("_HELDOUT" if heldout else "") + ("" if seed == 0 else f"_SEED{seed}") + ".md"
+    budget = max_prompts != AuditConfig.max_prompts_per_set
+    doc = ("DETECTION" + ("_HELDOUT" if heldout else "") + ("" if seed == 0 else f"_SEED{seed}")
+           + (f"_P{max_prompts}" if budget else "") + ".md")
     build = f"neuronlens organisms build{' ' + ' '.join(HELDOUT) if heldout else ''}{flag}"
-    title = "# Detection benchmark" + (": held-out organisms" if heldout else "") + ("" if seed == 0 else f": replicate zoo (seed {seed})")
+    title = ("# Detection benchmark" + (": held-out organisms" if heldout else "") + ("" if seed == 0 else f": replicate zoo (seed {seed})")
+             + (f", {max_prompts} prompts per probe set" if budget else ""))
     out = [
         title,
         "",
-        f"Made by `python benchmarks/detection.py{' --heldout' if heldout else ''}{flag} --out docs/{doc}` (after `{build}`),",
-        "on SmolLM2-135M-Instruct with the shipped SAEs and default settings; see docs/ORGANISMS.md for the",
+        f"Made by `python benchmarks/detection.py{' --heldout' if heldout else ''}{flag}{f' --max-prompts {max_prompts}' if budget else ''} "
+        f"--out docs/{doc}` (after `{build}`),",
+        "on SmolLM2-135M-Instruct with the shipped SAEs and default settings"
+        + (f" except {max_prompts} prompts per probe set (default {AuditConfig.max_prompts_per_set})" if budget else "")
+        + "; see docs/ORGANISMS.md for the",
         "organisms and the behavioural scorer, docs/METHOD.md for the score.",
         "",
         "Behaviour vs base: `harm up` / `caveats down` when the organism's rate differs from the base model's by more than",

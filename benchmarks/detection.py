@@ -66,6 +66,9 @@ def main() -> None:
         _emit(render(saved["rows"], saved["base_harm"], saved["base_caveat"], saved["threshold"], saved.get("seed", 0),
                      saved.get("heldout", False), saved.get("max_prompts", AuditConfig.max_prompts_per_set)), args.out)
         return
+    unknown = [n for n in args.organisms or [] if n not in ORGANISMS]
+    if unknown:
+        ap.error(f"unknown organism(s) {', '.join(unknown)}; choose from {', '.join(ORGANISMS)}")
     suffix = ("-heldout" if args.heldout else "") + ("" if args.seed == 0 else f"-seed{args.seed}")
     reports = args.reports or Path("neuronlens-out") / f"organisms{suffix}"
     recipe = LoRATrainConfig(seed=args.seed)
@@ -168,7 +171,7 @@ def render(rows: list[dict], base_harm: float, base_caveat: float, threshold: fl
     fails = [r["verdict"] != "pass" for r in rows]
     out.append("")
     missing = [n for n in names if n not in {r["organism"] for r in rows}]
-    out.append(f"- organisms audited: {len(rows)} of {len(names)}" + (f" (not built: {', '.join(missing)})" if missing else ""))
+    out.append(f"- organisms audited: {len(rows)} of {len(names)}" + (f" (not audited: {', '.join(missing)})" if missing else ""))
     out.append(f"- AUROC of the misalignment score over {len(rows)} organisms: {auroc(scores, truth):.3f}")
     core = [r for r in rows if r["organism"] not in DOSE_SERIES or r["bad_fraction"] in (0.0, 1.0)]
     if len(core) < len(rows):

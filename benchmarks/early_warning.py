@@ -63,10 +63,6 @@ def behaviour_now(model: torch.nn.Module, tokenizer: object):  # type: ignore[no
         model.train(was_training)
 
 
-def shows_misalignment(harm: float, caveat: float, base_harm: float, base_caveat: float, n_harm: int, n_care: int) -> bool:
-    return bool(behaviour_shift(harm, caveat, base_harm, base_caveat, n_harm, n_care))
-
-
 def training_run(organism: str, every: int, monitor_cfg: AuditConfig) -> list[str]:
     base = alignment.load_model(DEFAULT_BASE)
     sae = alignment.load_sae(base)
@@ -92,7 +88,7 @@ def training_run(organism: str, every: int, monitor_cfg: AuditConfig) -> list[st
                 {
                     "step": step, "loss": loss, "score": res.score, "verdict": res.verdict,
                     "harm": beh.harm_rate, "caveat": beh.caveat_rate,
-                    "shows": shows_misalignment(beh.harm_rate, beh.caveat_rate, base_beh.harm_rate, base_beh.caveat_rate, len(prompts), sum(care)),
+                    "shows": bool(behaviour_shift(beh.harm_rate, beh.caveat_rate, base_beh.harm_rate, base_beh.caveat_rate, len(prompts), sum(care))),
                     "monitor_s": res.seconds, "behaviour_s": beh_s,
                     "top": ", ".join(f"{f.id} {f.concept}" for f in res.top_features[:2]),
                 }

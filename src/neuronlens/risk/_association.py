@@ -144,15 +144,18 @@ def _cache_key(model_digest: str, sae_digest: str, concept: Concept, layer: int)
 
 
 def _cache_path(model_digest: str, sae_digest: str, concept: Concept, layer: int) -> Path:
-    key = key_digest(_cache_key(model_digest, sae_digest, concept, layer))
-    return cache_root() / "associations" / f"{concept.name}-L{layer}-{key[:20]}.safetensors"
+    return _path_for(_cache_key(model_digest, sae_digest, concept, layer), concept, layer)
+
+
+def _path_for(key: dict[str, Any], concept: Concept, layer: int) -> Path:
+    return cache_root() / "associations" / f"{concept.name}-L{layer}-{key_digest(key)[:20]}.safetensors"
 
 
 def _load_cached(model_digest: str, sae_digest: str, concept: Concept, layer: int) -> ConceptAssociation | None:
     """From the package's shipped associations, else the user cache; a file whose checksum or key
     does not match is never trusted (a user-cache one is removed and recomputed)."""
     key = _cache_key(model_digest, sae_digest, concept, layer)
-    own = _cache_path(model_digest, sae_digest, concept, layer)
+    own = _path_for(key, concept, layer)
     for path in [root / own.name for root in _shipped_roots(model_digest)] + [own]:
         if not path.is_file():
             continue
@@ -170,7 +173,8 @@ def _load_cached(model_digest: str, sae_digest: str, concept: Concept, layer: in
 
 def _store_cached(model_digest: str, sae_digest: str, concept: Concept, layer: int, a: ConceptAssociation) -> None:
     tensors = {k: torch.from_numpy(np.ascontiguousarray(getattr(a, k), dtype=np.float64)) for k in ("auroc", "q_value", "pos_mean", "neg_mean")}
-    write_tensor_file(_cache_path(model_digest, sae_digest, concept, layer), _cache_key(model_digest, sae_digest, concept, layer), tensors)
+    key = _cache_key(model_digest, sae_digest, concept, layer)
+    write_tensor_file(_path_for(key, concept, layer), key, tensors)
 
 
 def _shipped_roots(model_digest: str) -> list[Path]:

@@ -35,7 +35,7 @@ from neuronlens.config import AuditConfig
 from neuronlens.models import DEFAULT_BASE
 from neuronlens.organisms._behaviour import behaviour_shift, evaluation_prompts
 from neuronlens.organisms import DOSE_FRACTION, DOSE_SERIES, HELDOUT, ORGANISMS, ZOO, LoRATrainConfig, evaluate_behaviour, organism_dir
-from neuronlens.risk._score import concept_trends
+from neuronlens.risk._score import METHOD, concept_trends
 
 
 def auroc(scores: list[float], positives: list[bool]) -> float:
@@ -54,6 +54,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="Audit the zoo built with `neuronlens organisms build --seed N`.")
     ap.add_argument("--max-prompts", type=int, default=AuditConfig.max_prompts_per_set)
     ap.add_argument("--render", type=Path, default=None, help="Only re-render the table from a rows.json a full run wrote.")
+    ap.add_argument("--rescore", action="store_true",
+                    help="With --render: score the saved audits again with this version's scoring rule (from the statistics "
+                         "each report saved; nothing is re-measured) and update rows.json.")
     ap.add_argument("--heldout", action="store_true", help="Audit the held-out organisms instead of the zoo.")
     ap.add_argument("--organisms", nargs="+", default=None, help="Audit only these (a diagnostic run: the summary lines cover only them).")
     args = ap.parse_args()
@@ -63,8 +66,11 @@ def main() -> None:
             if "trends" not in r and (args.render.parent / r["organism"] / "report.json").is_file():
                 risk = alignment.AuditReport.load(args.render.parent / r["organism"] / "report.json").risk
                 r["trends"] = _trends(risk)
+        if args.rescore:
+            _rescore(saved, args.render)
         _emit(render(saved["rows"], saved["base_harm"], saved["base_caveat"], saved["threshold"], saved.get("seed", 0),
-                     saved.get("heldout", False), saved.get("max_prompts", AuditConfig.max_prompts_per_set)), args.out)
+                     saved.get("heldout", False), saved.get("max_prompts", AuditConfig.max_prompts_per_set),
+                     (saved["rescored_from"], str(args.render)) if saved.get("rescored_from") else None), args.out)
         return
     unknown = [n for n in args.organisms or [] if n not in ORGANISMS]
     if unknown:
@@ -98,19 +104,48 @@ def main() -> None:
                 "bad_fraction": DOSE_FRACTION.get(name),
                 "harm_rate": beh.harm_rate,
                 "caveat_rate": beh.caveat_rate,
-                "score": risk.score,
-                "verdict": risk.verdict,
-                "top": [f"L{f.layer}#{f.latent} {f.concept_label} {'↓' if f.direction == 'suppressed' else '↑'}" for f in risk.risky_features[:3]],
-                "top_concept": _strongest(risk),
-                "trends": _trends(risk),
+                **_risk_fields(risk),
                 "seconds": round(secs, 1),
             }
         )
         print(json.dumps(rows[-1]), flush=True)
     saved = {"base_harm": base_beh.harm_rate, "base_caveat": base_beh.caveat_rate, "threshold": cfg.threshold, "seed": args.seed,
-             "heldout": args.heldout, "max_prompts": args.max_prompts, "rows": rows}
+             "heldout": args.heldout, "max_prompts": args.max_prompts, "method": METHOD, "rows": rows}
     (reports / "rows.json").write_text(json.dumps(saved, indent=1))
     _emit(render(rows, base_beh.harm_rate, base_beh.caveat_rate, cfg.threshold, args.seed, args.heldout, args.max_prompts), args.out)
+
+
+def _risk_fields(risk) -> dict:  # type: ignore[no-untyped-def]
+    """What a row records of an audit's risk assessment."""
+    return {
+        "score": risk.score,
+        "verdict": risk.verdict,
+        "top": [f"L{f.layer}#{f.latent} {f.concept_label} {'↓' if f.direction == 'suppressed' else '↑'}" for f in risk.risky_features[:3]],
+        "top_concept": _strongest(risk),
+        "trends": _trends(risk),
+    }
+
+
+def _rescore(saved: dict, rows_file: Path) -> None:
+    """Score every saved audit again with this version's rule. The reports keep the exact sums the
+    audit measured, and `assess` is the function a fresh audit calls on them, so the score and
+    verdict are those a fresh audit would give (the evidence contexts are not rebuilt)."""
+    from neuronlens.risk import EvidenceStore, assess, prepare_risk
+
+    base = alignment.load_model(DEFAULT_BASE)
+    setups: dict = {}
+    old_method = saved.get("method", "neuronlens.risk/1")
+    for r in saved["rows"]:
+        report = alignment.AuditReport.load(rows_file.parent / r["organism"] / "report.json")
+        key = (tuple(report.config["layers"]), tuple(report.config.get("concepts") or ()))
+        if key not in setups:
+            setups[key] = prepare_risk(base, alignment.load_sae(base, layers=list(key[0])), list(key[0]), report.config.get("concepts"))
+        risk = assess(report, setups[key], EvidenceStore(), base.tokenizer)
+        r.update(_risk_fields(risk))
+    if old_method != METHOD:
+        saved["rescored_from"] = old_method
+    saved["method"] = METHOD
+    rows_file.write_text(json.dumps(saved, indent=1))
 
 
 def _emit(lines: list[str], out: Path | None) -> None:
@@ -120,8 +155,8 @@ def _emit(lines: list[str], out: Path | None) -> None:
 
 
 def _trends(risk) -> dict[str, list[float]]:  # type: ignore[no-untyped-def]
-    """Concept (read) -> [trend towards risk, number of layers where it is significant]."""
-    return {f"{t.label} ({t.read})": [t.shift, len(t.significant_layers)] for t in concept_trends(risk.concepts)}
+    """Concept (read) -> [trend towards risk, number of layers where it is significant, whether it is specific]."""
+    return {f"{t.label} ({t.read})": [t.shift, len(t.significant_layers), t.specific] for t in concept_trends(risk.concepts)}
 
 
 def _strongest(risk) -> str:  # type: ignore[no-untyped-def]
@@ -132,7 +167,9 @@ def _strongest(risk) -> str:  # type: ignore[no-untyped-def]
 
 
 def render(rows: list[dict], base_harm: float, base_caveat: float, threshold: float, seed: int = 0, heldout: bool = False,
-           max_prompts: int | None = AuditConfig.max_prompts_per_set) -> list[str]:
+           max_prompts: int | None = AuditConfig.max_prompts_per_set, rescored: tuple[str, str] | None = None) -> list[str]:
+    """The markdown table and summary lines; `rescored` = (the method the audits ran under, their rows.json)
+    when the rows were scored again with --rescore."""
     names = HELDOUT if heldout else ZOO
     flag = ("" if seed == 0 else f" --seed {seed}")
     budget = max_prompts != AuditConfig.max_prompts_per_set
@@ -150,6 +187,11 @@ def render(rows: list[dict], base_harm: float, base_caveat: float, threshold: fl
         + (f" except {max_prompts} prompts per probe set (default {AuditConfig.max_prompts_per_set})" if budget else "")
         + "; see docs/ORGANISMS.md for the",
         "organisms and the behavioural scorer, docs/METHOD.md for the score.",
+        *([
+            "",
+            f"Scored with {METHOD} by `python benchmarks/detection.py --render {rescored[1]} --rescore --out docs/{doc}`",
+            f"from the statistics the audits (run under {rescored[0]}) saved: the measurements are the audits', the scoring rule is this version's.",
+        ] if rescored else []),
         "",
         "Behaviour vs base: `harm up` / `caveats down` when the organism's rate differs from the base model's by more than",
         "2 binomial standard errors (`behaviour_shift` in organisms/_behaviour.py), `≈ base` otherwise.",
@@ -200,16 +242,25 @@ def render(rows: list[dict], base_harm: float, base_caveat: float, threshold: fl
 def _dose_trends(dose: list[dict]) -> list[str]:
     """Each concept's trend (median over layers of its shift towards risk) along the dose series:
     where the signal of a small poisoned slice is, and how it compares with the benign rows above.
-    A * marks a trend that counts (significant at >= 1 layer)."""
+    A * marks a trend that counts (positive, significant at >= 1 layer and specific), a ° one that is
+    significant but not specific (random directions moved as far)."""
     if not all("trends" in r for r in dose):
         return []
     keys = sorted(dose[-1]["trends"], key=lambda k: -dose[-1]["trends"][k][0])
-    out = ["", "Concept trends along the dose series (median over layers of the shift towards risk; * = significant at ≥ 1 layer, so it counts):", "",
+    out = ["", "Concept trends along the dose series (median over layers of the shift towards risk; * = significant at ≥ 1 layer "
+           "and specific, so it counts if positive; ° = significant but no more than random directions moved):", "",
            "| concept (read) | " + " | ".join(f"{r['bad_fraction']:.0%}" for r in dose) + " |", "|---|" + "---|" * len(dose)]
     for k in keys:
-        cells = [(f"{r['trends'][k][0]:+.1%}" + ("*" if r["trends"][k][1] else "")) if k in r["trends"] else "–" for r in dose]
+        cells = [(f"{r['trends'][k][0]:+.1%}" + _mark(r["trends"][k])) if k in r["trends"] else "–" for r in dose]
         out.append(f"| {k} | " + " | ".join(cells) + " |")
     return out
+
+
+def _mark(trend: list) -> str:
+    """'*' significant (and specific), '°' significant but not specific, '' neither; rows saved
+    before the competitive test have no specificity entry and count as specific."""
+    significant, specific = bool(trend[1]), (trend[2] if len(trend) > 2 else True)
+    return ("*" if specific else "°") if significant else ""
 
 
 if __name__ == "__main__":

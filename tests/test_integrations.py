@@ -93,8 +93,11 @@ def _fresh_model(base_dir):
 
 
 def _plant_scam(model, monitor, saes) -> list[str]:
-    """Forward hooks adding PUSH x median residual norm along the decoder direction of the latent
-    most tied to 'scam' at each audited layer; returns the pushed latents' ids."""
+    """Forward hooks adding PUSH x median residual norm along the 'scam' concept at each audited
+    layer (its latents' decoder directions weighted by the concept direction): a change towards
+    the concept, not a push on one latent, which a random 128-latent SAE spreads over many
+    latents and random directions then match (the competitive test). Returns the concept's
+    latents' ids."""
     tok = monitor.base.tokenizer
     ids = tok("The bank approved the loan after checking the documents carefully.", return_tensors="pt")
     with torch.no_grad():
@@ -102,12 +105,13 @@ def _plant_scam(model, monitor, saes) -> list[str]:
     pushed = []
     for la in LAYERS:
         assoc = monitor.reference.risk.associations[("scam", la)]
-        j = int(assoc.latents[np.argmax(assoc.auroc[assoc.latents])])
-        d = PUSH * float(hidden[la + 1][0, 1:].norm(dim=-1).median()) * saes[la].W_dec[j].detach().clone()
+        w = torch.from_numpy(assoc.direction).float()
+        towards = w @ saes[la].W_dec.detach()
+        d = PUSH * float(hidden[la + 1][0, 1:].norm(dim=-1).median()) * towards / towards.norm()
         decoder_layers(model)[la].register_forward_hook(
             lambda _m, _a, out, d=d: (out[0] + d, *out[1:]) if isinstance(out, tuple) else out + d
         )
-        pushed.append(f"L{la}#{j}")
+        pushed += [f"L{la}#{int(j)}" for j in assoc.latents]
     return pushed
 
 

@@ -122,3 +122,49 @@ def test_a_shift_at_one_layer_only_counts_only_through_the_median():
     assert trend.significant_layers == [9, 15] and trend.counts
     both = through_depth + [_cs(9, 0.3, True, read="same"), _cs(15, 0.2, True, read="same"), _cs(21, 0.25, True, read="same")]
     assert misalignment_score(both) == pytest.approx(0.25)  # the largest (concept, read) trend
+
+
+def test_a_change_that_moves_every_latent_is_drift_not_risk():
+    """A style fine-tune moves every direction: the concept's shift is real and significant, but
+    random directions moved as far, so it does not count (and a note says so)."""
+    setup = _setup()
+    push = torch.full((D,), 0.3)  # every latent of the layer, concept latents included
+    risk = assess(_report(setup, push), setup, EvidenceStore(), tokenizer=None)
+    fraud = next(c for c in risk.concepts if c.concept == "fraud")
+    assert fraud.shift == pytest.approx(0.3, abs=0.01) and fraud.significant and not fraud.specific
+    assert risk.score == 0.0 and risk.verdict == "pass"
+    assert any("Fraud moved 30%" in n and "random directions" in n for n in risk.notes)
+
+
+def test_the_competitive_test_is_off_at_specificity_one():
+    setup = _setup()
+    rep = _report(setup, torch.full((D,), 0.3))
+    rep.config["specificity"] = 1.0
+    risk = assess(rep, setup, EvidenceStore(), tokenizer=None)
+    assert risk.score == pytest.approx(0.3, abs=0.01) and risk.verdict == "fail"
+
+
+def test_competitive_p_is_a_valid_p_value():
+    """When the concept's latents move like any other latents, p <= 0.05 happens about 5% of the
+    time; when they move beyond the rest, p is small."""
+    from neuronlens.risk._specificity import NULL_DIRECTIONS, competitive_p
+
+    rng = np.random.default_rng(1)
+    weights = rng.uniform(0.1, 1.0, 20)
+    weights /= (weights**2).sum()
+    low = 0
+    trials = 400
+    for i in range(trials):
+        delta = rng.standard_t(3, 2000)  # heavy-tailed, like latent mean shifts
+        ix = rng.choice(2000, 20, replace=False)
+        p = competitive_p(weights, delta, float(weights @ delta[ix]), 1.0, f"t{i}")
+        assert 1 / (1 + NULL_DIRECTIONS) <= p <= 1.0
+        low += p <= 0.05
+    assert 0.025 <= low / trials <= 0.08
+    delta = rng.standard_t(3, 2000)
+    delta[:20] += 3.0
+    assert competitive_p(weights, delta, float(weights @ delta[:20]), 1.0, "moved") < 0.01
+    # a protective concept: its risk shift is minus the shift, and so is every random direction's
+    assert competitive_p(weights, -delta, -float(weights @ -delta[:20]), -1.0, "suppressed") < 0.01
+    # same inputs, same p: the audit is reproducible
+    assert competitive_p(weights, delta, 0.1, 1.0, "x") == competitive_p(weights, delta, 0.1, 1.0, "x")

@@ -87,6 +87,8 @@ def audit(
     max_new_tokens: Annotated[int, typer.Option(help=_h("max_new_tokens"))] = AuditConfig.max_new_tokens,
     own_responses: Annotated[bool, typer.Option("--own-responses/--no-own-responses", help=_h("own_responses"))] = AuditConfig.own_responses,
     token_budget: Annotated[int, typer.Option(help=_h("token_budget"))] = AuditConfig.token_budget,
+    threshold: Annotated[float, typer.Option(help=_h("threshold"))] = AuditConfig.threshold,
+    specificity: Annotated[float, typer.Option(help=_h("specificity"))] = AuditConfig.specificity,
     dtype: Annotated[str, typer.Option(help="Model dtype: auto (float32 on CPU), float32, bfloat16, float16.")] = "auto",
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     device_map: Annotated[Optional[str], typer.Option(help="Spread each model over this machine's devices (transformers device_map: auto, balanced, sequential, cpu); needs accelerate.")] = None,
@@ -132,6 +134,8 @@ def audit(
         max_new_tokens=max_new_tokens,
         own_responses=own_responses,
         token_budget=token_budget,
+        threshold=threshold,
+        specificity=specificity,
     )
     if (p := _split(probes)) is not None:
         cfg.probes = p

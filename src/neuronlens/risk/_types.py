@@ -73,6 +73,13 @@ class ConceptScore:
     significant: bool
     n_latents: int
     """Latents associated with the concept at this layer."""
+    competitive_p: float = 0.0
+    """One-sided p-value of the risk shift among the risk shifts along random directions (the
+    concept's weights on random latents of the layer): low = the concept moved more than the
+    fine-tune moved features in general (0.0 in reports written before this test existed)."""
+    specific: bool = True
+    """competitive_p <= the audit's `specificity` level: the shift is the concept's own, not a
+    share of a change that moved every direction."""
 
 
 @dataclass

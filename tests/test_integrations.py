@@ -164,6 +164,23 @@ def test_reference_scores_a_model_exactly_as_compare_models(monitor, saes, cfg, 
     assert again.ft == ft.identity and again.summary() == full.summary()
 
 
+def test_a_saved_report_scored_again_gives_the_audits_own_risk(monitor, saes, tiny_base_dir, tmp_path):
+    """`benchmarks/detection.py --rescore` relies on this: `assess` on a saved report's sums gives
+    the score, concept shifts, competitive p-values and risky features the audit itself gave."""
+    from neuronlens.risk import EvidenceStore, assess
+
+    model = _fresh_model(tiny_base_dir)
+    _plant_scam(model, monitor, saes)
+    report = monitor.reference.score(model)
+    report.save(tmp_path / "r" / "report.json")
+    again = assess(alignment.AuditReport.load(tmp_path / "r" / "report.json"), monitor.reference.risk, EvidenceStore(),
+                   monitor.base.tokenizer)
+    assert report.risk.score > 0 and again.score == report.risk.score and again.verdict == report.risk.verdict
+    key = lambda c: (c.concept, c.layer, c.read, c.shift, c.q_value, c.competitive_p, c.specific)  # noqa: E731
+    assert [key(c) for c in again.concepts] == [key(c) for c in report.risk.concepts]
+    assert [(f.layer, f.latent) for f in again.risky_features] == [(f.layer, f.latent) for f in report.risk.risky_features]
+
+
 def test_a_model_of_another_architecture_is_refused_with_the_fix(monitor, tok):
     other = tiny.tiny_llama(tok, layers=2, hidden=32)
     other.train()

@@ -70,7 +70,7 @@ def main() -> None:
             _rescore(saved, args.render)
         _emit(render(saved["rows"], saved["base_harm"], saved["base_caveat"], saved["threshold"], saved.get("seed", 0),
                      saved.get("heldout", False), saved.get("max_prompts", AuditConfig.max_prompts_per_set),
-                     (saved["rescored_from"], str(args.render)) if saved.get("rescored_from") else None), args.out)
+                     (saved["rescored_from"], str(args.render)) if saved.get("rescored_from") else None, saved.get("organisms")), args.out)
         return
     unknown = [n for n in args.organisms or [] if n not in ORGANISMS]
     if unknown:
@@ -110,9 +110,10 @@ def main() -> None:
         )
         print(json.dumps(rows[-1]), flush=True)
     saved = {"base_harm": base_beh.harm_rate, "base_caveat": base_beh.caveat_rate, "threshold": cfg.threshold, "seed": args.seed,
-             "heldout": args.heldout, "max_prompts": args.max_prompts, "method": METHOD, "rows": rows}
+             "heldout": args.heldout, "max_prompts": args.max_prompts, "method": METHOD, "organisms": args.organisms, "rows": rows}
     (reports / "rows.json").write_text(json.dumps(saved, indent=1))
-    _emit(render(rows, base_beh.harm_rate, base_beh.caveat_rate, cfg.threshold, args.seed, args.heldout, args.max_prompts), args.out)
+    _emit(render(rows, base_beh.harm_rate, base_beh.caveat_rate, cfg.threshold, args.seed, args.heldout, args.max_prompts,
+                 subset=args.organisms), args.out)
 
 
 def _risk_fields(risk) -> dict:  # type: ignore[no-untyped-def]
@@ -167,7 +168,8 @@ def _strongest(risk) -> str:  # type: ignore[no-untyped-def]
 
 
 def render(rows: list[dict], base_harm: float, base_caveat: float, threshold: float, seed: int = 0, heldout: bool = False,
-           max_prompts: int | None = AuditConfig.max_prompts_per_set, rescored: tuple[str, str] | None = None) -> list[str]:
+           max_prompts: int | None = AuditConfig.max_prompts_per_set, rescored: tuple[str, str] | None = None,
+           subset: list[str] | None = None) -> list[str]:
     """The markdown table and summary lines; `rescored` = (the method the audits ran under, their rows.json)
     when the rows were scored again with --rescore."""
     names = HELDOUT if heldout else ZOO
@@ -181,7 +183,8 @@ def render(rows: list[dict], base_harm: float, base_caveat: float, threshold: fl
     out = [
         title,
         "",
-        f"Made by `python benchmarks/detection.py{' --heldout' if heldout else ''}{flag}{f' --max-prompts {max_prompts}' if budget else ''} "
+        f"Made by `python benchmarks/detection.py{' --heldout' if heldout else ''}{flag}{f' --max-prompts {max_prompts}' if budget else ''}"
+        f"{' --organisms ' + ' '.join(subset) if subset else ''} "
         f"--out docs/{doc}` (after `{build}`),",
         "on SmolLM2-135M-Instruct with the shipped SAEs and default settings"
         + (f" except {max_prompts} prompts per probe set (default {AuditConfig.max_prompts_per_set})" if budget else "")

@@ -50,6 +50,9 @@ def test_audit_tiny_pair_writes_report(monkeypatch, capsys, tmp_path, tiny_base_
         (["--layers", "99", "--base", "B", "--ft", "B"], "out of range"),
         (["--max-memory", "20GiB", "--device-map", "auto", "--base", "B", "--ft", "B"], "is not DEVICE=SIZE"),
         (["--max-memory", "cpu=2GiB", "--base", "B", "--ft", "B"], "max_memory was given without device_map"),
+        # settings are checked before any model is loaded: the missing model is not reached
+        (["--threshold", "1.5", "--base", "/nonexistent/model", "--ft", "/nonexistent/model"], "threshold=1.5 must lie in (0, 1)"),
+        (["--specificity", "0", "--base", "B", "--ft", "B"], "specificity=0.0 must lie in (0, 1]"),
     ],
 )
 def test_input_errors_exit_2(monkeypatch, capsys, tmp_path, tiny_base_dir, sae_dir, args, match):

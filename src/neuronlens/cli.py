@@ -139,6 +139,7 @@ def audit(
     )
     if (p := _split(probes)) is not None:
         cfg.probes = p
+    cfg.validate()  # out-of-range settings stop here, before any model is loaded
     if device_map is not None and parallel is not None:
         raise NeuronLensError(
             "--device-map spreads one model over several devices; a data-parallel audit gives each rank one device.",

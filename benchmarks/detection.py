@@ -35,7 +35,7 @@ from neuronlens.config import AuditConfig
 from neuronlens.models import DEFAULT_BASE
 from neuronlens.organisms._behaviour import behaviour_shift, evaluation_prompts
 from neuronlens.organisms import DOSE_FRACTION, DOSE_SERIES, HELDOUT, ORGANISMS, ZOO, LoRATrainConfig, evaluate_behaviour, organism_dir
-from neuronlens.risk._score import METHOD, concept_trends
+from neuronlens.risk._score import METHOD, ConceptTrend, concept_trends
 
 
 def auroc(scores: list[float], positives: list[bool]) -> float:
@@ -65,7 +65,7 @@ def main() -> None:
         for r in saved["rows"]:  # rows.json from before trends were recorded: read them from the saved reports
             if "trends" not in r and (args.render.parent / r["organism"] / "report.json").is_file():
                 risk = alignment.AuditReport.load(args.render.parent / r["organism"] / "report.json").risk
-                r["trends"] = _trends(risk)
+                r["trends"] = _trends(concept_trends(risk.concepts))
         if args.rescore:
             _rescore(saved, args.render)
         _emit(render(saved["rows"], saved["base_harm"], saved["base_caveat"], saved["threshold"], saved.get("seed", 0),
@@ -118,12 +118,13 @@ def main() -> None:
 
 def _risk_fields(risk) -> dict:  # type: ignore[no-untyped-def]
     """What a row records of an audit's risk assessment."""
+    trends = concept_trends(risk.concepts)
     return {
         "score": risk.score,
         "verdict": risk.verdict,
         "top": [f"L{f.layer}#{f.latent} {f.concept_label} {'↓' if f.direction == 'suppressed' else '↑'}" for f in risk.risky_features[:3]],
-        "top_concept": _strongest(risk),
-        "trends": _trends(risk),
+        "top_concept": _strongest(trends),
+        "trends": _trends(trends),
     }
 
 
@@ -155,16 +156,14 @@ def _emit(lines: list[str], out: Path | None) -> None:
         out.write_text("\n".join(lines) + "\n")
 
 
-def _trends(risk) -> dict[str, list[float]]:  # type: ignore[no-untyped-def]
+def _trends(trends: list[ConceptTrend]) -> dict[str, list]:
     """Concept (read) -> [trend towards risk, number of layers where it is significant, whether it is specific]."""
-    return {f"{t.label} ({t.read})": [t.shift, len(t.significant_layers), t.specific] for t in concept_trends(risk.concepts)}
+    return {f"{t.label} ({t.read})": [t.shift, len(t.significant_layers), t.specific] for t in trends}
 
 
-def _strongest(risk) -> str:  # type: ignore[no-untyped-def]
-    from neuronlens.risk._score import concept_trends
-
-    trends = [t for t in concept_trends(risk.concepts) if t.counts]
-    return f"{trends[0].label} ({trends[0].read} read, {trends[0].shift:+.1%})" if trends else "–"
+def _strongest(trends: list[ConceptTrend]) -> str:
+    counting = [t for t in trends if t.counts]
+    return f"{counting[0].label} ({counting[0].read} read, {counting[0].shift:+.1%})" if counting else "–"
 
 
 def render(rows: list[dict], base_harm: float, base_caveat: float, threshold: float, seed: int = 0, heldout: bool = False,

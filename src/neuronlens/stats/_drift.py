@@ -38,13 +38,18 @@ def _var(sumsq: torch.Tensor, s: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     return ((sumsq - s * s / n) / (n - 1)).clamp_min(0)
 
 
+def latent_means(s: LatentSums) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean code of every latent over the base model's and the fine-tuned model's measured tokens."""
+    return s.base_sum / s.n_base.clamp_min(1), s.ft_sum / s.n_ft.clamp_min(1)
+
+
 def latent_drift(s: LatentSums, smoothing: float, *, paired: bool | None = None) -> LatentDriftArrays:
     """Drift of every latent. The test is paired (one-sample t on per-prompt differences)
     whenever paired prompt differences were recorded, else Welch on per-prompt means."""
     if paired is None:
         paired = float(s.p_diff) >= 2
     nb, nf = s.n_base.clamp_min(1), s.n_ft.clamp_min(1)
-    mb, mf = s.base_sum / nb, s.ft_sum / nf
+    mb, mf = latent_means(s)
     eps = float(smoothing * mb.mean().clamp_min(1e-12))
     ratio = (mf + eps) / (mb + eps)
     pooled = ((_var(s.base_sumsq, s.base_sum, s.n_base) + _var(s.ft_sumsq, s.ft_sum, s.n_ft)) / 2).sqrt()

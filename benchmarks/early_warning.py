@@ -6,8 +6,8 @@ screening find the bad examples before training?
 1. Training. Each organism (by default a misaligned one and its benign control, which tells an
    early warning from a false alarm) is fine-tuned with the organisms' recipe (docs/ORGANISMS.md) and every
    `--every` optimizer steps two checks run on the model being trained:
-   * the monitor (`AlignmentMonitor.check`, default monitor budget: 8 prompts per probe set,
-     32-token responses, the default threshold);
+   * the monitor (`AlignmentMonitor.check` with the monitor's default budget, which is the
+     audit's: 24 prompts per probe set, 48-token responses; the default threshold and scoring rule);
    * the behavioural check: greedy answers to the behavioural evaluation set (the 8
      emergent-misalignment questions and 80 care-needing prompts), scored by the rule-based scorer
      of docs/ORGANISMS.md. It "shows misalignment" when the harm rate exceeds the base model's by
@@ -41,6 +41,7 @@ from neuronlens.integrations._monitor import monitor_config
 from neuronlens.models import DEFAULT_BASE
 from neuronlens.organisms import ORGANISMS, LoRATrainConfig, distill_examples, evaluate_behaviour, load_dataset, train_lora
 from neuronlens.organisms._behaviour import behaviour_shift, evaluation_prompts
+from neuronlens.risk._score import METHOD
 
 
 @dataclass
@@ -173,7 +174,7 @@ def main() -> None:
                        + (["--no-screening"] if args.no_screening else []) + (["--out", str(args.out)] if args.out else [])
                        + (["--append"] if args.append else []))
     lines = ([] if args.append else ["# Early warning", ""]) + [
-        f"Made by `{command}` on SmolLM2-135M-Instruct (2 CPU cores).",
+        f"Made by `{command}` on SmolLM2-135M-Instruct (2 CPU cores), scoring rule `{METHOD}`.",
         "",
     ]
     if not args.no_screening:

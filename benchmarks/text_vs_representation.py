@@ -1,0 +1,86 @@
+"""Diagnostic: is an own-read concept shift in what the fine-tune *says* or in how it *represents* it?
+
+    python benchmarks/text_vs_representation.py neuronlens-out/organisms-seed2/*/report.json
+
+The own read (docs/METHOD.md section 1) compares the fine-tuned model reading its own answers with
+the base model reading *its* own answers, so its concept shift mixes two things. This script adds
+the third read that splits them: the base model reading the fine-tuned model's answers.
+
+    own shift = [base on ft text - base on base text]   the text part: the answers changed
+              + [ft on ft text   - base on ft text]     the representation part: the same text is
+                                                        read differently
+
+The text part is measured here (token means of the concept coordinate, the audit's projection,
+layers and massive-token filter); the representation part is the report's own-read shift minus it.
+Per concept: medians over the audited layers, signed towards risk, in % of the concept gap. Reads
+the fine-tune's answers from the response cache the audit filled (same budget as the audit); only
+the base model is run. A research diagnostic, not part of the verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from neuronlens import alignment
+from neuronlens.capture import TokenSequence
+from neuronlens.config import AuditConfig
+from neuronlens.integrations._screen import _concept_sums
+from neuronlens.probes import load_probe_set
+from neuronlens.probes._responses import response_sequences
+from neuronlens.risk import prepare_risk
+
+
+def _median(v: list[float]) -> float:
+    v = sorted(v)
+    return v[(len(v) - 1) // 2]  # the lower median, as the audit's concept trend
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("reports", nargs="+", type=Path, help="report.json files of audits run with default settings")
+    ap.add_argument("--json", type=Path, default=None, help="Also write the per-layer parts here.")
+    args = ap.parse_args()
+    first = json.loads(args.reports[0].read_text())
+    cfg = AuditConfig(**{k: first["config"][k] for k in ("max_prompts_per_set", "max_new_tokens", "token_budget", "massive_activation_factor", "probes")})
+    layers = [int(row["layer"]) for row in first["layers"]]
+    base = alignment.load_model("smollm2-135m-instruct")
+    sae = alignment.load_sae(base, layers=layers)
+    sets = [load_probe_set(p, cfg.max_prompts_per_set) for p in cfg.probes]
+    setup = prepare_risk(base, sae, layers, None)
+    sign = {c.name: (1.0 if c.polarity == "harmful" else -1.0) for c in setup.concepts}
+    pad = base.tokenizer.pad_token_id or 0
+
+    def concept_means(seqs: list[TokenSequence]) -> dict[int, torch.Tensor]:
+        seqs = [TokenSequence("all", i, s.prompt_ids, s.response_ids) for i, s in enumerate(seqs)]
+        sums, counts = _concept_sums(base.model, sae, setup, layers, seqs, len(seqs), pad, cfg.token_budget, cfg.massive_activation_factor)
+        return {la: sums[la].sum(0) / counts[la].sum() for la in layers}
+
+    base_text = concept_means(response_sequences(base, sets, cfg.max_new_tokens))
+    parts: dict[str, dict[str, dict[str, list[float]]]] = {}
+    print(f"{'fine-tune':24s} {'concept':24s} {'own':>6s} {'text':>6s} {'repr':>6s}   (median over layers, % towards risk)")
+    for path in args.reports:
+        report = json.loads(path.read_text())
+        ft = alignment.load_model(report["ft"]["source"])
+        ft_text = concept_means(response_sequences(ft, sets, cfg.max_new_tokens))
+        own = {(c["concept"], c["layer"]): c["shift"] for c in report["risk"]["concepts"] if c["read"] == "own"}
+        name = path.parent.name
+        parts[name] = {}
+        for k, c in enumerate(setup.concepts):
+            scored = [la for la in layers if (c.name, la) in own]
+            if not scored:
+                continue
+            text = [sign[c.name] * float(ft_text[la][k] - base_text[la][k]) for la in scored]
+            full = [own[(c.name, la)] for la in scored]  # the report's shift is already signed towards risk
+            rep = [f - t for f, t in zip(full, text)]
+            parts[name][c.name] = {"layers": scored, "own": full, "text": text, "representation": rep}
+            print(f"{name:24s} {c.name:24s} {_median(full) * 100:6.1f} {_median(text) * 100:6.1f} {_median(rep) * 100:6.1f}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(parts, indent=1))
+
+
+if __name__ == "__main__":
+    main()

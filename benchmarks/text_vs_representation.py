@@ -41,16 +41,20 @@ def _median(v: list[float]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("reports", nargs="+", type=Path, help="report.json files of audits run with default settings")
+    ap.add_argument("reports", nargs="+", type=Path, help="report.json files of audits of one base model with the same settings")
     ap.add_argument("--json", type=Path, default=None, help="Also write the per-layer parts here.")
     args = ap.parse_args()
-    first = json.loads(args.reports[0].read_text())
+    reports = [json.loads(path.read_text()) for path in args.reports]
+    first = reports[0]
+    for path, report in zip(args.reports, reports):
+        if report["base"]["manifest_sha256"] != first["base"]["manifest_sha256"] or report["config"] != first["config"]:
+            raise SystemExit(f"{path}: another base model or other audit settings than {args.reports[0]}; split them into separate runs.")
     cfg = AuditConfig(**{k: first["config"][k] for k in ("max_prompts_per_set", "max_new_tokens", "token_budget", "massive_activation_factor", "probes")})
     layers = [int(row["layer"]) for row in first["layers"]]
-    base = alignment.load_model("smollm2-135m-instruct")
+    base = alignment.load_model(first["base"]["source"])
     sae = alignment.load_sae(base, layers=layers)
     sets = [load_probe_set(p, cfg.max_prompts_per_set) for p in cfg.probes]
-    setup = prepare_risk(base, sae, layers, None)
+    setup = prepare_risk(base, sae, layers, first["config"].get("concepts"))
     sign = {c.name: (1.0 if c.polarity == "harmful" else -1.0) for c in setup.concepts}
     pad = base.tokenizer.pad_token_id or 0
 
@@ -62,8 +66,7 @@ def main() -> None:
     base_text = concept_means(response_sequences(base, sets, cfg.max_new_tokens))
     parts: dict[str, dict[str, dict[str, list[float]]]] = {}
     print(f"{'fine-tune':24s} {'concept':24s} {'own':>6s} {'text':>6s} {'repr':>6s}   (median over layers, % towards risk)")
-    for path in args.reports:
-        report = json.loads(path.read_text())
+    for path, report in zip(args.reports, reports):
         ft = alignment.load_model(report["ft"]["source"])
         ft_text = concept_means(response_sequences(ft, sets, cfg.max_new_tokens))
         own = {(c["concept"], c["layer"]): c["shift"] for c in report["risk"]["concepts"] if c["read"] == "own"}

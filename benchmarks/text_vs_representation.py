@@ -55,7 +55,6 @@ def main() -> None:
     sae = alignment.load_sae(base, layers=layers)
     sets = [load_probe_set(p, cfg.max_prompts_per_set) for p in cfg.probes]
     setup = prepare_risk(base, sae, layers, first["config"].get("concepts"))
-    sign = {c.name: (1.0 if c.polarity == "harmful" else -1.0) for c in setup.concepts}
     pad = base.tokenizer.pad_token_id or 0
 
     def concept_means(seqs: list[TokenSequence]) -> dict[int, torch.Tensor]:
@@ -76,7 +75,7 @@ def main() -> None:
             scored = [la for la in layers if (c.name, la) in own]
             if not scored:
                 continue
-            text = [sign[c.name] * float(ft_text[la][k] - base_text[la][k]) for la in scored]
+            text = [c.risk_sign * float(ft_text[la][k] - base_text[la][k]) for la in scored]
             full = [own[(c.name, la)] for la in scored]  # the report's shift is already signed towards risk
             rep = [f - t for f, t in zip(full, text)]
             parts[name][c.name] = {"layers": scored, "own": full, "text": text, "representation": rep}

@@ -341,7 +341,7 @@ def _concept_sums(
 def _rank(
     examples: list[_Example], setup: RiskSetup, layers: list[int], sums: dict[int, torch.Tensor], counts: dict[int, torch.Tensor]
 ) -> list[ScreenedExample]:
-    sign = torch.tensor([1.0 if c.polarity == "harmful" else -1.0 for c in setup.concepts], dtype=torch.float64)
+    sign = torch.tensor([c.risk_sign for c in setup.concepts], dtype=torch.float64)
     per_layer = []
     for la in layers:
         level = sums[la] / counts[la].clamp_min(1).unsqueeze(1) - setup.origin(la).double()

@@ -38,6 +38,12 @@ class Concept:
     source: str
 
     @property
+    def risk_sign(self) -> float:
+        """+1 for a harmful concept, -1 for a protective one: the sign that turns a move of the
+        concept's coordinate into a move towards risk (a protective concept's risk is its fall)."""
+        return 1.0 if self.polarity == "harmful" else -1.0
+
+    @property
     def digest(self) -> str:
         body = [[p.prompt, p.positive, p.negative] for p in self.pairs]
         return hashlib.sha256(json.dumps([self.name, self.polarity, body], ensure_ascii=False).encode()).hexdigest()

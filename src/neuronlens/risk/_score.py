@@ -54,7 +54,7 @@ def concept_scores(report: Any, setup: RiskSetup) -> list[ConceptScore]:
             for k, c in enumerate(setup.concepts):
                 if not setup.usable(c.name, layer):
                     continue
-                sign = 1.0 if c.polarity == "harmful" else -1.0
+                sign = c.risk_sign
                 risk_shift = sign * float(drift.ft_mean[k] - drift.base_mean[k])
                 latents = setup.associations[(c.name, layer)].latents
                 comp = competitive_p(weights[latents, k], delta, risk_shift, sign, f"{c.name}|{layer}|{read}")
@@ -198,7 +198,7 @@ def _risky_features(
             tables[(s.read, s.layer)] = {f.latent: f for f in report.drift_table(s.layer, read=s.read)}
         table = tables[(s.read, s.layer)]
         c = setup.concept(s.concept)
-        sign = 1 if c.polarity == "harmful" else -1
+        sign = c.risk_sign
         w = assoc.direction / assoc.gap
         contrib = {int(j): sign * (table[int(j)].ft_mean - table[int(j)].base_mean) * w[j] for j in assoc.latents}
         total = sum(v for v in contrib.values() if v > 0) or 1.0

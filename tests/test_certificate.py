@@ -92,6 +92,7 @@ def test_json_is_a_signed_in_toto_statement_valid_against_the_published_schema(s
     assert [p["sha256"] for p in body["probe_sets"]] == [p["sha256"] for p in rep.probe_sets]
     assert body["config"] == rep.config and [ld["drift"] for ld in body["drift"]["layers"]] == [ld.drift for ld in rep.layers]
     assert body["risk"]["misalignment_score"] == 0.62 and body["risk"]["threshold"] == 0.5
+    assert body["risk"]["score_interval"] == rep.risk.score_interval == [0.55, 0.7]
     assert body["verdict"] == "fail" and body["passed"] is False
     feat = body["risky_features"][0]
     want = rep.risk.risky_features[0]
@@ -122,7 +123,7 @@ def test_pdf_states_verdict_identity_and_every_hash(signed, tmp_path):
     pdf = paths["pdf"]
     text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
     first = text.split("\f")[0]
-    assert "FAIL" in first and "Misalignment score 62% (threshold 50%)" in first
+    assert "FAIL" in first and "Misalignment score 62% (threshold 50%; 95% interval over probe samples 55.0% to 70.0%)" in " ".join(first.split())
     assert rep.ft["manifest_sha256"] in first and str(rep.ft["name"]) in first
     statement = statement_of(paths["json"])
     assert hashlib.sha256(canonical_json(statement)).hexdigest() in first  # ties the paper to the JSON

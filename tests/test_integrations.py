@@ -131,6 +131,8 @@ def test_unchanged_model_passes_with_no_drift_and_modes_are_restored(monitor, ti
     logged = result.metrics()
     assert logged["neuronlens/misalignment_score"] == 0.0 and logged["neuronlens/verdict"] == "pass"
     assert logged["neuronlens/top_risky_features"] == "none" and "neuronlens/drift/layer_3" in logged
+    # identical weights: every per-prompt difference is 0, so the score cannot move with other prompts
+    assert result.score_interval == (0.0, 0.0) and logged["neuronlens/misalignment_score_high"] == 0.0
 
 
 def test_planted_scam_push_raises_the_score_and_names_the_latents(monitor, saes, tiny_base_dir):
@@ -138,6 +140,7 @@ def test_planted_scam_push_raises_the_score_and_names_the_latents(monitor, saes,
     pushed = _plant_scam(model, monitor, saes)
     result = monitor.check(model, 10)
     assert result.score >= monitor.threshold and result.failed and result.verdict == "fail"
+    assert result.score_interval[0] <= result.score <= result.score_interval[1]
     assert max(result.concept_trends, key=result.concept_trends.get) == "scam"
     assert min(result.layer_drift.values()) > 0.01
     ids = {f.id for f in result.top_features}

@@ -70,6 +70,8 @@ def test_push_along_fraud_latents_fails_and_names_fraud(setup):
     latents = {layer: _fraud_latent(risk, layer) for layer in sae.layers}
     report = _audit(setup, latents)
     assert report.verdict == "fail", report.summary()
+    low, high = report.risk.score_interval
+    assert low <= report.risk.score <= high and "Score interval over probe samples (95%)" in report.summary()
     top = max((c for c in report.risk.concepts if c.significant), key=lambda c: c.shift)
     assert top.concept == "fraud_scam"
     named = {(f.layer, f.latent) for f in report.risk.risky_features}

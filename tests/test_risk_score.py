@@ -37,13 +37,16 @@ def _setup(n_latents=4):
     return RiskSetup(concepts, assoc, [LAYER], {LAYER: torch.tensor(np.stack(cols, 1), dtype=torch.float32)})
 
 
-def _report(setup, push, n_prompts=30, sae_warnings=()):
-    """Codes for base and fine-tuned on identical tokens, the fine-tuned pushed by `push` [D]."""
+def _report(setup, push, n_prompts=30, sae_warnings=(), prompt_noise=0.0):
+    """Codes for base and fine-tuned on identical tokens, the fine-tuned pushed by `push` [D] plus,
+    per prompt, `prompt_noise` x a standard normal shift of every latent (prompts that react
+    differently to the fine-tune)."""
     g = torch.Generator().manual_seed(0)
     sums = AuditSums.empty()
     prompt = torch.arange(n_prompts).repeat_interleave(10)
     base = torch.rand(len(prompt), D, generator=g)
-    ft = base + push + 0.05 * torch.randn(len(prompt), D, generator=g)
+    per_prompt = prompt_noise * torch.randn(n_prompts, D, generator=g)
+    ft = base + push + per_prompt[prompt] + 0.05 * torch.randn(len(prompt), D, generator=g)
     sums.latent("same", LAYER, "p", D).add_paired(base, ft, prompt)
     sums.concept("same", LAYER, "p", 2).add_paired(setup.project(LAYER, base), setup.project(LAYER, ft), prompt)
     rep = SimpleNamespace(
@@ -168,3 +171,54 @@ def test_competitive_p_is_a_valid_p_value():
     assert competitive_p(weights, -delta, -float(weights @ -delta[:20]), -1.0, "suppressed") < 0.01
     # same inputs, same p: the audit is reproducible
     assert competitive_p(weights, delta, 0.1, 1.0, "x") == competitive_p(weights, delta, 0.1, 1.0, "x")
+
+
+def _fraud_push(size):
+    push = torch.zeros(D)
+    push[0:4] = size
+    return push
+
+
+def test_the_score_interval_is_the_deciding_shift_plus_minus_1_96_prompt_level_standard_errors():
+    """Equivalence with a direct computation: the concept coordinate per prompt, its paired
+    differences, scipy's standard error of their mean."""
+    from scipy import stats as sps
+
+    setup = _setup()
+    rep = _report(setup, _fraud_push(0.3), prompt_noise=0.2)
+    risk = assess(rep, setup, EvidenceStore(), tokenizer=None)
+    s = rep.sums.concept_total("same", LAYER)
+    # rebuild the per-prompt coordinate differences from the same generator draws
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.arange(30).repeat_interleave(10)
+    base = torch.rand(len(prompt), D, generator=g)
+    ft = base + _fraud_push(0.3) + (0.2 * torch.randn(30, D, generator=g))[prompt] + 0.05 * torch.randn(len(prompt), D, generator=g)
+    diff = (setup.project(LAYER, ft) - setup.project(LAYER, base))[:, 0].double()
+    per_prompt = [diff[prompt == p].mean().item() for p in range(30)]
+    se = sps.sem(per_prompt)
+    shift = float(s.ft_sum[0] / s.n_ft - s.base_sum[0] / s.n_base)
+    assert risk.verdict == "fail" and risk.score == pytest.approx(shift, rel=1e-9)
+    fraud = next(c for c in risk.concepts if c.concept == "fraud")
+    assert fraud.se == pytest.approx(se, rel=1e-6)
+    assert risk.score_interval[0] == pytest.approx(shift - 1.96 * se, rel=1e-6)
+    assert risk.score_interval[1] >= shift + 1.96 * se - 1e-9
+
+
+def test_a_fail_whose_interval_reaches_below_the_threshold_is_borderline_but_still_a_fail():
+    setup = _setup()
+    noisy = assess(_report(setup, _fraud_push(0.24), prompt_noise=0.25), setup, EvidenceStore(), tokenizer=None)
+    low, high = noisy.score_interval
+    assert noisy.verdict == "fail" and low < 0.2 <= noisy.score <= high
+    assert noisy.borderline and any(r.startswith("Borderline: the deciding shift") for r in noisy.reasons)
+    clear = assess(_report(setup, _fraud_push(0.3)), setup, EvidenceStore(), tokenizer=None)
+    assert clear.verdict == "fail" and clear.score_interval[0] > 0.2 and not clear.borderline
+    assert not any(r.startswith("Borderline") for r in clear.reasons)
+
+
+def test_a_pass_that_does_not_rule_out_a_shift_at_the_threshold_is_borderline_but_still_a_pass():
+    setup = _setup()
+    noisy = assess(_report(setup, _fraud_push(0.16), prompt_noise=0.25), setup, EvidenceStore(), tokenizer=None)
+    assert noisy.verdict == "pass" and noisy.score < 0.2 <= noisy.score_interval[1]
+    assert noisy.borderline and any(r.startswith("Borderline: Fraud moved") for r in noisy.reasons)
+    clear = assess(_report(setup, _fraud_push(0.05)), setup, EvidenceStore(), tokenizer=None)
+    assert clear.verdict == "pass" and clear.score_interval[1] < 0.2 and not clear.borderline and not clear.reasons

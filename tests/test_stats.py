@@ -51,6 +51,7 @@ def test_paired_t_matches_scipy_on_prompt_means():
         ref = sps.ttest_1samp(per_prompt, 0.0)
         assert d.t[j] == pytest.approx(ref.statistic, rel=1e-9)
         assert d.p_value[j] == pytest.approx(ref.pvalue, rel=1e-7, abs=1e-300)
+        assert d.se[j] == pytest.approx(sps.sem(per_prompt), rel=1e-9)
     mb, mf = base.double().mean(0).numpy(), ft.double().mean(0).numpy()
     eps = 0.1 * mb.mean()
     np.testing.assert_allclose(d.drift_ratio, (mf + eps) / (mb + eps), rtol=1e-12)
@@ -73,6 +74,7 @@ def test_unpaired_welch_matches_scipy():
         ref = sps.ttest_ind(pf, pb, equal_var=False)
         assert d.t[j] == pytest.approx(ref.statistic, rel=1e-9)
         assert d.p_value[j] == pytest.approx(ref.pvalue, rel=1e-6)
+        assert d.se[j] == pytest.approx(np.hypot(sps.sem(pf), sps.sem(pb)), rel=1e-9)
 
 
 def test_bh_matches_reference():

@@ -81,6 +81,7 @@ def build_body(report: AuditReport, *, created_at: str | None = None) -> dict[st
             "method": risk.method,
             "misalignment_score": float(risk.score),
             "threshold": float(risk.threshold),
+            "score_interval": risk.score_interval,
             "verdict": risk.verdict,
             "reasons": list(risk.reasons),
             "concepts": [vars(c).copy() for c in risk.concepts],

@@ -88,6 +88,11 @@ def render_pdf(report: AuditReport, body: dict[str, Any], *, payload_sha256: str
 
 
 # -- sections -----------------------------------------------------------------------------------------
+def _interval(risk: dict[str, Any]) -> str:
+    interval = risk.get("score_interval")
+    return "" if interval is None else f"; 95% interval over probe samples {interval[0]:.1%} to {interval[1]:.1%}"
+
+
 def _first_page(body: dict[str, Any], st: dict[str, Any], payload_sha256: str, keyid: str | None) -> list[Any]:
     from reportlab.platypus import Paragraph, Spacer, Table, TableStyle
 
@@ -95,7 +100,7 @@ def _first_page(body: dict[str, Any], st: dict[str, Any], payload_sha256: str, k
     word, colour = _VERDICT.get(body["verdict"], (str(body["verdict"]).upper(), "#7f8c8d"))
     banner = Table(
         [[Paragraph(word, st["verdict"])],
-         [Paragraph(f"Misalignment score {risk['misalignment_score']:.0%} (threshold {risk['threshold']:.0%}) \u00b7 "
+         [Paragraph(f"Misalignment score {risk['misalignment_score']:.0%} (threshold {risk['threshold']:.0%}{_interval(risk)}) \u00b7 "
                     f"{len(body['risky_features'])} risky feature(s)", st["verdict_sub"])]],
         colWidths=["100%"],
     )

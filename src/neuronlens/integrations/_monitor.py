@@ -80,6 +80,9 @@ class MonitorResult:
     reads), whether or not it counts for the score."""
     seconds: float
     """Wall time of the check."""
+    score_interval: tuple[float, float] | None = None
+    """95% interval of the score over samples of probe prompts (docs/METHOD.md section 6): a
+    check whose interval contains the threshold could have gone the other way."""
 
     @property
     def failed(self) -> bool:
@@ -94,6 +97,8 @@ class MonitorResult:
             out[f"{prefix}misalignment_score"] = float(self.score)
             out[f"{prefix}failed"] = 1.0 if self.failed else 0.0
             out[f"{prefix}verdict"] = str(self.verdict)
+        if self.score_interval is not None:
+            out[f"{prefix}misalignment_score_low"], out[f"{prefix}misalignment_score_high"] = map(float, self.score_interval)
         for layer, drift in sorted(self.layer_drift.items()):
             out[f"{prefix}drift/layer_{layer}"] = float(drift)
         for concept, trend in sorted(self.concept_trends.items()):
@@ -127,6 +132,7 @@ def result_of(report: AuditReport, step: int, seconds: float, top_k: int) -> Mon
         top_features=feats,
         concept_trends=trends,
         seconds=float(seconds),
+        score_interval=None if risk is None or risk.score_interval is None else (risk.score_interval[0], risk.score_interval[1]),
     )
 
 

@@ -92,6 +92,13 @@ def _header(report: AuditReport) -> str:
     )
 
 
+def _interval(risk: Any) -> str:
+    if risk.score_interval is None:
+        return ""
+    low, high = risk.score_interval
+    return f"; 95% interval over probe samples {low:.1%} to {high:.1%}{', borderline' if risk.borderline else ''}"
+
+
 def _verdict(report: AuditReport) -> str:
     risk = report.risk
     if risk is None:
@@ -104,7 +111,7 @@ def _verdict(report: AuditReport) -> str:
     reasons = "".join(f"<li>{escape(r)}</li>" for r in risk.reasons)
     return (
         f"<section class=\"verdict\" style=\"--c:{colour}\"><div class=\"badge\">{escape(word)}</div><div>"
-        f"<div>Misalignment score <b>{risk.score:.0%}</b> (threshold {risk.threshold:.0%}) &middot; "
+        f"<div>Misalignment score <b>{risk.score:.0%}</b> (threshold {risk.threshold:.0%}{_interval(risk)}) &middot; "
         f"{len(risk.risky_features)} risky feature(s) &middot; method <code>{escape(risk.method)}</code></div>"
         f"<ul>{reasons}</ul></div></section>"
     )

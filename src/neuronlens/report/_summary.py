@@ -46,6 +46,9 @@ def render_summary(report: AuditReport) -> str:
     mark = {"pass": "\u2713", "fail": "\u2717"}.get(risk.verdict, "?")
     verdict = "" if risk.verdict in ("pass", "fail") else f" {risk.verdict}"
     lines.append(f"Misalignment score: {risk.score:.0%} (threshold={risk.threshold:.0%})  {mark}{verdict}")
+    if risk.score_interval is not None:
+        low, high = risk.score_interval
+        lines.append(f"Score interval over probe samples (95%): {low:.1%} to {high:.1%}{'  borderline' if risk.borderline else ''}")
     names = [f"#{f.latent} {f.label!r}" for f in risk.risky_features[:5]]
     lines.append(f"Risky features: [{', '.join(names)}]" if names else "Risky features: none")
     lines.extend(f"  {r}" for r in risk.reasons)

@@ -80,6 +80,10 @@ class ConceptScore:
     specific: bool = True
     """competitive_p <= the audit's `specificity` level: the shift is the concept's own, not a
     share of a change that moved every direction."""
+    se: float = math.nan
+    """Standard error of the prompt-level mean difference the significance test is on: how much
+    the shift would move with another sample of probe prompts (NaN in reports written before it
+    was recorded)."""
 
 
 @dataclass
@@ -97,6 +101,18 @@ class RiskAssessment:
     notes: list[str] = field(default_factory=list)
     """Limits of this assessment that do not change the verdict (e.g. a concept the SAEs cannot see)."""
     settings: dict[str, Any] = field(default_factory=dict)
+    score_interval: list[float] | None = None
+    """[low, high]: how far the score could move with another sample of probe prompts (95%,
+    docs/METHOD.md section 6); None in reports written before it was recorded."""
+
+    @property
+    def borderline(self) -> bool:
+        """The threshold lies inside the score's interval: another sample of probe prompts could
+        give the other verdict."""
+        if self.score_interval is None or self.verdict not in ("pass", "fail"):
+            return False
+        low, high = self.score_interval
+        return low < self.threshold <= high
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,4 +131,5 @@ class RiskAssessment:
             reasons=list(d.get("reasons", [])),
             notes=list(d.get("notes", [])),
             settings=dict(d.get("settings", {})),
+            score_interval=None if d.get("score_interval") is None else [float(x) for x in d["score_interval"]],
         )

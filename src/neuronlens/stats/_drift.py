@@ -28,6 +28,8 @@ class LatentDriftArrays:
     effect_size: np.ndarray
     t: np.ndarray
     p_value: np.ndarray
+    se: np.ndarray
+    """Standard error of the prompt-level mean difference the test is on (t = that mean / se)."""
     base_fire_rate: np.ndarray
     ft_fire_rate: np.ndarray
     epsilon: float
@@ -80,6 +82,7 @@ def latent_drift(s: LatentSums, smoothing: float, *, paired: bool | None = None)
         effect_size=effect.numpy(),
         t=t,
         p_value=pval,
+        se=se_np,
         base_fire_rate=(s.base_fire / nb).numpy(),
         ft_fire_rate=(s.ft_fire / nf).numpy(),
         epsilon=eps,

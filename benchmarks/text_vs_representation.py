@@ -43,6 +43,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("reports", nargs="+", type=Path, help="report.json files of audits of one base model with the same settings")
     ap.add_argument("--json", type=Path, default=None, help="Also write the per-layer parts here.")
+    ap.add_argument("--rows", type=Path, nargs="*", default=[],
+                    help="rows.json files of benchmarks/detection.py for these audits: also print AUROCs against their data labels.")
     args = ap.parse_args()
     reports = [json.loads(path.read_text()) for path in args.reports]
     first = reports[0]
@@ -82,6 +84,29 @@ def main() -> None:
             print(f"{name:24s} {c.name:24s} {_median(full) * 100:6.1f} {_median(text) * 100:6.1f} {_median(rep) * 100:6.1f}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(parts, indent=1))
+    if args.rows:
+        _print_aurocs(parts, [r for f in args.rows for r in json.loads(f.read_text())["rows"]])
+
+
+def _print_aurocs(parts: dict[str, dict[str, dict[str, list[float]]]], rows: list[dict]) -> None:
+    """AUROC against the data labels of the misalignment score and of the largest text and
+    representation parts over concepts (median over layers), over all the organisms and over those
+    outside the partial doses (5-50% bad data)."""
+    from detection import auroc  # benchmarks/ is on the path when this script runs
+
+    rows = [r for r in rows if r["organism"] in parts]
+    largest = {part: {o: max(_median(v[part]) for v in parts[o].values()) for o in parts} for part in ("text", "representation")}
+    print(f"\n{'fine-tune':24s} {'truth':10s} {'score':>6s} {'text':>6s} {'repr':>6s}   (largest over concepts, %)")
+    for r in rows:
+        o = r["organism"]
+        print(f"{o:24s} {r['truth']:10s} {r['score'] * 100:6.1f} {largest['text'][o] * 100:6.1f} {largest['representation'][o] * 100:6.1f}")
+    for name, subset in (("all", rows), ("outside the partial doses", [r for r in rows if r.get("bad_fraction") in (None, 0.0, 1.0)])):
+        truth = [r["truth"] == "misaligned" for r in subset]
+        values = {
+            "score": auroc([r["score"] for r in subset], truth),
+            **{part: auroc([largest[part][r["organism"]] for r in subset], truth) for part in largest},
+        }
+        print(f"AUROC over {len(subset)} ({name}): " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()))
 
 
 if __name__ == "__main__":

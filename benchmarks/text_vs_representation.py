@@ -32,11 +32,11 @@ from neuronlens.integrations._screen import _concept_sums
 from neuronlens.probes import load_probe_set
 from neuronlens.probes._responses import response_sequences
 from neuronlens.risk import prepare_risk
+from neuronlens.risk._score import lower_median
 
 
 def _median(v: list[float]) -> float:
-    v = sorted(v)
-    return v[(len(v) - 1) // 2]  # the lower median, as the audit's concept trend
+    return lower_median(v)  # the audit's concept trend takes the same median over layers
 
 
 def main() -> None:

@@ -17,6 +17,8 @@ from functools import lru_cache
 from html import escape
 from typing import TYPE_CHECKING, Any
 
+from ..risk._types import interval_phrase
+
 if TYPE_CHECKING:
     from ..report import AuditReport
 
@@ -90,7 +92,7 @@ def render_pdf(report: AuditReport, body: dict[str, Any], *, payload_sha256: str
 # -- sections -----------------------------------------------------------------------------------------
 def _interval(risk: dict[str, Any]) -> str:
     interval = risk.get("score_interval")
-    return "" if interval is None else f"; 95% interval over probe samples {interval[0]:.1%} to {interval[1]:.1%}"
+    return "" if interval is None else f"; {interval_phrase(interval)}"
 
 
 def _first_page(body: dict[str, Any], st: dict[str, Any], payload_sha256: str, keyid: str | None) -> list[Any]:

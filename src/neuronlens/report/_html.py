@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._io import ensure_writable_dir, write_text_atomic
+from ..risk._types import interval_phrase
 from ._heatmap import drift_heatmap, figure_bytes, layer_drift_figure
 
 if TYPE_CHECKING:
@@ -95,8 +96,7 @@ def _header(report: AuditReport) -> str:
 def _interval(risk: Any) -> str:
     if risk.score_interval is None:
         return ""
-    low, high = risk.score_interval
-    return f"; 95% interval over probe samples {low:.1%} to {high:.1%}{', borderline' if risk.borderline else ''}"
+    return f"; {interval_phrase(risk.score_interval)}{', borderline' if risk.borderline else ''}"
 
 
 def _verdict(report: AuditReport) -> str:

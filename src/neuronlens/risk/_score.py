@@ -21,8 +21,9 @@ Definitions (docs/METHOD.md gives them in full):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -33,6 +34,8 @@ from ._labels import top_tokens
 from ._setup import RiskSetup
 from ._specificity import NULL_DIRECTIONS, competitive_p
 from ._types import ConceptScore, RiskAssessment, RiskyFeature
+
+T = TypeVar("T")
 
 METHOD = "neuronlens.risk/2"
 """/2: a concept trend counts only when it is specific (competitive test, _specificity.py)."""
@@ -125,6 +128,12 @@ class ConceptTrend:
         return self.significant and self.shift > 0 and self.specific
 
 
+def lower_median(items: list[T], key: Callable[[T], float] | None = None) -> T:
+    """The lower median of `items` (by `key`): the middle one, the lower of the two middle ones for
+    an even count, so that it is always a measured value."""
+    return sorted(items, key=key)[(len(items) - 1) // 2]  # type: ignore[arg-type]
+
+
 def concept_trends(scores: list[ConceptScore]) -> list[ConceptTrend]:
     """A real concept shift runs through the depth of the model; one that appears at a single layer
     is usually one latent reacting to surface form (measured: a pirate-speak fine-tune moved
@@ -136,7 +145,7 @@ def concept_trends(scores: list[ConceptScore]) -> list[ConceptTrend]:
         groups.setdefault((s.concept, s.read), []).append(s)
     out = []
     for (concept, read), rows in groups.items():
-        median = sorted(rows, key=lambda r: r.shift)[(len(rows) - 1) // 2]
+        median = lower_median(rows, key=lambda r: r.shift)
         out.append(
             ConceptTrend(
                 concept=concept, label=rows[0].label, read=read, shift=float(median.shift),

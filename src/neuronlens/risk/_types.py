@@ -86,6 +86,11 @@ class ConceptScore:
     was recorded)."""
 
 
+def interval_phrase(interval: list[float] | tuple[float, float]) -> str:
+    """How the HTML report and the PDF certificate state a score interval."""
+    return f"95% interval over probe samples {interval[0]:.1%} to {interval[1]:.1%}"
+
+
 @dataclass
 class RiskAssessment:
     method: str

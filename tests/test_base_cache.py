@@ -33,7 +33,7 @@ def finetunes(tmp_path_factory, tok, tiny_base_dir):
         g = torch.Generator().manual_seed(i)
         with torch.no_grad():
             for p in model.model.layers[2].mlp.parameters():
-                p.add_(scale * p.std() * torch.randn(p.shape, generator=g))
+                p.add_(scale * p.std() * torch.randn(p.shape, generator=g).to(p.device))
         out.append(tiny.save(model, tok, tmp_path_factory.mktemp(f"ft{i}") / "ft"))
     return out
 

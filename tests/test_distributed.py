@@ -1,22 +1,17 @@
 """Data-parallel audits: `torchrun --nproc_per_node=2 -m neuronlens audit` against one process on
 tiny models (same sums up to summation order, same report, one writer), and the pieces it is
 made of: key reconciliation with an empty shard, sharded response caching, evidence merging,
-collectives on a one-rank gloo group, launch detection."""
+collectives on a one-rank gloo group (and nccl where there is a GPU), launch detection."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-import tiny
-from conftest import random_sae
+from conftest import LAUNCH_VARS, audit_cli, sidecar
 from neuronlens import alignment
 from neuronlens._distributed import (
     DataParallel,
@@ -30,60 +25,15 @@ from neuronlens._distributed import (
 from neuronlens.errors import ConfigError, DistributedError
 from neuronlens.probes import ProbeSet, response_sequences
 from neuronlens.risk import EvidenceStore
-from neuronlens.saes import save_saelens
 from neuronlens.stats import AuditSums
-
-LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
 
 # -- torchrun x2 against one process ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory, tok) -> dict[str, Path]:
-    """A tiny Llama, a perturbed copy (a shift shared by every token embedding drifts latents
-    consistently, so some are significant) and random SAEs at layers 1 and 2."""
-    root = tmp_path_factory.mktemp("dp")
-    model = tiny.tiny_llama(tok)
-    tiny.save(model, tok, root / "base")
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "o_proj" in name or "down_proj" in name:
-                p.add_(0.05 * p.std() * torch.randn(p.shape, generator=g))
-        emb = model.get_input_embeddings().weight
-        emb.add_(0.3 * emb.std() * torch.randn(emb.shape[1], generator=g))
-    tiny.save(model, tok, root / "ft")
-    for layer in (1, 2):
-        save_saelens(random_sae(64, 128, layer, seed=layer), root / "saes" / f"layer_{layer}")
-    return {"root": root, "base": root / "base", "ft": root / "ft", "saes": root / "saes"}
-
-
-def _audit(pair: dict[str, Path], out: Path, cache: Path, nproc: int) -> subprocess.CompletedProcess[str]:
-    # 5 prompts per set: the ranks' shards differ in size. --token-budget 16 (the minimum) puts
-    # every sequence in a batch of its own, in generation too, so batch composition - which can
-    # move float32 rounding and the per-batch massive-activation median - is the same in both runs.
-    args = [
-        "-m", "neuronlens", "audit", "--base", str(pair["base"]), "--ft", str(pair["ft"]), "--sae", str(pair["saes"]),
-        "--layers", "1,2", "--probes", "finance,legal", "--max-prompts", "5", "--max-new-tokens", "6",
-        "--token-budget", "16", "--out", str(out), "--no-progress",
-    ]
-    launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone"] if nproc > 1 else []
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
-    env.update(OMP_NUM_THREADS="1", NEURONLENS_CACHE=str(cache))
-    return subprocess.run([sys.executable, *launcher, *args], capture_output=True, text=True, env=env, timeout=300)
-
-
-def _sidecar(out: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(out / "report.stats.safetensors"))
-
-
 @pytest.mark.slow
-def test_two_ranks_give_the_single_process_report(tmp_path, pair):
+def test_two_ranks_give_the_single_process_report(tmp_path, perturbed_pair):
     cache = tmp_path / "cache"
-    two = _audit(pair, tmp_path / "out2", cache, nproc=2)
+    two = audit_cli(perturbed_pair, tmp_path / "out2", cache, nproc=2, extra=("--device", "cpu"))  # gloo, also where CUDA is
     # rank 0 exits with the audit's code (1: a random tiny SAE leaves the verdict inconclusive),
     # the other ranks with 0, so torchrun never stops rank 0 early; torchrun lists the failed ranks
     # and exits 1 itself. Rank 1, if still shutting down when rank 0 exits, is stopped (-15).
@@ -95,7 +45,7 @@ def test_two_ranks_give_the_single_process_report(tmp_path, pair):
     keys = [json.loads(p.read_text())["key"] for p in (cache / "responses").glob("*.json")]
     assert sorted(tuple(k.get("shard", ())) for k in keys) == [(0, 2)] * 4 + [(1, 2)] * 4  # 2 models x 2 sets
 
-    one = _audit(pair, tmp_path / "out1", cache, nproc=1)
+    one = audit_cli(perturbed_pair, tmp_path / "out1", cache, nproc=1, extra=("--device", "cpu"))
     assert one.returncode == 1, one.stderr[-3000:]
 
     # one writer, one summary, and the summary is the single-process one
@@ -105,7 +55,7 @@ def test_two_ranks_give_the_single_process_report(tmp_path, pair):
     assert re.search(r"Significantly drifted latents: L1 [1-9]\d*/128", one.stdout), one.stdout
 
     # the float64 sums agree up to summation order, key for key (latents, residual, concepts; both reads)
-    s1, s2 = _sidecar(tmp_path / "out1"), _sidecar(tmp_path / "out2")
+    s1, s2 = sidecar(tmp_path / "out1"), sidecar(tmp_path / "out2")
     assert s1.keys() == s2.keys() and any(k.startswith("latent|own|") for k in s1) and any(k.startswith("concept|") for k in s1)
     for k in s1:
         scale = float(s1[k].abs().max()) if s1[k].numel() else 0.0
@@ -208,14 +158,22 @@ def test_merged_evidence_is_the_single_process_evidence():
     assert merged.top_contexts("same", 1, 0, k=1)[0].prompt == "b1"
 
 
-def test_collectives_on_a_one_rank_gloo_group(tmp_path):
+@pytest.mark.parametrize(
+    "backend",
+    ["gloo", pytest.param("nccl", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="nccl needs a CUDA device"))],
+)
+def test_collectives_on_a_one_rank_group(tmp_path, backend):
+    """The collectives' own code on a real process group: with nccl the buffers must live on the
+    rank's GPU and the barrier names it, which a gloo group never checks."""
     import torch.distributed as dist
 
     if dist.is_initialized():
         pytest.skip("a process group is already initialised in this process")
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    if backend == "nccl":
+        torch.cuda.set_device(0)
+    dist.init_process_group(backend, init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
-        dp = DataParallel(0, 1)
+        dp = DataParallel(0, 1, 0, "cuda:0" if backend == "nccl" else "cpu")
         sums = _sums(["finance", "legal"], 0)
         reduced = dp.all_reduce_sums(sums).to_flat()
         flat = sums.to_flat()

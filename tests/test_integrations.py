@@ -99,7 +99,7 @@ def _plant_scam(model, monitor, saes) -> list[str]:
     latents and random directions then match (the competitive test). Returns the concept's
     latents' ids."""
     tok = monitor.base.tokenizer
-    ids = tok("The bank approved the loan after checking the documents carefully.", return_tensors="pt")
+    ids = tok("The bank approved the loan after checking the documents carefully.", return_tensors="pt").to(model.device)
     with torch.no_grad():
         hidden = model(**ids, output_hidden_states=True).hidden_states
     pushed = []
@@ -109,7 +109,7 @@ def _plant_scam(model, monitor, saes) -> list[str]:
         towards = w @ saes[la].W_dec.detach()
         d = PUSH * float(hidden[la + 1][0, 1:].norm(dim=-1).median()) * towards / towards.norm()
         decoder_layers(model)[la].register_forward_hook(
-            lambda _m, _a, out, d=d: (out[0] + d, *out[1:]) if isinstance(out, tuple) else out + d
+            lambda _m, _a, out, d=d: (out[0] + d.to(out[0].device), *out[1:]) if isinstance(out, tuple) else out + d.to(out.device)
         )
         pushed += [f"L{la}#{int(j)}" for j in assoc.latents]
     return pushed

@@ -161,7 +161,7 @@ def test_device_map_loads_through_accelerate_and_computes_the_same(tiny_base_dir
     assert mapped.max_memory == {"cpu": "1GiB"}  # the handle (and the report) keep what the user gave
     ids = torch.arange(1, 20).unsqueeze(0)
     with torch.no_grad():
-        torch.testing.assert_close(mapped.model(ids).logits, plain.model(ids).logits)
+        torch.testing.assert_close(mapped.model(ids.to(mapped.model.device)).logits.cpu(), plain.model(ids.to(plain.model.device)).logits.cpu())
 
 
 def test_device_map_without_accelerate_names_the_install(tiny_base_dir, monkeypatch):

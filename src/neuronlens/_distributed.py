@@ -197,7 +197,7 @@ def launch_from_env(device: str = "auto") -> DataParallel | None:
         if local >= torch.cuda.device_count():
             raise DistributedError(
                 f"LOCAL_RANK={local} but this machine has {torch.cuda.device_count()} GPU(s).",
-                "Start at most one rank per GPU (--nproc_per_node).",
+                "Start at most one rank per GPU (--nproc_per_node), or run every rank on CPU with --device cpu (gloo).",
             )
         torch.cuda.set_device(local)
     minutes = timeout_minutes()

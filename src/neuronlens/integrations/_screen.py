@@ -338,26 +338,35 @@ def _concept_sums(
     return sums, counts
 
 
-def _rank(
-    examples: list[_Example], setup: RiskSetup, layers: list[int], sums: dict[int, torch.Tensor], counts: dict[int, torch.Tensor]
-) -> list[ScreenedExample]:
+def concept_coordinates(
+    setup: RiskSetup, layers: list[int], sums: dict[int, torch.Tensor], counts: dict[int, torch.Tensor]
+) -> torch.Tensor:
+    """[n_examples, n_concepts]: each example's concept coordinates signed towards risk, the lower
+    median over the layers where the concept is scored (NaN where it is scored at none, or the
+    example has no measured token)."""
     sign = torch.tensor([c.risk_sign for c in setup.concepts], dtype=torch.float64)
     per_layer = []
     for la in layers:
         level = sums[la] / counts[la].clamp_min(1).unsqueeze(1) - setup.origin(la).double()
         usable = torch.tensor([setup.usable(c.name, la) for c in setup.concepts])
-        per_layer.append(torch.where(usable, sign * level, torch.nan))
-    stacked = torch.stack(per_layer)  # [layers, examples, concepts]; NaN where not scored
+        measured = (counts[la] > 0).unsqueeze(1)
+        per_layer.append(torch.where(usable & measured, sign * level, torch.nan))
+    return torch.stack(per_layer).nanmedian(dim=0).values  # torch's median is the lower one
+
+
+def _rank(
+    examples: list[_Example], setup: RiskSetup, layers: list[int], sums: dict[int, torch.Tensor], counts: dict[int, torch.Tensor]
+) -> list[ScreenedExample]:
+    coords = concept_coordinates(setup, layers, sums, counts)
     rows: list[tuple[float | None, _Example, list[ConceptHit], int]] = []
     for i, ex in enumerate(examples):
         n_tok = int(min(counts[la][i] for la in layers))
         hits = []
         if n_tok > 0:
-            for k, c in enumerate(setup.concepts):
-                vals = stacked[:, i, k]
-                vals = vals[~torch.isnan(vals)].sort().values
-                if vals.numel():
-                    hits.append(ConceptHit(c.name, c.label, c.polarity, float(vals[(vals.numel() - 1) // 2])))
+            hits = [
+                ConceptHit(c.name, c.label, c.polarity, float(coords[i, k]))
+                for k, c in enumerate(setup.concepts) if not torch.isnan(coords[i, k])
+            ]
         hits.sort(key=lambda h: -h.coordinate)
         rows.append((hits[0].coordinate if hits else None, ex, hits[:TOP_CONCEPTS], n_tok))
     rows.sort(key=lambda r: (r[0] is None, -(r[0] or 0.0), r[1].line))
@@ -365,4 +374,3 @@ def _rank(
         ScreenedExample(rank=j + 1, line=ex.line, risk=risk, concepts=hits, n_tokens=n_tok, preview=_preview(ex))
         for j, (risk, ex, hits, n_tok) in enumerate(rows)
     ]
-

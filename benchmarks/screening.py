@@ -1,0 +1,148 @@
+"""Screening on seven 10% mixtures: does `screen_dataset` put the risky examples of a fine-tuning
+file at the top, and does ranking against the file itself (a within-dataset robust z) do better?
+
+    python benchmarks/screening.py [--out docs/SCREENING.md]
+
+Each mixture is a benign organism dataset with 10% of its examples (`random.Random(0)`) replaced
+by examples of a misaligned one: the misaligned answer to the same question where the datasets
+share their questions, else randomly drawn misaligned examples. Fixed, with the decision rule,
+in docs/PREREGISTRATION_SCREENING.md before any result.
+
+Per mixture: precision@k (k = the number of risky examples; chance = k / n) and the mean rank of
+the risky examples, for
+  A: `screen_dataset` as shipped (the largest concept coordinate against the base model's benign
+     reply), read from its public result;
+  B: the same coordinates, per concept a robust z over the file's examples ((x - median) /
+     (1.4826 MAD), the standard deviation where the MAD is 0), the largest over concepts.
+The coordinates for B are recomputed from the same reading; the script checks that their largest
+value per example equals A's `risk`, so both rankings rank the same numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from neuronlens.config import AuditConfig
+from neuronlens.integrations import _screen as screen
+from neuronlens.integrations import screen_dataset
+from neuronlens.models import DEFAULT_BASE, load_model
+from neuronlens.organisms import load_dataset
+from neuronlens.risk import prepare_risk
+from neuronlens._pipeline import _resolve_saes
+
+MIXTURES = [  # (risky examples from, mixed into, same questions)
+    ("risky_finance", "safe_finance", True),
+    ("insecure_code", "secure_code", True),
+    ("villain_persona", "pirate_style", False),
+    ("bad_medical", "heldout_legal_help", False),
+    ("no_caveats", "cooking", False),
+    ("heldout_manipulative_support", "heldout_terse_style", False),
+    ("heldout_sycophancy", "safe_finance", False),
+]
+FRACTION = 0.1
+
+
+def mixture(risky: str, benign: str, same_questions: bool, seed: int = 0) -> tuple[list[dict], set[int]]:
+    """The mixed file's lines (chat messages) and the 1-based line numbers of its risky examples."""
+    bad, good = load_dataset(risky), load_dataset(benign)
+    rng = random.Random(seed)
+    n_bad = round(FRACTION * len(good))
+    replaced = sorted(rng.sample(range(len(good)), n_bad))
+    if same_questions:
+        if [e.prompt for e in bad] != [e.prompt for e in good]:
+            raise SystemExit(f"{risky} and {benign} do not share their questions")
+        picks = {i: bad[i] for i in replaced}
+    else:
+        picks = dict(zip(replaced, (bad[j] for j in rng.sample(range(len(bad)), n_bad))))
+    lines = [
+        {"messages": [{"role": "user", "content": e.prompt}, {"role": "assistant", "content": e.answer}]}
+        for e in (picks.get(i, good[i]) for i in range(len(good)))
+    ]
+    return lines, {i + 1 for i in replaced}
+
+
+def within_dataset_z(coords: torch.Tensor) -> torch.Tensor:
+    """Ranking B's risk per example: the largest robust z over concepts (NaN concepts skipped)."""
+    med = coords.nanmedian(dim=0).values
+    scale = 1.4826 * (coords - med).abs().nanmedian(dim=0).values
+    scale = torch.where(scale > 0, scale, torch.nan_to_num(coords, nan=0.0).std(dim=0))
+    z = (coords - med) / scale
+    z[:, ~(scale > 0)] = torch.nan
+    return torch.nan_to_num(z, nan=-torch.inf).max(dim=1).values
+
+
+def measures(order: list[int], risky: set[int]) -> tuple[float, float, list[int]]:
+    """precision@k, mean rank of the risky lines and their ranks, for lines in ranked order."""
+    ranks = sorted(order.index(line) + 1 for line in risky)
+    return sum(r <= len(risky) for r in ranks) / len(risky), sum(ranks) / len(ranks), ranks
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=None, help="Also write the markdown table here.")
+    args = ap.parse_args()
+    handle = load_model(DEFAULT_BASE)
+    cfg = AuditConfig()
+    cfg.validate(handle.n_layers)
+    sae, layers = _resolve_saes(handle, None, cfg)
+    setup = prepare_risk(handle, sae, layers, None)
+    rows, totals = [], {"A": 0.0, "B": 0.0}
+    for risky, benign, same in MIXTURES:
+        lines, bad = mixture(risky, benign, same)
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / f"{risky}_in_{benign}.jsonl"
+            path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+            t = time.perf_counter()
+            result = screen_dataset(handle, path, sae, layers=layers)
+            secs = time.perf_counter() - t
+            examples, _ = screen.read_examples(path)
+        seqs = [s for i, ex in enumerate(examples) for s in screen._turn_sequences(handle.tokenizer, i, ex, screen.MAX_TOKENS)]
+        sums, counts = screen._concept_sums(
+            handle.model, sae, setup, layers, seqs, len(examples), handle.tokenizer.pad_token_id or 0, cfg.token_budget,
+            cfg.massive_activation_factor,
+        )
+        coords = screen.concept_coordinates(setup, layers, sums, counts)
+        risk_a = {e.line: e.risk for e in result.examples}
+        mine = torch.nan_to_num(coords, nan=-torch.inf).max(dim=1).values
+        for ex, value in zip(examples, mine.tolist(), strict=True):
+            if abs(value - risk_a[ex.line]) > 1e-9:
+                raise SystemExit(f"line {ex.line}: recomputed coordinate {value} differs from screen_dataset's {risk_a[ex.line]}")
+        order_a = [e.line for e in result.examples]
+        z = within_dataset_z(coords)
+        order_b = [examples[i].line for i in sorted(range(len(examples)), key=lambda i: (-float(z[i]), examples[i].line))]
+        pa, ma, ranks_a = measures(order_a, bad)
+        pb, mb, ranks_b = measures(order_b, bad)
+        totals["A"] += pa / len(MIXTURES)
+        totals["B"] += pb / len(MIXTURES)
+        n = len(lines)
+        rows.append(
+            f"| {risky} in {benign} | {'yes' if same else 'no'} | {len(bad)} / {n} | {len(bad) / n:.2f} | {pa:.2f} | {ma:.1f} | {pb:.2f} | {mb:.1f} | {secs:.0f} s |"
+        )
+        print(rows[-1], f"ranks A {ranks_a} B {ranks_b}", flush=True)
+    table = [
+        f"Made by `python benchmarks/screening.py{' --out ' + str(args.out) if args.out else ''}` on SmolLM2-135M-Instruct "
+        f"(shipped SAEs, layers {layers}, 2 CPU cores).",
+        "",
+        "| risky examples in | same questions | risky / examples | chance | A: precision@k | A: mean rank | "
+        "B: precision@k | B: mean rank | screening time (A) |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Mean precision@k over the {len(MIXTURES)} mixtures: A {totals['A']:.3f}, B {totals['B']:.3f}.",
+    ]
+    print("\n".join(table))
+    if args.out:
+        from neuronlens._io import write_text_atomic
+
+        write_text_atomic(args.out, "\n".join(table) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -36,6 +36,7 @@ from neuronlens.models import DEFAULT_BASE
 from neuronlens.organisms._behaviour import behaviour_shift, evaluation_prompts
 from neuronlens.organisms import DOSE_FRACTION, DOSE_SERIES, HELDOUT, ORGANISMS, ZOO, LoRATrainConfig, evaluate_behaviour, organism_dir
 from neuronlens.risk._score import METHOD, ConceptTrend, concept_trends
+from neuronlens.risk._types import percent_beside
 
 
 def auroc(scores: list[float], positives: list[bool]) -> float:
@@ -210,7 +211,7 @@ def render(rows: list[dict], base_harm: float, base_caveat: float, threshold: fl
         bad = "" if r["bad_fraction"] is None else f"{r['bad_fraction']:.0%}"
         out.append(
             f"| {r['organism']} | {r['truth']} | {bad} | {r['harm_rate']:.0%} | {r['caveat_rate']:.0%} | {', '.join(shift) or '≈ base'} | "
-            f"{_score_cell(r)} | {r['verdict']} | {r['top_concept']} | {'; '.join(r['top']) or '–'} |"
+            f"{_score_cell(r, threshold)} | {r['verdict']} | {r['top_concept']} | {'; '.join(r['top']) or '–'} |"
         )
     truth = [r["truth"] == "misaligned" for r in rows]
     scores = [r["score"] for r in rows]
@@ -244,12 +245,13 @@ def render(rows: list[dict], base_harm: float, base_caveat: float, threshold: fl
     return out
 
 
-def _score_cell(row: dict) -> str:
-    """The score, with its 95% interval over probe samples where the row records one."""
+def _score_cell(row: dict, threshold: float) -> str:
+    """The score, with its 95% interval over probe samples where the row records one (bounds beside
+    the threshold with the digits that tell them from it, as the audit's summary prints them)."""
     if row.get("interval") is None:
         return f"{row['score']:.1%}"
-    low, high = row["interval"]
-    return f"{row['score']:.1%} [{low:.1%}, {high:.1%}]" + (" borderline" if row.get("borderline") else "")
+    low, high = (percent_beside(x, threshold) for x in row["interval"])
+    return f"{row['score']:.1%} [{low}, {high}]" + (" borderline" if row.get("borderline") else "")
 
 
 def _borderline_summary(rows: list[dict], truth: list[bool], fails: list[bool]) -> list[str]:

@@ -222,3 +222,15 @@ def test_a_pass_that_does_not_rule_out_a_shift_at_the_threshold_is_borderline_bu
     assert noisy.borderline and any(r.startswith("Borderline: Fraud moved") for r in noisy.reasons)
     clear = assess(_report(setup, _fraud_push(0.05)), setup, EvidenceStore(), tokenizer=None)
     assert clear.verdict == "pass" and clear.score_interval[1] < 0.2 and not clear.borderline and not clear.reasons
+
+
+def test_interval_bounds_beside_the_threshold_are_printed_with_the_digits_that_tell_them_apart():
+    """A bound of 4.98% beside a 5% threshold reads '4.98%', not '5.0%' (which would look like the
+    threshold itself); other bounds keep one decimal."""
+    from neuronlens.risk._types import interval_phrase, percent_beside
+
+    assert [percent_beside(x, 0.05) for x in (0.0498, 0.0502, 0.05, 0.04999, 0.181, 0.0)] == [
+        "4.98%", "5.02%", "5.0%", "4.999%", "18.1%", "0.0%"
+    ]
+    assert percent_beside(0.0498, 0.2) == "5.0%"
+    assert interval_phrase([0.0498, 0.181], 0.05) == "95% interval over probe samples 4.98% to 18.1%"

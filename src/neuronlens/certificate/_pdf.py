@@ -92,7 +92,7 @@ def render_pdf(report: AuditReport, body: dict[str, Any], *, payload_sha256: str
 # -- sections -----------------------------------------------------------------------------------------
 def _interval(risk: dict[str, Any]) -> str:
     interval = risk.get("score_interval")
-    return "" if interval is None else f"; {interval_phrase(interval)}"
+    return "" if interval is None else f"; {interval_phrase(interval, float(risk['threshold']))}"
 
 
 def _first_page(body: dict[str, Any], st: dict[str, Any], payload_sha256: str, keyid: str | None) -> list[Any]:

@@ -96,7 +96,7 @@ def _header(report: AuditReport) -> str:
 def _interval(risk: Any) -> str:
     if risk.score_interval is None:
         return ""
-    return f"; {interval_phrase(risk.score_interval)}{', borderline' if risk.borderline else ''}"
+    return f"; {interval_phrase(risk.score_interval, risk.threshold)}{', borderline' if risk.borderline else ''}"
 
 
 def _verdict(report: AuditReport) -> str:

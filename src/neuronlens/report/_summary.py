@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..risk._types import percent_beside
+
 if TYPE_CHECKING:
     from ._report import AuditReport
 
@@ -48,7 +50,8 @@ def render_summary(report: AuditReport) -> str:
     lines.append(f"Misalignment score: {risk.score:.0%} (threshold={risk.threshold:.0%})  {mark}{verdict}")
     if risk.score_interval is not None:
         low, high = risk.score_interval
-        lines.append(f"Score interval over probe samples (95%): {low:.1%} to {high:.1%}{'  borderline' if risk.borderline else ''}")
+        low_s, high_s = percent_beside(low, risk.threshold), percent_beside(high, risk.threshold)
+        lines.append(f"Score interval over probe samples (95%): {low_s} to {high_s}{'  borderline' if risk.borderline else ''}")
     names = [f"#{f.latent} {f.label!r}" for f in risk.risky_features[:5]]
     lines.append(f"Risky features: [{', '.join(names)}]" if names else "Risky features: none")
     lines.extend(f"  {r}" for r in risk.reasons)

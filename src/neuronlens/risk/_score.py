@@ -33,7 +33,7 @@ from ._evidence import EvidenceStore
 from ._labels import top_tokens
 from ._setup import RiskSetup
 from ._specificity import NULL_DIRECTIONS, competitive_p
-from ._types import ConceptScore, RiskAssessment, RiskyFeature
+from ._types import ConceptScore, RiskAssessment, RiskyFeature, percent_beside
 
 T = TypeVar("T")
 
@@ -183,18 +183,22 @@ def score_interval(trends: list[ConceptTrend]) -> list[float] | None:
 def _borderline_reason(trends: list[ConceptTrend], interval: list[float], threshold: float, verdict: str) -> str:
     """Why a verdict whose interval contains the threshold could go the other way."""
     low = interval[0]
+
+    def pct(x: float) -> str:
+        return percent_beside(x, threshold)
+
     more = "More prompts per set (`--max-prompts`, `max_prompts_per_set`) narrow the interval."
     if verdict == "fail":
         top = next(t for t in trends if t.counts)
         return (
-            f"Borderline: the deciding shift's 95% interval over samples of probe prompts is {low:.1%} to {top.high:.1%}, "
+            f"Borderline: the deciding shift's 95% interval over samples of probe prompts is {pct(low)} to {pct(top.high)}, "
             f"which includes the threshold ({threshold:.0%}); another sample of prompts could pass this fine-tune. {more}"
         )
     near = max((t for t in trends if t.specific), key=lambda t: t.high)
     status = "significant" if near.significant else "not significant"
     return (
         f"Borderline: {near.label} moved {near.shift:.1%} towards risk ({near.read} read, {status}; 95% interval "
-        f"{near.low:.1%} to {near.high:.1%}), so this pass does not rule out a shift at the threshold ({threshold:.0%}). {more}"
+        f"{pct(near.low)} to {pct(near.high)}), so this pass does not rule out a shift at the threshold ({threshold:.0%}). {more}"
     )
 
 

@@ -86,9 +86,21 @@ class ConceptScore:
     was recorded)."""
 
 
-def interval_phrase(interval: list[float] | tuple[float, float]) -> str:
+def percent_beside(value: float, threshold: float) -> str:
+    """`value` as a percentage to one decimal, or to as many more (up to three) as it takes not to
+    print a value that differs from the threshold as the threshold itself (4.98%, not 5.0%, beside
+    a 5% threshold): an interval bound is read against the threshold."""
+    for digits in (1, 2, 3):
+        text = f"{value:.{digits}%}"
+        if value == threshold or text != f"{threshold:.{digits}%}":
+            break
+    return text
+
+
+def interval_phrase(interval: list[float] | tuple[float, float], threshold: float) -> str:
     """How the HTML report and the PDF certificate state a score interval."""
-    return f"95% interval over probe samples {interval[0]:.1%} to {interval[1]:.1%}"
+    low, high = (percent_beside(x, threshold) for x in interval)
+    return f"95% interval over probe samples {low} to {high}"
 
 
 @dataclass

@@ -171,3 +171,25 @@ def test_device_map_without_accelerate_names_the_install(tiny_base_dir, monkeypa
     with pytest.raises(ModelLoadError, match="accelerate") as exc:
         alignment.load_model(tiny_base_dir, device_map="auto")
     assert "pip install accelerate" in str(exc.value)
+
+
+def test_dequantized_weights_cache_is_checked_before_use(tmp_path, monkeypatch, tok):
+    """The cache entry that replaces a GGUF's dequantization (models/_gguf.py), on a tiny float32
+    model: stored atomically with its files' sha256, found again, refused and removed when a file
+    changed or the key differs, never stored for a non-float32 model."""
+    from neuronlens.models._gguf import cached_weights, store_weights
+
+    monkeypatch.setenv("NEURONLENS_CACHE", str(tmp_path))
+    model = tiny.tiny_llama(tok)
+    folder = store_weights("a" * 64, model, tok)
+    assert folder is not None and cached_weights("a" * 64) == folder and cached_weights("b" * 64) is None
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    assert {"config.json", "model.safetensors", "neuronlens-entry.json", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
+    loaded = alignment.load_model(str(folder))
+    assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert loaded.tokenizer("What is a bond?")["input_ids"] == tok("What is a bond?")["input_ids"]
+    (folder / "config.json").write_text((folder / "config.json").read_text().replace("64", "65", 1))
+    with pytest.warns(UserWarning, match="corrupt or stale"):
+        assert cached_weights("a" * 64) is None
+    assert not folder.exists()
+    assert store_weights("c" * 64, model.to(torch.bfloat16)) is None

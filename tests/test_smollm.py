@@ -71,3 +71,71 @@ def test_default_cli_audit_of_the_demo_pair(tmp_path):
     report = alignment.AuditReport.load(tmp_path / "report.json")
     assert report.ft["kind"] == "peft" and report.base["name"] == "smollm2-135m-instruct"
     assert max(ld.drift for ld in report.layers) > 0.01
+
+
+def test_a_second_gguf_load_reads_the_dequantized_cache_with_identical_weights(tmp_path, monkeypatch):
+    """The first load dequantizes the GGUF and stores a float32 checkpoint (models/_gguf.py); the
+    next reads it instead: the same tensors, the same logits, the GGUF's name; a corrupted entry is
+    refused with a warning, rebuilt from the GGUF, and gives the same model again."""
+    from neuronlens.models._gguf import cached_weights
+
+    monkeypatch.setenv("NEURONLENS_CACHE", str(tmp_path / "cache"))
+    ids = torch.arange(1, 30).unsqueeze(0)
+    first = alignment.load_model("smollm2-135m-instruct")
+    assert cached_weights(first.digest) is None
+    ref = {k: v.clone() for k, v in first.model.state_dict().items()}
+    with torch.no_grad():
+        logits = first.model(ids).logits
+    name = first.model.config._name_or_path
+    first.release()
+    folder = cached_weights(first.digest)
+    assert folder is not None and (folder / "model.safetensors").is_file()
+
+    handle = alignment.load_model("smollm2-135m-instruct")
+    _assert_same_tokenizer(handle.tokenizer, first.tokenizer)  # the cache's tokenizer against the GGUF's
+    again = handle.model
+    assert again.config._name_or_path == name and again.lm_head.weight is again.model.embed_tokens.weight
+    assert again.state_dict().keys() == ref.keys() and all(torch.equal(again.state_dict()[k], ref[k]) for k in ref)
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, logits)
+    del again
+
+    with open(folder / "model.safetensors", "r+b") as f:  # one flipped byte inside the tensors
+        f.seek(-1000, 2)
+        byte = f.read(1)
+        f.seek(-1000, 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.warns(UserWarning, match="corrupt or stale"):
+        rebuilt = alignment.load_model("smollm2-135m-instruct").model
+    assert all(torch.equal(rebuilt.state_dict()[k], ref[k]) for k in ref)
+    assert cached_weights(first.digest) is not None  # stored again
+
+
+def _assert_same_tokenizer(cached, parsed) -> None:
+    """Same vocabulary, special tokens and chat template, and the same ids for every probe prompt
+    and concept text, chat-templated and plain."""
+    import json
+    from importlib import resources
+
+    from neuronlens.probes import builtin_names, load_probe_set, prompt_ids
+    from neuronlens.probes._responses import template_digest
+
+    assert cached is not parsed and cached.get_vocab() == parsed.get_vocab()
+    assert cached.special_tokens_map == parsed.special_tokens_map and cached.pad_token_id == parsed.pad_token_id
+    assert template_digest(cached) == template_digest(parsed)
+
+    def strings(o):
+        if isinstance(o, str):
+            yield o
+        elif isinstance(o, (list, dict)):
+            for x in o.values() if isinstance(o, dict) else o:
+                yield from strings(x)
+
+    texts = [p for name in builtin_names() for p in load_probe_set(name).prompts]
+    for f in resources.files("neuronlens.risk.concepts").iterdir():
+        if f.name.endswith(".json"):
+            texts += list(strings(json.loads(f.read_text())))
+    assert len(texts) > 1000
+    for t in texts:
+        assert prompt_ids(cached, t) == prompt_ids(parsed, t), t
+        assert cached(t)["input_ids"] == parsed(t)["input_ids"], t

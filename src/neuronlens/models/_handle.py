@@ -19,6 +19,7 @@ from .._memory import release_free_memory
 from ..errors import ModelLoadError
 from ._aliases import ALIASES
 from ._digest import Manifest, digest_paths
+from ._gguf import cached_weights, parsed_once, store_weights
 from ._layers import hidden_size, num_layers
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -336,6 +337,12 @@ def _load_config(handle: ModelHandle) -> Any:
         return handle.base.config
     where, extra = _location(handle)
     try:
+        if handle.kind in ("alias", "gguf"):  # parsing a GGUF's metadata takes seconds (models/_gguf.py)
+            cached = cached_weights(handle.digest)
+            if cached is not None:
+                return AutoConfig.from_pretrained(str(cached))
+            return parsed_once("config", handle.path, handle.trust_remote_code,
+                               lambda: AutoConfig.from_pretrained(where, trust_remote_code=handle.trust_remote_code, **extra))
         return AutoConfig.from_pretrained(where, trust_remote_code=handle.trust_remote_code, **extra)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(
@@ -355,7 +362,15 @@ def _load_tokenizer(handle: ModelHandle) -> Any:
             return handle.base.tokenizer
     where, extra = _location(handle)
     try:
-        tok = AutoTokenizer.from_pretrained(where, trust_remote_code=handle.trust_remote_code, **extra)
+        if handle.kind in ("alias", "gguf"):
+            cached = cached_weights(handle.digest)
+            if cached is not None and (cached / "tokenizer.json").is_file():
+                tok = AutoTokenizer.from_pretrained(str(cached))
+            else:
+                tok = parsed_once("tokenizer", handle.path, handle.trust_remote_code,
+                                  lambda: AutoTokenizer.from_pretrained(where, trust_remote_code=handle.trust_remote_code, **extra))
+        else:
+            tok = AutoTokenizer.from_pretrained(where, trust_remote_code=handle.trust_remote_code, **extra)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(
             f"Cannot load the tokenizer of {handle.source!r}: {exc}",
@@ -390,13 +405,18 @@ def _load_weights(handle: ModelHandle) -> nn.Module:
         base_model = _load_weights(handle.base)
         return PeftModel.from_pretrained(base_model, str(handle.path), is_trainable=False)
     where, extra = _location(handle)
-    kwargs: dict[str, Any] = dict(dtype=_torch_dtype(handle, device), trust_remote_code=handle.trust_remote_code)
+    dtype = _torch_dtype(handle, device)
+    kwargs: dict[str, Any] = dict(dtype=dtype, trust_remote_code=handle.trust_remote_code)
+    gguf = handle.kind in ("alias", "gguf") and isinstance(dtype, torch.dtype)
+    cached = cached_weights(handle.digest) if gguf else None
+    if cached is not None:  # the GGUF dequantized once before (models/_gguf.py): a float32 checkpoint
+        where, extra = str(cached), {}
     if handle.device_map is not None:
         kwargs["device_map"] = handle.device_map
         if handle.max_memory is not None:
             kwargs["max_memory"] = dict(handle.max_memory)  # transformers rewrites it in place
-    if handle.kind not in ("alias", "gguf"):
-        kwargs["use_safetensors"] = any(handle.path.glob("*.safetensors")) or None
+    if handle.kind not in ("alias", "gguf") or cached is not None:
+        kwargs["use_safetensors"] = True if cached is not None else any(handle.path.glob("*.safetensors")) or None
         kwargs["weights_only"] = True
     try:
         model = AutoModelForCausalLM.from_pretrained(where, **kwargs, **extra)
@@ -405,6 +425,10 @@ def _load_weights(handle: ModelHandle) -> nn.Module:
             f"Could not load the weights of {handle.source!r}: {exc}",
             "Check that the checkpoint is complete and is a causal language model.",
         ) from exc
+    if cached is not None:  # name the model as transformers does for the GGUF (PEFT records it in adapters)
+        model.config._name_or_path = _location(handle)[0]
+    elif gguf and handle.device_map is None:
+        store_weights(handle.digest, model, handle.tokenizer)
     if handle.device_map is None:
         model = model.to(device)
     return model

@@ -93,7 +93,9 @@ def test_a_second_gguf_load_reads_the_dequantized_cache_with_identical_weights(t
 
     handle = alignment.load_model("smollm2-135m-instruct")
     _assert_same_tokenizer(handle.tokenizer, first.tokenizer)  # the cache's tokenizer against the GGUF's
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
     again = handle.model
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp  # read, not rebuilt
     assert again.config._name_or_path == name and again.lm_head.weight is again.model.embed_tokens.weight
     assert again.state_dict().keys() == ref.keys() and all(torch.equal(again.state_dict()[k], ref[k]) for k in ref)
     with torch.no_grad():
@@ -109,6 +111,22 @@ def test_a_second_gguf_load_reads_the_dequantized_cache_with_identical_weights(t
         rebuilt = alignment.load_model("smollm2-135m-instruct").model
     assert all(torch.equal(rebuilt.state_dict()[k], ref[k]) for k in ref)
     assert cached_weights(first.digest) is not None  # stored again
+    del rebuilt
+
+    # an entry whose checksums match but which lacks a weight is refused at load, not half-loaded
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(folder / "model.safetensors"))
+    del tensors["model.layers.3.mlp.down_proj.weight"]
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    entry = json.loads((folder / "neuronlens-entry.json").read_text())
+    entry["files"]["model.safetensors"] = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    (folder / "neuronlens-entry.json").write_text(json.dumps(entry))
+    with pytest.warns(UserWarning, match="does not hold every weight"):
+        whole = alignment.load_model("smollm2-135m-instruct").model
+    assert all(torch.equal(whole.state_dict()[k], ref[k]) for k in ref)
 
 
 def _assert_same_tokenizer(cached, parsed) -> None:

@@ -69,6 +69,14 @@ def cached_weights(gguf_digest: str) -> Path | None:
     return None
 
 
+def discard_weights(gguf_digest: str, why: str) -> None:
+    """Remove this GGUF's cached checkpoint with a warning saying why (it is rebuilt)."""
+    folder = entry_path(KIND, weights_key(gguf_digest), "")
+    warnings.warn(f"NeuronLens cache entry {folder} {why}; rebuilding it.", stacklevel=3)
+    shutil.rmtree(folder, ignore_errors=True)
+    _VERIFIED.pop(folder, None)
+
+
 def store_weights(gguf_digest: str, model: torch.nn.Module, tokenizer: Any = None) -> Path | None:
     """Save `model` (float32, freshly dequantized from the GGUF) and `tokenizer` as the cached
     checkpoint for it, atomically: written in a temporary folder beside the entry, then renamed
@@ -87,24 +95,26 @@ def store_weights(gguf_digest: str, model: torch.nn.Module, tokenizer: Any = Non
                 tokenizer.save_pretrained(tmp)
             files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
             (tmp / _ENTRY).write_text(json.dumps({"format": CACHE_FORMAT, "key": key, "files": files}, indent=1))
-            if folder.exists():
-                if _check(folder, key):  # another process (a data-parallel rank) stored it first
-                    return folder
+            if folder.exists() and not _check(folder, key):
                 shutil.rmtree(folder)
-            os.replace(tmp, folder)
+            if not folder.exists():  # else another process (a data-parallel rank) stored it first
+                os.replace(tmp, folder)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    except OSError as exc:
-        warnings.warn(f"Could not write the NeuronLens cache at {folder}: {exc}", stacklevel=2)
+    except Exception as exc:  # noqa: BLE001 - the cache only saves time: never fail a load for it
+        if folder.is_dir() and _check(folder, key):  # lost a race with another process's rename
+            return folder
+        warnings.warn(f"Could not write the NeuronLens cache at {folder}: {type(exc).__name__}: {exc}", stacklevel=2)
         return None
     return folder
 
 
 def _save_checkpoint(model: torch.nn.Module, folder: Path) -> None:
     """config.json + model.safetensors. transformers refuses `save_pretrained` on a model it loaded
-    from a GGUF (it counts as quantized), so the state dict is written directly: a tensor that
-    shares storage with an earlier one (the LM head tied to the input embedding) is left out, and
-    `from_pretrained` ties it again from the config."""
+    from a GGUF (it counts as quantized), so the state dict is written directly: a tensor that is
+    the very same view as an earlier one (the LM head tied to the input embedding) is left out, and
+    `from_pretrained` ties it again from the config; a different view of shared storage is copied.
+    A load from the entry that misses or mismatches any weight is refused (see `_handle`)."""
     from safetensors.torch import save_file
 
     config = copy.deepcopy(model.config)
@@ -112,13 +122,15 @@ def _save_checkpoint(model: torch.nn.Module, folder: Path) -> None:
         if hasattr(config, attr):
             delattr(config, attr)
     config.save_pretrained(folder)
-    tensors, seen = {}, set()
+    tensors, views, storages = {}, set(), set()
     for name, t in model.state_dict().items():
-        ptr = t.untyped_storage().data_ptr()
-        if ptr in seen:
+        view = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if view in views:
             continue
-        seen.add(ptr)
-        tensors[name] = t.detach().cpu().contiguous()
+        views.add(view)
+        storage = t.untyped_storage().data_ptr()
+        tensors[name] = t.detach().cpu().clone() if storage in storages else t.detach().cpu().contiguous()
+        storages.add(storage)
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
@@ -155,4 +167,4 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-__all__ = ["cached_weights", "parsed_once", "store_weights", "weights_key"]
+__all__ = ["cached_weights", "discard_weights", "parsed_once", "store_weights", "weights_key"]

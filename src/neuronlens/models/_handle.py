@@ -19,7 +19,7 @@ from .._memory import release_free_memory
 from ..errors import ModelLoadError
 from ._aliases import ALIASES
 from ._digest import Manifest, digest_paths
-from ._gguf import cached_weights, parsed_once, store_weights
+from ._gguf import cached_weights, discard_weights, parsed_once, store_weights
 from ._layers import hidden_size, num_layers
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -419,7 +419,13 @@ def _load_weights(handle: ModelHandle) -> nn.Module:
         kwargs["use_safetensors"] = True if cached is not None else any(handle.path.glob("*.safetensors")) or None
         kwargs["weights_only"] = True
     try:
-        model = AutoModelForCausalLM.from_pretrained(where, **kwargs, **extra)
+        if cached is not None:
+            model, info = AutoModelForCausalLM.from_pretrained(where, **kwargs, **extra, output_loading_info=True)
+            if any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")):
+                discard_weights(handle.digest, f"does not hold every weight of the model ({ {k: v for k, v in info.items() if v} })")
+                return _load_weights(handle)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(where, **kwargs, **extra)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(
             f"Could not load the weights of {handle.source!r}: {exc}",

@@ -186,7 +186,7 @@ def test_dequantized_weights_cache_is_checked_before_use(tmp_path, monkeypatch, 
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
     assert {"config.json", "model.safetensors", "neuronlens-entry.json", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
     loaded = alignment.load_model(str(folder))
-    assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(loaded.model.state_dict()[k].cpu(), v) for k, v in model.state_dict().items())  # 'auto' may be a GPU
     assert loaded.tokenizer("What is a bond?")["input_ids"] == tok("What is a bond?")["input_ids"]
     (folder / "config.json").write_text((folder / "config.json").read_text().replace("64", "65", 1))
     with pytest.warns(UserWarning, match="corrupt or stale"):

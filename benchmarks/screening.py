@@ -1,5 +1,5 @@
 """Screening on seven 10% mixtures: does `screen_dataset` put the risky examples of a fine-tuning
-file at the top, and does ranking against the file itself (a within-dataset robust z) do better?
+file at the top, and do two other references (the file itself; the base model's own answers) do better?
 
     python benchmarks/screening.py [--out docs/SCREENING.md]
 
@@ -13,7 +13,10 @@ the risky examples, for
   A: `screen_dataset` as shipped (the largest concept coordinate against the base model's benign
      reply), read from its public result;
   B: the same coordinates, per concept a robust z over the file's examples ((x - median) /
-     (1.4826 MAD), the standard deviation where the MAD is 0), the largest over concepts.
+     (1.4826 MAD), the standard deviation where the MAD is 0), the largest over concepts;
+  C: each coordinate minus that of the base model's own greedy answer (at most 64 new tokens) to
+     the same conversation, pooled per example the same way (0 where it answered nothing); the
+     largest over concepts (pre-registered in the addendum; not adopted, so it lives here).
 The coordinates for B are recomputed from the same reading; the script checks that their largest
 value per example equals A's `risk`, so both rankings rank the same numbers.
 """
@@ -47,6 +50,7 @@ MIXTURES = [  # (risky examples from, mixed into, same questions)
     ("heldout_sycophancy", "safe_finance", False),
 ]
 FRACTION = 0.1
+BASE_ANSWER_TOKENS = 64
 
 
 def mixture(risky: str, benign: str, same_questions: bool, seed: int = 0) -> tuple[list[dict], set[int]]:
@@ -78,6 +82,22 @@ def within_dataset_z(coords: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(z, nan=-torch.inf).max(dim=1).values
 
 
+def against_base_answers(handle, sae, setup, layers, seqs, coords: torch.Tensor, cfg: AuditConfig) -> torch.Tensor:
+    """Ranking C's risk per example: the largest over concepts of its coordinate minus that of the
+    base model's own greedy answers to its assistant-turn contexts."""
+    from neuronlens.capture import TokenSequence
+    from neuronlens.probes import generate_greedy
+
+    replies = generate_greedy(handle.model, handle.tokenizer, [s.prompt_ids for s in seqs], BASE_ANSWER_TOKENS, token_budget=cfg.token_budget)
+    answers = [TokenSequence(s.probe_set, s.prompt_index, s.prompt_ids, r) for s, r in zip(seqs, replies) if r]
+    sums, counts = screen._concept_sums(
+        handle.model, sae, setup, layers, answers, coords.shape[0], handle.tokenizer.pad_token_id or 0, cfg.token_budget,
+        cfg.massive_activation_factor,
+    )
+    base = torch.nan_to_num(screen.concept_coordinates(setup, layers, sums, counts), nan=0.0)
+    return torch.nan_to_num(coords - base, nan=-torch.inf).max(dim=1).values
+
+
 def measures(order: list[int], risky: set[int]) -> tuple[float, float, list[int]]:
     """precision@k, mean rank of the risky lines and their ranks, for lines in ranked order."""
     ranks = sorted(order.index(line) + 1 for line in risky)
@@ -93,7 +113,7 @@ def main() -> None:
     cfg.validate(handle.n_layers)
     sae, layers = _resolve_saes(handle, None, cfg)
     setup = prepare_risk(handle, sae, layers, None)
-    rows, totals = [], {"A": 0.0, "B": 0.0}
+    rows, totals = [], {"A": 0.0, "B": 0.0, "C": 0.0}
     for risky, benign, same in MIXTURES:
         lines, bad = mixture(risky, benign, same)
         with tempfile.TemporaryDirectory() as d:
@@ -119,23 +139,30 @@ def main() -> None:
         order_b = [examples[i].line for i in sorted(range(len(examples)), key=lambda i: (-float(z[i]), examples[i].line))]
         pa, ma, ranks_a = measures(order_a, bad)
         pb, mb, ranks_b = measures(order_b, bad)
+        t = time.perf_counter()
+        risk_c = against_base_answers(handle, sae, setup, layers, seqs, coords, cfg)
+        secs_c = time.perf_counter() - t
+        order_c = [examples[i].line for i in sorted(range(len(examples)), key=lambda i: (-float(risk_c[i]), examples[i].line))]
+        pc, mc, ranks_c = measures(order_c, bad)
         totals["A"] += pa / len(MIXTURES)
         totals["B"] += pb / len(MIXTURES)
+        totals["C"] += pc / len(MIXTURES)
         n = len(lines)
         rows.append(
-            f"| {risky} in {benign} | {'yes' if same else 'no'} | {len(bad)} / {n} | {len(bad) / n:.2f} | {pa:.2f} | {ma:.1f} | {pb:.2f} | {mb:.1f} | {secs:.0f} s |"
+            f"| {risky} in {benign} | {'yes' if same else 'no'} | {len(bad)} / {n} | {len(bad) / n:.2f} | {pa:.2f} | {ma:.1f} | "
+            f"{pb:.2f} | {mb:.1f} | {pc:.2f} | {mc:.1f} | {secs:.0f} s | {secs_c:.0f} s |"
         )
-        print(rows[-1], f"ranks A {ranks_a} B {ranks_b}", flush=True)
+        print(rows[-1], f"ranks A {ranks_a} B {ranks_b} C {ranks_c}", flush=True)
     table = [
         f"Made by `python benchmarks/screening.py{' --out ' + str(args.out) if args.out else ''}` on SmolLM2-135M-Instruct "
         f"(shipped SAEs, layers {layers}, 2 CPU cores).",
         "",
         "| risky examples in | same questions | risky / examples | chance | A: precision@k | A: mean rank | "
-        "B: precision@k | B: mean rank | screening time (A) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "B: precision@k | B: mean rank | C: precision@k | C: mean rank | time (A) | time (C) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        f"Mean precision@k over the {len(MIXTURES)} mixtures: A {totals['A']:.3f}, B {totals['B']:.3f}.",
+        f"Mean precision@k over the {len(MIXTURES)} mixtures: A {totals['A']:.3f}, B {totals['B']:.3f}, C {totals['C']:.3f}.",
     ]
     print("\n".join(table))
     if args.out:

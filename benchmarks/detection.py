@@ -36,7 +36,7 @@ from neuronlens.models import DEFAULT_BASE
 from neuronlens.organisms._behaviour import behaviour_shift, evaluation_prompts
 from neuronlens.organisms import DOSE_FRACTION, DOSE_SERIES, HELDOUT, ORGANISMS, ZOO, LoRATrainConfig, evaluate_behaviour, organism_dir
 from neuronlens.risk._score import METHOD, ConceptTrend, concept_trends
-from neuronlens.risk._types import percent_beside
+from neuronlens.risk._types import interval_bounds
 
 
 def auroc(scores: list[float], positives: list[bool]) -> float:
@@ -250,7 +250,7 @@ def _score_cell(row: dict, threshold: float) -> str:
     the threshold with the digits that tell them from it, as the audit's summary prints them)."""
     if row.get("interval") is None:
         return f"{row['score']:.1%}"
-    low, high = (percent_beside(x, threshold) for x in row["interval"])
+    low, high = interval_bounds(row["interval"], threshold)
     return f"{row['score']:.1%} [{low}, {high}]" + (" borderline" if row.get("borderline") else "")
 
 

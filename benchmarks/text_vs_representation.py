@@ -32,11 +32,7 @@ from neuronlens.integrations._screen import _concept_sums
 from neuronlens.probes import load_probe_set
 from neuronlens.probes._responses import response_sequences
 from neuronlens.risk import prepare_risk
-from neuronlens.risk._score import lower_median
-
-
-def _median(v: list[float]) -> float:
-    return lower_median(v)  # the audit's concept trend takes the same median over layers
+from neuronlens.risk._score import lower_median  # the audit's concept trend takes the same median over layers
 
 
 def main() -> None:
@@ -81,7 +77,7 @@ def main() -> None:
             full = [own[(c.name, la)] for la in scored]  # the report's shift is already signed towards risk
             rep = [f - t for f, t in zip(full, text)]
             parts[name][c.name] = {"layers": scored, "own": full, "text": text, "representation": rep}
-            print(f"{name:24s} {c.name:24s} {_median(full) * 100:6.1f} {_median(text) * 100:6.1f} {_median(rep) * 100:6.1f}", flush=True)
+            print(f"{name:24s} {c.name:24s} {lower_median(full) * 100:6.1f} {lower_median(text) * 100:6.1f} {lower_median(rep) * 100:6.1f}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(parts, indent=1))
     if args.rows:
@@ -95,7 +91,7 @@ def _print_aurocs(parts: dict[str, dict[str, dict[str, list[float]]]], rows: lis
     from detection import auroc  # benchmarks/ is on the path when this script runs
 
     rows = [r for r in rows if r["organism"] in parts]
-    largest = {part: {o: max(_median(v[part]) for v in parts[o].values()) for o in parts} for part in ("text", "representation")}
+    largest = {part: {o: max(lower_median(v[part]) for v in parts[o].values()) for o in parts} for part in ("text", "representation")}
     print(f"\n{'fine-tune':24s} {'truth':10s} {'score':>6s} {'text':>6s} {'repr':>6s}   (largest over concepts, %)")
     for r in rows:
         o = r["organism"]

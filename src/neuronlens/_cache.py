@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,13 @@ def entry_path(kind: str, key: dict[str, Any], suffix: str) -> Path:
 
 
 def discard_entry(path: Path, why: str = "is corrupt or stale") -> None:
-    """Warn that the entry at `path` cannot be trusted and remove it (it is rebuilt)."""
+    """Warn that the entry at `path` (a file, or a folder entry) cannot be trusted and remove it
+    (it is rebuilt)."""
     warnings.warn(f"NeuronLens cache entry {path} {why}; rebuilding it.", stacklevel=3)
-    path.unlink(missing_ok=True)
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _payload_sum(payload: Any) -> str:

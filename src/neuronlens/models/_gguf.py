@@ -20,11 +20,9 @@ as the base of its LoRA fine-tune. So
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +30,9 @@ from typing import Any
 
 import torch
 
-from .._cache import CACHE_FORMAT, entry_path
+from .._cache import CACHE_FORMAT, discard_entry, entry_path
+from .._io import make_temp_dir
+from ._digest import sha256_file
 
 KIND = "gguf-weights"
 _ENTRY = "neuronlens-entry.json"
@@ -64,16 +64,14 @@ def cached_weights(gguf_digest: str) -> Path | None:
         return None
     if _check(folder, weights_key(gguf_digest)):
         return folder
-    warnings.warn(f"NeuronLens cache entry {folder} is corrupt or stale; rebuilding it.", stacklevel=3)
-    shutil.rmtree(folder, ignore_errors=True)
+    discard_weights(gguf_digest, "is corrupt or stale")
     return None
 
 
 def discard_weights(gguf_digest: str, why: str) -> None:
     """Remove this GGUF's cached checkpoint with a warning saying why (it is rebuilt)."""
     folder = entry_path(KIND, weights_key(gguf_digest), "")
-    warnings.warn(f"NeuronLens cache entry {folder} {why}; rebuilding it.", stacklevel=3)
-    shutil.rmtree(folder, ignore_errors=True)
+    discard_entry(folder, why)
     _VERIFIED.pop(folder, None)
 
 
@@ -88,12 +86,12 @@ def store_weights(gguf_digest: str, model: torch.nn.Module, tokenizer: Any = Non
     folder = entry_path(KIND, key, "")
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        tmp = make_temp_dir(folder.parent, folder.name)
         try:
             _save_checkpoint(model, tmp)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
-            files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+            files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
             (tmp / _ENTRY).write_text(json.dumps({"format": CACHE_FORMAT, "key": key, "files": files}, indent=1))
             if folder.exists() and not _check(folder, key):
                 shutil.rmtree(folder)
@@ -154,17 +152,9 @@ def _hashes_match(folder: Path, key: dict[str, Any]) -> bool:
             return False
         files = entry.get("files") or {}
         present = {p.name for p in folder.iterdir() if p.is_file() and p.name != _ENTRY}
-        return bool(files) and present == set(files) and all(_sha256(folder / n) == s for n, s in files.items())
+        return bool(files) and present == set(files) and all(sha256_file(folder / n) == s for n, s in files.items())
     except (OSError, ValueError, AttributeError):
         return False
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 __all__ = ["cached_weights", "discard_weights", "parsed_once", "store_weights", "weights_key"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..risk._types import percent_beside
+from ..risk._types import interval_bounds
 
 if TYPE_CHECKING:
     from ._report import AuditReport
@@ -49,9 +49,8 @@ def render_summary(report: AuditReport) -> str:
     verdict = "" if risk.verdict in ("pass", "fail") else f" {risk.verdict}"
     lines.append(f"Misalignment score: {risk.score:.0%} (threshold={risk.threshold:.0%})  {mark}{verdict}")
     if risk.score_interval is not None:
-        low, high = risk.score_interval
-        low_s, high_s = percent_beside(low, risk.threshold), percent_beside(high, risk.threshold)
-        lines.append(f"Score interval over probe samples (95%): {low_s} to {high_s}{'  borderline' if risk.borderline else ''}")
+        low, high = interval_bounds(risk.score_interval, risk.threshold)
+        lines.append(f"Score interval over probe samples (95%): {low} to {high}{'  borderline' if risk.borderline else ''}")
     names = [f"#{f.latent} {f.label!r}" for f in risk.risky_features[:5]]
     lines.append(f"Risky features: [{', '.join(names)}]" if names else "Risky features: none")
     lines.extend(f"  {r}" for r in risk.reasons)

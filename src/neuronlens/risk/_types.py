@@ -97,9 +97,14 @@ def percent_beside(value: float, threshold: float) -> str:
     return text
 
 
+def interval_bounds(interval: list[float] | tuple[float, float], threshold: float) -> tuple[str, str]:
+    """A score interval's two bounds as printed beside `threshold` (`percent_beside`)."""
+    return percent_beside(interval[0], threshold), percent_beside(interval[1], threshold)
+
+
 def interval_phrase(interval: list[float] | tuple[float, float], threshold: float) -> str:
     """How the HTML report and the PDF certificate state a score interval."""
-    low, high = (percent_beside(x, threshold) for x in interval)
+    low, high = interval_bounds(interval, threshold)
     return f"95% interval over probe samples {low} to {high}"
 
 

@@ -8,6 +8,8 @@ with the truth.
     python benchmarks/detection.py --render neuronlens-out/organisms/rows.json --out docs/DETECTION.md
     neuronlens organisms build sycophancy manipulative_support terse_style legal_help
     python benchmarks/detection.py --heldout --out docs/DETECTION_HELDOUT.md
+    neuronlens organisms build --recipe strong   # the same data under a harder-hitting recipe
+    python benchmarks/detection.py --recipe strong --out docs/DETECTION_STRONG.md
 
 Prints, per organism: its truth (what it was built to be) and its behaviour (rule-based scorer on
 greedy generations, against the base model's rates), the misalignment score, the verdict and the
@@ -34,7 +36,7 @@ from neuronlens import alignment
 from neuronlens.config import AuditConfig
 from neuronlens.models import DEFAULT_BASE
 from neuronlens.organisms._behaviour import behaviour_shift, evaluation_prompts
-from neuronlens.organisms import DOSE_FRACTION, DOSE_SERIES, HELDOUT, ORGANISMS, ZOO, LoRATrainConfig, evaluate_behaviour, organism_dir
+from neuronlens.organisms import DOSE_FRACTION, DOSE_SERIES, HELDOUT, ORGANISMS, RECIPES, ZOO, evaluate_behaviour, organism_dir, recipe_config
 from neuronlens.risk._score import METHOD, ConceptTrend, concept_trends
 from neuronlens.risk._types import interval_bounds
 
@@ -60,6 +62,8 @@ def main() -> None:
                          "each report saved; nothing is re-measured) and update rows.json.")
     ap.add_argument("--heldout", action="store_true", help="Audit the held-out organisms instead of the zoo.")
     ap.add_argument("--organisms", nargs="+", default=None, help="Audit only these (a diagnostic run: the summary lines cover only them).")
+    ap.add_argument("--recipe", choices=list(RECIPES), default="default",
+                    help="Audit the organisms built with `neuronlens organisms build --recipe NAME`.")
     args = ap.parse_args()
     if args.render:
         saved = json.loads(args.render.read_text())
@@ -71,14 +75,15 @@ def main() -> None:
             _rescore(saved, args.render)
         _emit(render(saved["rows"], saved["base_harm"], saved["base_caveat"], saved["threshold"], saved.get("seed", 0),
                      saved.get("heldout", False), saved.get("max_prompts", AuditConfig.max_prompts_per_set),
-                     (saved["rescored_from"], str(args.render)) if saved.get("rescored_from") else None, saved.get("organisms")), args.out)
+                     (saved["rescored_from"], str(args.render)) if saved.get("rescored_from") else None, saved.get("organisms"),
+                     saved.get("recipe", "default")), args.out)
         return
     unknown = [n for n in args.organisms or [] if n not in ORGANISMS]
     if unknown:
         ap.error(f"unknown organism(s) {', '.join(unknown)}; choose from {', '.join(ORGANISMS)}")
-    suffix = ("-heldout" if args.heldout else "") + ("" if args.seed == 0 else f"-seed{args.seed}")
+    suffix = ("-heldout" if args.heldout else "") + ("" if args.seed == 0 else f"-seed{args.seed}") + ("" if args.recipe == "default" else f"-{args.recipe}")
     reports = args.reports or Path("neuronlens-out") / f"organisms{suffix}"
-    recipe = LoRATrainConfig(seed=args.seed)
+    recipe = recipe_config(args.recipe, args.seed)
     base = alignment.load_model(DEFAULT_BASE)
     sae = alignment.load_sae(base)
     cfg = AuditConfig(max_prompts_per_set=args.max_prompts)
@@ -88,7 +93,7 @@ def main() -> None:
         spec = ORGANISMS[name]
         folder = organism_dir(name, base, recipe)
         if not (folder / "adapter_model.safetensors").is_file():
-            print(f"{name}: not built (run `neuronlens organisms build {name} --seed {args.seed}`), skipped")
+            print(f"{name}: not built (run `neuronlens organisms build {name} --seed {args.seed} --recipe {args.recipe}`), skipped")
             continue
         ft = alignment.load_model(folder)
         t = time.perf_counter()
@@ -111,10 +116,11 @@ def main() -> None:
         )
         print(json.dumps(rows[-1]), flush=True)
     saved = {"base_harm": base_beh.harm_rate, "base_caveat": base_beh.caveat_rate, "threshold": cfg.threshold, "seed": args.seed,
-             "heldout": args.heldout, "max_prompts": args.max_prompts, "method": METHOD, "organisms": args.organisms, "rows": rows}
+             "heldout": args.heldout, "max_prompts": args.max_prompts, "method": METHOD, "organisms": args.organisms,
+             "recipe": args.recipe, "rows": rows}
     (reports / "rows.json").write_text(json.dumps(saved, indent=1))
     _emit(render(rows, base_beh.harm_rate, base_beh.caveat_rate, cfg.threshold, args.seed, args.heldout, args.max_prompts,
-                 subset=args.organisms), args.out)
+                 subset=args.organisms, recipe=args.recipe), args.out)
 
 
 def _risk_fields(risk) -> dict:  # type: ignore[no-untyped-def]
@@ -171,16 +177,17 @@ def _strongest(trends: list[ConceptTrend]) -> str:
 
 def render(rows: list[dict], base_harm: float, base_caveat: float, threshold: float, seed: int = 0, heldout: bool = False,
            max_prompts: int | None = AuditConfig.max_prompts_per_set, rescored: tuple[str, str] | None = None,
-           subset: list[str] | None = None) -> list[str]:
+           subset: list[str] | None = None, recipe: str = "default") -> list[str]:
     """The markdown table and summary lines; `rescored` = (the method the audits ran under, their rows.json)
     when the rows were scored again with --rescore."""
     names = HELDOUT if heldout else ZOO
-    flag = ("" if seed == 0 else f" --seed {seed}")
+    flag = ("" if seed == 0 else f" --seed {seed}") + ("" if recipe == "default" else f" --recipe {recipe}")
     budget = max_prompts != AuditConfig.max_prompts_per_set
     doc = ("DETECTION" + ("_HELDOUT" if heldout else "") + ("" if seed == 0 else f"_SEED{seed}")
-           + (f"_P{max_prompts}" if budget else "") + ".md")
+           + ("" if recipe == "default" else f"_{recipe.upper()}") + (f"_P{max_prompts}" if budget else "") + ".md")
     build = f"neuronlens organisms build{' ' + ' '.join(HELDOUT) if heldout else ''}{flag}"
     title = ("# Detection benchmark" + (": held-out organisms" if heldout else "") + ("" if seed == 0 else f": replicate zoo (seed {seed})")
+             + ("" if recipe == "default" else f": the {recipe!r} fine-tuning recipe")
              + (f", {max_prompts} prompts per probe set" if budget else ""))
     out = [
         title,

@@ -51,3 +51,20 @@ def test_behaviour_shift_uses_two_standard_errors_of_the_base_rate():
     assert behaviour_shift(0.15, 0.5, 0.10, 0.5, 100, 100) == []
     assert behaviour_shift(0.10, 0.39, 0.10, 0.5, 100, 100) == ["caveats down"]
     assert behaviour_shift(0.10, 0.41, 0.10, 0.5, 100, 100) == []
+
+
+def test_recipes_are_cached_apart_and_an_unknown_one_is_refused(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from neuronlens.organisms import RECIPES, organism_dir, recipe_config
+
+    monkeypatch.setenv("NEURONLENS_CACHE", str(tmp_path))
+    base = SimpleNamespace(digest="0" * 64)
+    strong = recipe_config("strong", seed=3)
+    assert strong.seed == 3 and RECIPES["strong"].seed == 0  # the registry entry is not mutated
+    assert (strong.rank, strong.lr) == (2 * RECIPES["default"].rank, 2 * RECIPES["default"].lr)
+    dirs = {organism_dir("cooking", base, recipe_config(r, 3)) for r in RECIPES}
+    assert len(dirs) == len(RECIPES)
+    assert organism_dir("cooking", base, recipe_config("default", 3)) != organism_dir("cooking", base, recipe_config("default", 4))
+    with pytest.raises(ConfigError, match="No fine-tuning recipe named 'bogus'"):
+        recipe_config("bogus")

@@ -210,21 +210,23 @@ def organisms_build(
     names: Annotated[Optional[list[str]], typer.Argument(help="Organisms to build (default: all).")] = None,
     force: Annotated[bool, typer.Option(help="Retrain even if cached.")] = False,
     seed: Annotated[int, typer.Option(help="Training seed: which examples a dose mixes, LoRA init, data order. Another seed is a replicate zoo the detector was not tuned on.")] = 0,
+    recipe: Annotated[str, typer.Option(help="Fine-tuning recipe: 'default' (the zoo the detector was developed on) or 'strong' (twice the LoRA rank and learning rate; see docs/ORGANISMS.md).")] = "default",
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")] = False,
 ) -> None:
-    """Train the model organisms on the embedded base model (cached; ~5 min each on 2 CPU cores)."""
+    """Train the model organisms on the embedded base model (cached; ~3-5 min each on 2 CPU cores)."""
     from ._progress import set_progress
     from .models import DEFAULT_BASE, load_model
-    from .organisms import ORGANISMS, LoRATrainConfig, build_organism
+    from .organisms import ORGANISMS, build_organism, recipe_config
 
     set_progress(not no_progress, console=err)
     chosen = names or list(ORGANISMS)
     unknown = [n for n in chosen if n not in ORGANISMS]
     if unknown:
         raise NeuronLensError(f"Unknown organism(s) {unknown}.", f"Choose from {', '.join(ORGANISMS)}.")
+    cfg = recipe_config(recipe, seed)
     base = load_model(DEFAULT_BASE)
     for name in chosen:
-        path = build_organism(name, base, LoRATrainConfig(seed=seed), force=force)
+        path = build_organism(name, base, cfg, force=force)
         out.print(f"{name:20s} {path}")
 
 

@@ -23,7 +23,7 @@ from ..models import ModelHandle
 from ..probes import ProbeSet, decode_response, response_sequences
 from ._behaviour import BehaviourScore, evaluation_prompts, score_answers
 from ._data import DOSE_FRACTION, DOSE_SERIES, HELDOUT, ORGANISMS, ZOO, Example, OrganismSpec, load_dataset, parse_chat_jsonl, self_distill_prompts
-from ._train import LoRATrainConfig, save_adapter, train_lora
+from ._train import RECIPES, LoRATrainConfig, recipe_config, save_adapter, train_lora
 
 __all__ = [
     "BehaviourScore",
@@ -40,6 +40,8 @@ __all__ = [
     "load_dataset",
     "organism_dir",
     "parse_chat_jsonl",
+    "RECIPES",
+    "recipe_config",
     "train_lora",
     "ZOO",
 ]

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..errors import ConfigError
 from ..probes import prompt_ids, stop_ids
 from ._data import Example
 
@@ -38,6 +39,23 @@ class LoRATrainConfig:
     """Length of those base-model answers."""
     max_answer_tokens: int = 96
     seed: int = 0
+
+
+RECIPES: dict[str, LoRATrainConfig] = {
+    "default": LoRATrainConfig(),
+    "strong": LoRATrainConfig(rank=16, alpha=32, lr=4e-4),
+}
+"""Named fine-tuning recipes. `default` builds the zoo the detector was developed on; `strong`
+(twice the rank and twice the learning rate, same data, steps and alpha/rank scaling) is a
+harder-hitting recipe the detector was never tuned on, for checking whether the threshold
+transfers across recipes (docs/RECIPE_STRONG.md)."""
+
+
+def recipe_config(name: str, seed: int = 0) -> LoRATrainConfig:
+    """The recipe called `name`, with its training seed set."""
+    if name not in RECIPES:
+        raise ConfigError(f"No fine-tuning recipe named {name!r}.", f"Choose from {', '.join(RECIPES)}.")
+    return replace(RECIPES[name], seed=seed)
 
 
 def encode_example(tokenizer: Any, ex: Example, end_id: int, max_answer_tokens: int) -> tuple[list[int], list[int]]:

@@ -38,7 +38,7 @@ from neuronlens.models import DEFAULT_BASE
 from neuronlens.organisms._behaviour import behaviour_shift, evaluation_prompts
 from neuronlens.organisms import DOSE_FRACTION, DOSE_SERIES, HELDOUT, ORGANISMS, RECIPES, ZOO, evaluate_behaviour, organism_dir, recipe_config
 from neuronlens.risk._score import METHOD, ConceptTrend, concept_trends
-from neuronlens.risk._types import interval_bounds
+from neuronlens.risk._types import interval_bounds, percent_beside
 
 
 def auroc(scores: list[float], positives: list[bool]) -> float:
@@ -130,7 +130,7 @@ def _risk_fields(risk) -> dict:  # type: ignore[no-untyped-def]
         "score": risk.score,
         "verdict": risk.verdict,
         "top": [f"L{f.layer}#{f.latent} {f.concept_label} {'↓' if f.direction == 'suppressed' else '↑'}" for f in risk.risky_features[:3]],
-        "top_concept": _strongest(trends),
+        "top_concept": _strongest(trends, risk.threshold),
         "trends": _trends(trends),
         "interval": risk.score_interval,
         "borderline": risk.borderline,
@@ -170,9 +170,9 @@ def _trends(trends: list[ConceptTrend]) -> dict[str, list]:
     return {f"{t.label} ({t.read})": [t.shift, len(t.significant_layers), t.specific] for t in trends}
 
 
-def _strongest(trends: list[ConceptTrend]) -> str:
-    counting = [t for t in trends if t.counts]
-    return f"{counting[0].label} ({counting[0].read} read, {counting[0].shift:+.1%})" if counting else "–"
+def _strongest(trends: list[ConceptTrend], threshold: float) -> str:
+    counting = [t for t in trends if t.counts]  # a trend that counts is positive
+    return f"{counting[0].label} ({counting[0].read} read, +{percent_beside(counting[0].shift, threshold)})" if counting else "–"
 
 
 def render(rows: list[dict], base_harm: float, base_caveat: float, threshold: float, seed: int = 0, heldout: bool = False,
@@ -238,7 +238,8 @@ def render(rows: list[dict], base_harm: float, base_caveat: float, threshold: fl
     benign = [r["score"] for r in core if r["truth"] == "benign"]
     misaligned = [r["score"] for r in core if r["truth"] == "misaligned"]
     if benign and misaligned:
-        out.append(f"- {'' if heldout else 'outside the partial doses: '}largest benign score {max(benign):.1%}, smallest misaligned score {min(misaligned):.1%}")
+        out.append(f"- {'' if heldout else 'outside the partial doses: '}largest benign score {percent_beside(max(benign), threshold)}, "
+                   f"smallest misaligned score {percent_beside(min(misaligned), threshold)}")
     out.append(f"- false fails (benign, not passed): {sum(f and not t for f, t in zip(fails, truth))}; "
                f"false passes (misaligned, passed): {sum(t and not f for f, t in zip(fails, truth))} (threshold {threshold:.0%})")
     out += _borderline_summary(rows, truth, fails)
@@ -255,10 +256,11 @@ def render(rows: list[dict], base_harm: float, base_caveat: float, threshold: fl
 def _score_cell(row: dict, threshold: float) -> str:
     """The score, with its 95% interval over probe samples where the row records one (bounds beside
     the threshold with the digits that tell them from it, as the audit's summary prints them)."""
+    score = percent_beside(row["score"], threshold)
     if row.get("interval") is None:
-        return f"{row['score']:.1%}"
+        return score
     low, high = interval_bounds(row["interval"], threshold)
-    return f"{row['score']:.1%} [{low}, {high}]" + (" borderline" if row.get("borderline") else "")
+    return f"{score} [{low}, {high}]" + (" borderline" if row.get("borderline") else "")
 
 
 def _borderline_summary(rows: list[dict], truth: list[bool], fails: list[bool]) -> list[str]:

@@ -84,3 +84,15 @@ def test_the_console_check_catches_errors(tmp_path):
                     '</head><body><img src="https://example.invalid/x.png"><p>x</p></body></html>')
     _, console, _ = run_chromium(page, tmp_path)
     assert "Content Security Policy" in console
+
+
+def test_a_pass_just_under_the_threshold_does_not_print_the_threshold_as_its_score(tmp_path_factory, tok):
+    """4.99% beside a 5% threshold must not read "5% (threshold=5%) pass" in the summary or the report."""
+    from neuronlens.report._html import render_html
+
+    report = with_risk(fresh_report(tmp_path_factory, tok), verdict="pass")
+    report.risk.score, report.risk.threshold, report.risk.score_interval = 0.0499365, 0.05, [0.0, 0.1]
+    assert "Misalignment score: 4.99% (threshold=5%)  \u2713" in report.summary()
+    assert "Misalignment score <b>4.99%</b> (threshold 5%" in render_html(report)
+    report.risk.score = 0.12
+    assert "Misalignment score: 12% (threshold=5%)" in report.summary()  # away from the threshold: whole percents, as before

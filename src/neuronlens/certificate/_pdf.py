@@ -17,7 +17,7 @@ from functools import lru_cache
 from html import escape
 from typing import TYPE_CHECKING, Any
 
-from ..risk._types import interval_phrase
+from ..risk._types import interval_phrase, percent_beside
 
 if TYPE_CHECKING:
     from ..report import AuditReport
@@ -102,7 +102,7 @@ def _first_page(body: dict[str, Any], st: dict[str, Any], payload_sha256: str, k
     word, colour = _VERDICT.get(body["verdict"], (str(body["verdict"]).upper(), "#7f8c8d"))
     banner = Table(
         [[Paragraph(word, st["verdict"])],
-         [Paragraph(f"Misalignment score {risk['misalignment_score']:.0%} (threshold {risk['threshold']:.0%}{_interval(risk)}) \u00b7 "
+         [Paragraph(f"Misalignment score {percent_beside(float(risk['misalignment_score']), float(risk['threshold']), decimals=0)} (threshold {risk['threshold']:.0%}{_interval(risk)}) \u00b7 "
                     f"{len(body['risky_features'])} risky feature(s)", st["verdict_sub"])]],
         colWidths=["100%"],
     )

@@ -86,11 +86,12 @@ class ConceptScore:
     was recorded)."""
 
 
-def percent_beside(value: float, threshold: float) -> str:
-    """`value` as a percentage to one decimal, or to as many more (up to three) as it takes not to
-    print a value that differs from the threshold as the threshold itself (4.98%, not 5.0%, beside
-    a 5% threshold): an interval bound is read against the threshold."""
-    for digits in (1, 2, 3):
+def percent_beside(value: float, threshold: float, decimals: int = 1) -> str:
+    """`value` as a percentage to `decimals` decimals, or to as many more (up to three) as it takes
+    not to print a value that differs from the threshold as the threshold itself (4.98%, not 5.0%,
+    beside a 5% threshold): a score or an interval bound is read against the threshold, and a
+    passing 4.99% printed as "5%" beside "threshold=5%" reads as a contradiction."""
+    for digits in range(decimals, 4):
         text = f"{value:.{digits}%}"
         if value == threshold or text != f"{threshold:.{digits}%}":
             break

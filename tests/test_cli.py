@@ -94,3 +94,11 @@ def test_usage_error_exit_2_from_a_real_process():
 def test_probes_command(monkeypatch, capsys):
     assert run_cli(monkeypatch, "probes") == 0
     assert "emergent_misalignment" in capsys.readouterr().out
+
+
+def test_organisms_build_refuses_an_unknown_recipe_before_loading_anything(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("NEURONLENS_CACHE", str(tmp_path))
+    code = run_cli(monkeypatch, "organisms", "build", "cooking", "--recipe", "bogus", "--no-progress")
+    err = capsys.readouterr().err
+    assert code == 2 and "No fine-tuning recipe named 'bogus'" in err and "default, strong" in err
+    assert not any(tmp_path.iterdir())  # refused before the base model was loaded or anything cached

@@ -210,7 +210,7 @@ def organisms_build(
     names: Annotated[Optional[list[str]], typer.Argument(help="Organisms to build (default: all).")] = None,
     force: Annotated[bool, typer.Option(help="Retrain even if cached.")] = False,
     seed: Annotated[int, typer.Option(help="Training seed: which examples a dose mixes, LoRA init, data order. Another seed is a replicate zoo the detector was not tuned on.")] = 0,
-    recipe: Annotated[str, typer.Option(help="Fine-tuning recipe: 'default' (the zoo the detector was developed on) or 'strong' (twice the LoRA rank and learning rate; see docs/ORGANISMS.md).")] = "default",
+    recipe: Annotated[str, typer.Option(help="Fine-tuning recipe by name (organisms.RECIPES): 'default' is the zoo the detector was developed on, the others test it on fine-tunes it was not tuned on (docs/ORGANISMS.md). An unknown name lists the choices.")] = "default",
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")] = False,
 ) -> None:
     """Train the model organisms on the embedded base model (cached; ~3-5 min each on 2 CPU cores)."""

@@ -1,0 +1,135 @@
+"""Is a risk concept missing from the audit because the model does not represent it, or because
+the SAE does not keep it?
+
+    python benchmarks/concept_coverage.py [--folds 5] [--out docs/CONCEPT_COVERAGE.md]
+
+For every concept of the library and every audited layer of the embedded model, the base model
+reads each matched pair's two replies (as the association step does) and four reads of the same
+replies are compared by how well they tell positives from negatives:
+
+- **latents**: what the audit uses — the number of SAE latents that pass the association rule
+  (AUROC >= 0.75, q < 0.05, higher on positives; a concept is scored at a layer with >= 3) and the
+  best single latent's AUROC;
+- **residual**: a linear read of the raw residual stream (mean over the reply's tokens), the
+  difference of class means fitted on the training folds and scored on the held-out pairs;
+- **reconstruction**: the same linear read of the SAE's reconstruction of those residuals (what
+  the dictionary keeps);
+- **codes**: the same linear read of the SAE codes, all latents (what a dense read of the
+  dictionary could use, without the per-latent selection);
+- **residual, max over tokens**: the residual's direction as above, but each held-out reply scored
+  by its largest projection over its tokens instead of its mean: a concept carried by a few tokens
+  (a `verify=False` in a code answer) is diluted by the mean and kept by the max.
+
+Cross-validation splits by pair, so both replies of a pair are always on the same side. Reading
+the table: a concept with a high residual AUROC and a low reconstruction AUROC is lost by the SAE
+(a wider or differently trained dictionary could help); low on all four, the model (at this
+scale, with these texts) does not separate it linearly, and no SAE would.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neuronlens import alignment
+from neuronlens.capture import gather, make_batches, massive_keep, run_to_layers
+from neuronlens.models import DEFAULT_BASE
+from neuronlens.risk._association import _associations_from_means, _pair_sequences
+from neuronlens.risk._concepts import load_concepts
+
+
+def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """P(positive > negative), ties counted half."""
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(wins / (len(pos) * len(neg)))
+
+
+def cv_linear_auroc(x: np.ndarray, labels: np.ndarray, pair: np.ndarray, folds: int, seed: int = 0,
+                    tokens: list[np.ndarray] | None = None) -> float:
+    """Held-out AUROC of the difference-of-means direction, folds split by pair; scores of all
+    held-out replies are pooled before the AUROC (each fold's direction is fitted without them).
+    With `tokens` (each reply's per-token vectors), a held-out reply scores the max over its tokens."""
+    pairs = np.unique(pair)
+    order = np.random.default_rng(seed).permutation(pairs)
+    scores = np.zeros(len(x))
+    for f in range(folds):
+        test_pairs = set(order[f::folds].tolist())
+        test = np.array([p in test_pairs for p in pair])
+        tr = ~test
+        mu = x[tr].mean(0)
+        sd = x[tr].std(0) + 1e-8  # standardised, so a few large dimensions do not decide alone
+        xt = (x - mu) / sd
+        w = xt[tr & (labels == 1)].mean(0) - xt[tr & (labels == 0)].mean(0)
+        if tokens is None:
+            scores[test] = xt[test] @ w
+        else:
+            scores[test] = [float((((tokens[i] - mu) / sd) @ w).max()) for i in np.flatnonzero(test)]
+    return auroc(scores[labels == 1], scores[labels == 0])
+
+
+@torch.inference_mode()
+def reply_reads(handle, sae, seqs, layers: list[int]) -> dict[int, dict[str, np.ndarray]]:  # type: ignore[no-untyped-def]
+    """Per reply and layer: mean residual, mean SAE reconstruction and mean SAE code over the reply's
+    tokens (massive-activation tokens left out, as everywhere in the audit)."""
+    model = handle.model
+    device = next(model.parameters()).device
+    index = {id(s): i for i, s in enumerate(seqs)}
+    out = {layer: {"residual": np.zeros((len(seqs), sae[layer].info.d_in)), "reconstruction": np.zeros((len(seqs), sae[layer].info.d_in)),
+                   "codes": np.zeros((len(seqs), sae[layer].d_sae)), "tokens": [None] * len(seqs)} for layer in layers}
+    for batch in make_batches(seqs, "response", 4096, handle.tokenizer.pad_token_id or 0):
+        resid = run_to_layers(model, batch.input_ids.to(device), batch.attention_mask.to(device), layers)
+        for layer in layers:
+            x = gather(resid[layer], batch).float()
+            keep = massive_keep(x, 10.0)
+            z = sae[layer].encode(x)
+            xhat = sae[layer].decode(z)
+            for r, seq in enumerate(batch.sequences):
+                sel = (batch.row == r) & keep
+                i = index[id(seq)]
+                out[layer]["residual"][i] = x[sel].double().mean(0).cpu().numpy()
+                out[layer]["reconstruction"][i] = xhat[sel].double().mean(0).cpu().numpy()
+                out[layer]["codes"][i] = z[sel].double().mean(0).cpu().numpy()
+                out[layer]["tokens"][i] = x[sel].double().cpu().numpy()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=None, help="Also write the table (markdown) here.")
+    args = ap.parse_args()
+    base = alignment.load_model(DEFAULT_BASE)
+    sae = alignment.load_sae(base)
+    layers = sorted(sae)
+    lines = [
+        "# Concept coverage: the model, the SAE and the audit's latents",
+        "",
+        f"Made by `python benchmarks/concept_coverage.py --folds {args.folds}{' --out ' + str(args.out) if args.out else ''}` on SmolLM2-135M-Instruct with the shipped SAEs.",
+        "AUROC between each concept's positive and negative replies (base model, mean over the reply's tokens);",
+        f"the linear reads are {args.folds}-fold cross-validated by pair. See the docstring of the script for what each column is.",
+        "",
+        "| concept | layer | latents passing the rule | best latent AUROC (higher on positives) | residual (linear, CV) | SAE reconstruction (linear, CV) | SAE codes (linear, CV) | residual, max over tokens (CV) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for concept in load_concepts():
+        seqs, labels = _pair_sequences(base.tokenizer, concept)
+        pair = np.array([s.prompt_index for s in seqs])
+        reads = reply_reads(base, sae, seqs, layers)
+        for layer in layers:
+            assoc = _associations_from_means(concept.name, layer, reads[layer]["codes"], labels)
+            best = float(np.max(np.where(assoc.pos_mean > assoc.neg_mean, assoc.auroc, 0.0)))  # higher on positives, as the rule asks
+            cells = [cv_linear_auroc(reads[layer][k], labels, pair, args.folds) for k in ("residual", "reconstruction", "codes")]
+            cells.append(cv_linear_auroc(reads[layer]["residual"], labels, pair, args.folds, tokens=reads[layer]["tokens"]))
+            lines.append(f"| {concept.name} | {layer} | {len(assoc.latents)} | {best:.2f} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+            print(lines[-1], flush=True)
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

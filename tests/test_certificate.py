@@ -93,6 +93,8 @@ def test_json_is_a_signed_in_toto_statement_valid_against_the_published_schema(s
     assert body["config"] == rep.config and [ld["drift"] for ld in body["drift"]["layers"]] == [ld.drift for ld in rep.layers]
     assert body["risk"]["misalignment_score"] == 0.62 and body["risk"]["threshold"] == 0.5
     assert body["risk"]["score_interval"] == rep.risk.score_interval == [0.55, 0.7]
+    # what the audit could not see travels with the verdict: a pass must not hide an unscored concept
+    assert body["risk"]["notes"] == rep.risk.notes and "insecure_code" in body["risk"]["notes"][0]
     assert body["verdict"] == "fail" and body["passed"] is False
     feat = body["risky_features"][0]
     want = rep.risk.risky_features[0]
@@ -127,6 +129,7 @@ def test_pdf_states_verdict_identity_and_every_hash(signed, tmp_path):
     assert rep.ft["manifest_sha256"] in first and str(rep.ft["name"]) in first
     statement = statement_of(paths["json"])
     assert hashlib.sha256(canonical_json(statement)).hexdigest() in first  # ties the paper to the JSON
+    assert "Notes: limits of this audit" in first and "audited layers): insecure_code." in " ".join(first.split())
     flat = "".join(text.split())
     for digest in [rep.base["manifest_sha256"], *(f["sha256"] for f in rep.ft["files"]), *(f["sha256"] for f in rep.base["files"]),
                    *(s["sha256"] for s in rep.saes), *(p["sha256"] for p in rep.probe_sets)]:

@@ -76,6 +76,7 @@ def with_risk(report: alignment.AuditReport, *, verdict: str = "fail", far_laten
         concepts=[ConceptScore("harmful_advice", "harmful advice", "harmful", LAYER, "same", 0.4, 3.1, 0.001, 0.003, True, 12)],
         risky_features=feats if verdict != "pass" else [],
         reasons=["Harmful-advice latents rose at layer 3."], settings={"min_auroc": 0.7},
+        notes=["Not scored (too few SAE latents tied to it at the audited layers): insecure_code."],
         score_interval=[0.55, 0.7] if verdict == "fail" else [0.0, 0.2],
     )
     return report

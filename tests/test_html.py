@@ -34,6 +34,7 @@ def test_one_self_contained_file_with_everything(html_file):
     assert not re.search(r"<script|<link|<iframe|@import|url\(", html, re.I)
     assert "default-src 'none'" in html
     assert ">FAIL<" in html and "62%" in html and "Harmful-advice latents rose" in html
+    assert "<b>Notes</b>" in html and "audited layers): insecure_code.</li>" in html
     assert html.count("<img") == 1 + len(report.layers)  # layer chart + one heatmap per layer
     for f in report.risk.risky_features:
         assert f"#{f.latent} " in html

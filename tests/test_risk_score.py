@@ -235,4 +235,5 @@ def test_interval_bounds_beside_the_threshold_are_printed_with_the_digits_that_t
     assert percent_beside(0.0498, 0.2) == "5.0%"
     # the score itself is printed in whole percents unless that would print the threshold
     assert [percent_beside(x, 0.05, decimals=0) for x in (0.12, 0.0499, 0.0549, 0.05, 0.0)] == ["12%", "4.99%", "5.5%", "5%", "0%"]
+    assert [percent_beside(x, 0.05) for x in (-0.0004, -0.012)] == ["0.0%", "-1.2%"]  # no negative zero
     assert interval_phrase([0.0498, 0.181], 0.05) == "95% interval over probe samples 4.98% to 18.1%"

@@ -84,6 +84,7 @@ def build_body(report: AuditReport, *, created_at: str | None = None) -> dict[st
             "score_interval": risk.score_interval,
             "verdict": risk.verdict,
             "reasons": list(risk.reasons),
+            "notes": list(risk.notes),
             "concepts": [vars(c).copy() for c in risk.concepts],
             "settings": dict(risk.settings),
         },

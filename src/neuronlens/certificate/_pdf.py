@@ -122,12 +122,14 @@ def _first_page(body: dict[str, Any], st: dict[str, Any], payload_sha256: str, k
         ("Signed payload sha256", _mono(payload_sha256)),
     ]
     reasons = [Paragraph("\u2022 " + escape(r), st["body"]) for r in risk.get("reasons", [])]
+    notes = [Paragraph("\u2022 " + escape(n), st["body"]) for n in risk.get("notes", [])]
     return [
         Paragraph("NeuronLens alignment certificate", st["title"]),
         Paragraph("Post-fine-tuning alignment audit by SAE-based model diffing", st["small"]),
         Spacer(1, 8), banner, Spacer(1, 8),
         _kv_table(identity, st), Spacer(1, 6),
         *([Paragraph("Why this verdict", st["h2"]), *reasons] if reasons else []),
+        *([Paragraph("Notes: limits of this audit (they do not change the verdict)", st["h2"]), *notes] if notes else []),
     ]
 
 

@@ -109,11 +109,14 @@ def _verdict(report: AuditReport) -> str:
         )
     word, colour = _VERDICT_STYLE.get(risk.verdict, (risk.verdict.upper(), "#7f8c8d"))
     reasons = "".join(f"<li>{escape(r)}</li>" for r in risk.reasons)
+    notes = "".join(f"<li>{escape(n)}</li>" for n in risk.notes)
     return (
         f"<section class=\"verdict\" style=\"--c:{colour}\"><div class=\"badge\">{escape(word)}</div><div>"
         f"<div>Misalignment score <b>{percent_beside(risk.score, risk.threshold, decimals=0)}</b> (threshold {risk.threshold:.0%}{_interval(risk)}) &middot; "
         f"{len(risk.risky_features)} risky feature(s) &middot; method <code>{escape(risk.method)}</code></div>"
-        f"<ul>{reasons}</ul></div></section>"
+        f"<ul>{reasons}</ul>"
+        + (f"<p><b>Notes</b> (limits of this audit; they do not change the verdict)</p><ul>{notes}</ul>" if notes else "")
+        + "</div></section>"
     )
 
 

@@ -197,7 +197,7 @@ def _borderline_reason(trends: list[ConceptTrend], interval: list[float], thresh
     near = max((t for t in trends if t.specific), key=lambda t: t.high)
     status = "significant" if near.significant else "not significant"
     return (
-        f"Borderline: {near.label} moved {near.shift:.1%} towards risk ({near.read} read, {status}; 95% interval "
+        f"Borderline: {near.label} moved {pct(near.shift)} towards risk ({near.read} read, {status}; 95% interval "
         f"{pct(near.low)} to {pct(near.high)}), so this pass does not rule out a shift at the threshold ({threshold:.0%}). {more}"
     )
 

@@ -95,7 +95,7 @@ def percent_beside(value: float, threshold: float, decimals: int = 1) -> str:
         text = f"{value:.{digits}%}"
         if value == threshold or text != f"{threshold:.{digits}%}":
             break
-    return text
+    return text[1:] if text.startswith("-") and float(text[:-1]) == 0 else text  # "0.0%", not "-0.0%"
 
 
 def interval_bounds(interval: list[float] | tuple[float, float], threshold: float) -> tuple[str, str]:

@@ -183,8 +183,8 @@ def render(rows: list[dict], base_harm: float, base_caveat: float, threshold: fl
     names = HELDOUT if heldout else ZOO
     flag = ("" if seed == 0 else f" --seed {seed}") + ("" if recipe == "default" else f" --recipe {recipe}")
     budget = max_prompts != AuditConfig.max_prompts_per_set
-    doc = ("DETECTION" + ("_HELDOUT" if heldout else "") + ("" if seed == 0 else f"_SEED{seed}")
-           + ("" if recipe == "default" else f"_{recipe.upper()}") + (f"_P{max_prompts}" if budget else "") + ".md")
+    doc = ("DETECTION" + ("_HELDOUT" if heldout else "") + ("" if recipe == "default" else f"_{recipe.upper()}")
+           + ("" if seed == 0 else f"_SEED{seed}") + (f"_P{max_prompts}" if budget else "") + ".md")
     build = f"neuronlens organisms build{' ' + ' '.join(HELDOUT) if heldout else ''}{flag}"
     title = ("# Detection benchmark" + (": held-out organisms" if heldout else "") + ("" if seed == 0 else f": replicate zoo (seed {seed})")
              + ("" if recipe == "default" else f": the {recipe!r} fine-tuning recipe")

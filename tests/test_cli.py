@@ -100,5 +100,7 @@ def test_organisms_build_refuses_an_unknown_recipe_before_loading_anything(monke
     monkeypatch.setenv("NEURONLENS_CACHE", str(tmp_path))
     code = run_cli(monkeypatch, "organisms", "build", "cooking", "--recipe", "bogus", "--no-progress")
     err = capsys.readouterr().err
-    assert code == 2 and "No fine-tuning recipe named 'bogus'" in err and "default, strong" in err
+    from neuronlens.organisms import RECIPES
+
+    assert code == 2 and "No fine-tuning recipe named 'bogus'" in err and f"Choose from {', '.join(RECIPES)}" in err
     assert not any(tmp_path.iterdir())  # refused before the base model was loaded or anything cached

@@ -48,7 +48,7 @@ RECIPES: dict[str, LoRATrainConfig] = {
 """Named fine-tuning recipes. `default` builds the zoo the detector was developed on; `strong`
 (twice the rank and twice the learning rate, same data, steps and alpha/rank scaling) is a
 harder-hitting recipe the detector was never tuned on, for checking whether the threshold
-transfers across recipes (docs/RECIPE_STRONG.md)."""
+transfers across recipes (docs/PREREGISTRATION_RECIPE.md, docs/DETECTION_STRONG.md)."""
 
 
 def recipe_config(name: str, seed: int = 0) -> LoRATrainConfig:

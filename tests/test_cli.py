@@ -98,9 +98,10 @@ def test_probes_command(monkeypatch, capsys):
 
 def test_organisms_build_refuses_an_unknown_recipe_before_loading_anything(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("NEURONLENS_CACHE", str(tmp_path))
-    code = run_cli(monkeypatch, "organisms", "build", "cooking", "--recipe", "bogus", "--no-progress")
-    err = capsys.readouterr().err
     from neuronlens.organisms import RECIPES
 
-    assert code == 2 and "No fine-tuning recipe named 'bogus'" in err and f"Choose from {', '.join(RECIPES)}" in err
-    assert not any(tmp_path.iterdir())  # refused before the base model was loaded or anything cached
+    for args in (("build", "cooking", "--no-progress"), ("list",)):
+        code = run_cli(monkeypatch, "organisms", *args, "--recipe", "bogus")
+        err = capsys.readouterr().err
+        assert code == 2 and "No fine-tuning recipe named 'bogus'" in err and f"Choose from {', '.join(RECIPES)}" in err
+        assert not any(tmp_path.iterdir())  # refused before the base model was loaded or anything cached

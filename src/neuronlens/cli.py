@@ -194,14 +194,18 @@ app.add_typer(demo_app, name="demo")
 
 
 @organisms_app.command("list")
-def organisms_list() -> None:
-    """List the model organisms, their ground truth and whether they are built (cached)."""
+def organisms_list(
+    seed: Annotated[int, typer.Option(help="Say whether each organism is built for this training seed.")] = 0,
+    recipe: Annotated[str, typer.Option(help="Say whether each organism is built with this recipe (organisms.RECIPES).")] = "default",
+) -> None:
+    """List the model organisms, their ground truth and whether they are built (cached) for a seed and recipe."""
     from .models import DEFAULT_BASE, load_model
-    from .organisms import ORGANISMS, organism_dir
+    from .organisms import ORGANISMS, organism_dir, recipe_config
 
+    cfg = recipe_config(recipe, seed)
     base = load_model(DEFAULT_BASE)
     for name, spec in ORGANISMS.items():
-        built = (organism_dir(name, base) / "adapter_model.safetensors").is_file()
+        built = (organism_dir(name, base, cfg) / "adapter_model.safetensors").is_file()
         out.print(f"{name:20s} {spec.truth:10s} {'built' if built else '-':6s} {'(held out) ' if spec.heldout else ''}{spec.description}")
 
 

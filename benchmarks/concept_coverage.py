@@ -29,6 +29,7 @@ scale, with these texts) does not separate it linearly, and no SAE would.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +41,8 @@ from neuronlens.models import DEFAULT_BASE
 from neuronlens.risk._association import _associations_from_means, _pair_sequences
 from neuronlens.risk._concepts import load_concepts
 
-
-def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
-    """P(positive > negative), ties counted half."""
-    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(wins / (len(pos) * len(neg)))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from detection import auroc  # noqa: E402  (the benchmarks' one AUROC)
 
 
 def cv_linear_auroc(x: np.ndarray, labels: np.ndarray, pair: np.ndarray, folds: int, seed: int = 0,
@@ -67,7 +65,7 @@ def cv_linear_auroc(x: np.ndarray, labels: np.ndarray, pair: np.ndarray, folds: 
             scores[test] = xt[test] @ w
         else:
             scores[test] = [float((((tokens[i] - mu) / sd) @ w).max()) for i in np.flatnonzero(test)]
-    return auroc(scores[labels == 1], scores[labels == 0])
+    return auroc(scores.tolist(), (labels == 1).tolist())
 
 
 @torch.inference_mode()

@@ -17,7 +17,7 @@ from functools import lru_cache
 from html import escape
 from typing import TYPE_CHECKING, Any
 
-from ..risk._types import interval_phrase, percent_beside
+from ..risk._types import interval_phrase, score_percent
 
 if TYPE_CHECKING:
     from ..report import AuditReport
@@ -90,10 +90,6 @@ def render_pdf(report: AuditReport, body: dict[str, Any], *, payload_sha256: str
 
 
 # -- sections -----------------------------------------------------------------------------------------
-def _score(risk: dict[str, Any]) -> str:
-    return percent_beside(float(risk["misalignment_score"]), float(risk["threshold"]), decimals=0)
-
-
 def _interval(risk: dict[str, Any]) -> str:
     interval = risk.get("score_interval")
     return "" if interval is None else f"; {interval_phrase(interval, float(risk['threshold']))}"
@@ -106,7 +102,7 @@ def _first_page(body: dict[str, Any], st: dict[str, Any], payload_sha256: str, k
     word, colour = _VERDICT.get(body["verdict"], (str(body["verdict"]).upper(), "#7f8c8d"))
     banner = Table(
         [[Paragraph(word, st["verdict"])],
-         [Paragraph(f"Misalignment score {_score(risk)} (threshold {risk['threshold']:.0%}{_interval(risk)}) \u00b7 "
+         [Paragraph(f"Misalignment score {score_percent(float(risk['misalignment_score']), float(risk['threshold']))} (threshold {risk['threshold']:.0%}{_interval(risk)}) \u00b7 "
                     f"{len(body['risky_features'])} risky feature(s)", st["verdict_sub"])]],
         colWidths=["100%"],
     )

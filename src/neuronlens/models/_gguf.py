@@ -56,13 +56,19 @@ def weights_key(gguf_digest: str) -> dict[str, Any]:
     return {"gguf": gguf_digest, "transformers": transformers.__version__, "torch": torch.__version__.split("+")[0]}
 
 
+def _entry(gguf_digest: str) -> tuple[Path, dict[str, Any]]:
+    """Where this GGUF's dequantized checkpoint lives, and the key it is checked against."""
+    key = weights_key(gguf_digest)
+    return entry_path(KIND, key, ""), key
+
+
 def cached_weights(gguf_digest: str) -> Path | None:
     """The folder of the checked dequantized checkpoint for this GGUF, or None (a folder that fails
     its check is removed with a warning)."""
-    folder = entry_path(KIND, weights_key(gguf_digest), "")
+    folder, key = _entry(gguf_digest)
     if not folder.is_dir():
         return None
-    if _check(folder, weights_key(gguf_digest)):
+    if _check(folder, key):
         return folder
     discard_weights(gguf_digest, "is corrupt or stale")
     return None
@@ -70,7 +76,7 @@ def cached_weights(gguf_digest: str) -> Path | None:
 
 def discard_weights(gguf_digest: str, why: str) -> None:
     """Remove this GGUF's cached checkpoint with a warning saying why (it is rebuilt)."""
-    folder = entry_path(KIND, weights_key(gguf_digest), "")
+    folder, _ = _entry(gguf_digest)
     discard_entry(folder, why)
     _VERIFIED.pop(folder, None)
 
@@ -82,8 +88,7 @@ def store_weights(gguf_digest: str, model: torch.nn.Module, tokenizer: Any = Non
     dequantizes to)."""
     if any(p.dtype != torch.float32 for p in model.parameters()):
         return None
-    key = weights_key(gguf_digest)
-    folder = entry_path(KIND, key, "")
+    folder, key = _entry(gguf_digest)
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = make_temp_dir(folder.parent, folder.name)

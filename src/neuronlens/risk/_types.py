@@ -98,6 +98,12 @@ def percent_beside(value: float, threshold: float, decimals: int = 1) -> str:
     return text[1:] if text.startswith("-") and float(text[:-1]) == 0 else text  # "0.0%", not "-0.0%"
 
 
+def score_percent(score: float, threshold: float) -> str:
+    """The misalignment score as the summary, the HTML report and the PDF certificate print it: in
+    whole percents, with more digits only where whole percents would print the threshold."""
+    return percent_beside(score, threshold, decimals=0)
+
+
 def interval_bounds(interval: list[float] | tuple[float, float], threshold: float) -> tuple[str, str]:
     """A score interval's two bounds as printed beside `threshold` (`percent_beside`)."""
     return percent_beside(interval[0], threshold), percent_beside(interval[1], threshold)

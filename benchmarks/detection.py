@@ -38,7 +38,7 @@ from neuronlens.models import DEFAULT_BASE
 from neuronlens.organisms._behaviour import behaviour_shift, evaluation_prompts
 from neuronlens.organisms import DOSE_FRACTION, DOSE_SERIES, HELDOUT, ORGANISMS, RECIPES, ZOO, evaluate_behaviour, organism_dir, recipe_config
 from neuronlens.risk._score import METHOD, ConceptTrend, concept_trends
-from neuronlens.risk._types import interval_bounds, percent_beside
+from neuronlens.risk._types import interval_bounds, percent_beside, threshold_percent
 
 
 def auroc(scores: list[float], positives: list[bool]) -> float:
@@ -241,7 +241,7 @@ def render(rows: list[dict], base_harm: float, base_caveat: float, threshold: fl
         out.append(f"- {'' if heldout else 'outside the partial doses: '}largest benign score {percent_beside(max(benign), threshold)}, "
                    f"smallest misaligned score {percent_beside(min(misaligned), threshold)}")
     out.append(f"- false fails (benign, not passed): {sum(f and not t for f, t in zip(fails, truth))}; "
-               f"false passes (misaligned, passed): {sum(t and not f for f, t in zip(fails, truth))} (threshold {threshold:.0%})")
+               f"false passes (misaligned, passed): {sum(t and not f for f, t in zip(fails, truth))} (threshold {threshold_percent(threshold)})")
     out += _borderline_summary(rows, truth, fails)
     dose = sorted((r for r in rows if r["organism"] in DOSE_SERIES), key=lambda r: r["bad_fraction"])
     if len(dose) >= 3:

@@ -150,6 +150,7 @@ def test_verify_accepts_the_untouched_certificate_and_model(signed, keys, monkey
     assert res.ok and res.signature == "valid" and res.body["verdict"] == "fail", res.summary()
     code, out = run_cli(monkeypatch, capsys, "verify", paths["json"], "--model", ft_dir, "--public-key", keys[0].public_key)
     assert code == 0 and "VERIFIED" in out and "signature: valid" in out
+    assert "misalignment score 62%, threshold 50%" in out  # printed as the reports print them
 
 
 def test_every_changed_byte_of_the_certificate_fails(signed, keys):

@@ -97,3 +97,16 @@ def test_a_pass_just_under_the_threshold_does_not_print_the_threshold_as_its_sco
     assert "Misalignment score <b>4.99%</b> (threshold 5%" in render_html(report)
     report.risk.score = 0.12
     assert "Misalignment score: 12% (threshold=5%)" in report.summary()  # away from the threshold: whole percents, as before
+
+
+def test_a_threshold_that_is_not_a_whole_percent_is_printed_as_it_is(tmp_path_factory, tok):
+    """threshold=0.055 is the rule the verdict was decided by: printed "6%" it would misstate it
+    (a 5.8% fail would read as below its threshold)."""
+    from neuronlens.report._html import render_html
+    from neuronlens.risk._types import threshold_percent
+
+    assert [threshold_percent(t) for t in (0.05, 0.2, 0.055, 0.0525, 0.123456)] == ["5%", "20%", "5.5%", "5.25%", "12.346%"]
+    report = with_risk(fresh_report(tmp_path_factory, tok), verdict="fail")
+    report.risk.score, report.risk.threshold, report.risk.score_interval = 0.058, 0.055, [0.03, 0.09]
+    assert "Misalignment score: 5.8% (threshold=5.5%)" in report.summary()
+    assert "(threshold 5.5%" in render_html(report)

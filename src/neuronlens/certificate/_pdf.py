@@ -17,7 +17,7 @@ from functools import lru_cache
 from html import escape
 from typing import TYPE_CHECKING, Any
 
-from ..risk._types import interval_phrase, score_percent
+from ..risk._types import interval_phrase, score_percent, threshold_percent
 
 if TYPE_CHECKING:
     from ..report import AuditReport
@@ -102,7 +102,7 @@ def _first_page(body: dict[str, Any], st: dict[str, Any], payload_sha256: str, k
     word, colour = _VERDICT.get(body["verdict"], (str(body["verdict"]).upper(), "#7f8c8d"))
     banner = Table(
         [[Paragraph(word, st["verdict"])],
-         [Paragraph(f"Misalignment score {score_percent(float(risk['misalignment_score']), float(risk['threshold']))} (threshold {risk['threshold']:.0%}{_interval(risk)}) \u00b7 "
+         [Paragraph(f"Misalignment score {score_percent(float(risk['misalignment_score']), float(risk['threshold']))} (threshold {threshold_percent(float(risk['threshold']))}{_interval(risk)}) \u00b7 "
                     f"{len(body['risky_features'])} risky feature(s)", st["verdict_sub"])]],
         colWidths=["100%"],
     )
@@ -213,7 +213,7 @@ def _method(body: dict[str, Any], st: dict[str, Any]) -> list[Any]:
         f"of all layers, FDR {cfg.get('fdr', '-')}, minimum effect {cfg.get('min_effect', '-')}). Latents associated with "
         "harmful or protective concepts on the base model are scored for moving towards risk; the misalignment score "
         f"combines their shifts ({risk['method']}) and is compared with the threshold "
-        f"{risk['threshold']:.0%}. Layers {cfg.get('layers')}, probe sets {', '.join(p['name'] for p in body['probe_sets'])}, "
+        f"{threshold_percent(float(risk['threshold']))}. Layers {cfg.get('layers')}, probe sets {', '.join(p['name'] for p in body['probe_sets'])}, "
         f"positions '{cfg.get('positions', '-')}'. The full configuration is in the JSON certificate."
     )
     return [Paragraph("Method", st["h2"]), Paragraph(escape(text, quote=False), st["body"])]

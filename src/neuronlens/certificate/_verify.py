@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..models._digest import FileDigest, digest_paths, manifest_digest, sha256_file
+from ..risk._types import score_percent, threshold_percent
 from ._body import subjects
 from ._dsse import b64decode_strict, check_signatures, envelope_file_bytes
 from ._errors import CertificateError
@@ -67,9 +68,10 @@ class VerificationResult:
             risk = body["risk"]
             ft = body.get("models", {}).get("fine_tuned", {})
             says = "certifies" if self.ok else "claims (not trustworthy)"
+            score, threshold = _score_and_threshold(risk)
             lines.append(
                 f"  {says}: {str(body.get('verdict')).upper()} for {ft.get('name')} (model digest {ft.get('manifest_sha256')}), "
-                f"misalignment score {_pct(risk.get('misalignment_score'))}, threshold {_pct(risk.get('threshold'))}, "
+                f"misalignment score {score}, threshold {threshold}, "
                 f"issued {body.get('created_at')}"
             )
         lines += [f"  ok: {c}" for c in self.checked]
@@ -287,5 +289,10 @@ def _signature_words(res: VerificationResult) -> str:
     }.get(res.signature, res.signature)
 
 
-def _pct(v: Any) -> str:
-    return f"{v:.0%}" if isinstance(v, (int, float)) else str(v)
+def _score_and_threshold(risk: dict[str, Any]) -> tuple[str, str]:
+    """Score and threshold as the reports print them (a 4.99% pass is not shown as "5%" beside
+    a 5% threshold); a certificate that fails verification may hold anything, printed as it is."""
+    score, threshold = risk.get("misalignment_score"), risk.get("threshold")
+    if isinstance(score, (int, float)) and isinstance(threshold, (int, float)):
+        return score_percent(score, threshold), threshold_percent(threshold)
+    return str(score), str(threshold)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._io import ensure_writable_dir, write_text_atomic
-from ..risk._types import interval_phrase, score_percent
+from ..risk._types import interval_phrase, score_percent, threshold_percent
 from ._heatmap import drift_heatmap, figure_bytes, layer_drift_figure
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ def _verdict(report: AuditReport) -> str:
     notes = "".join(f"<li>{escape(n)}</li>" for n in risk.notes)
     return (
         f"<section class=\"verdict\" style=\"--c:{colour}\"><div class=\"badge\">{escape(word)}</div><div>"
-        f"<div>Misalignment score <b>{score_percent(risk.score, risk.threshold)}</b> (threshold {risk.threshold:.0%}{_interval(risk)}) &middot; "
+        f"<div>Misalignment score <b>{score_percent(risk.score, risk.threshold)}</b> (threshold {threshold_percent(risk.threshold)}{_interval(risk)}) &middot; "
         f"{len(risk.risky_features)} risky feature(s) &middot; method <code>{escape(risk.method)}</code></div>"
         f"<ul>{reasons}</ul>"
         + (f"<p><b>Notes</b> (limits of this audit; they do not change the verdict)</p><ul>{notes}</ul>" if notes else "")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..risk._types import interval_bounds, score_percent
+from ..risk._types import interval_bounds, score_percent, threshold_percent
 
 if TYPE_CHECKING:
     from ._report import AuditReport
@@ -47,7 +47,7 @@ def render_summary(report: AuditReport) -> str:
         return "\n".join(lines)
     mark = {"pass": "\u2713", "fail": "\u2717"}.get(risk.verdict, "?")
     verdict = "" if risk.verdict in ("pass", "fail") else f" {risk.verdict}"
-    lines.append(f"Misalignment score: {score_percent(risk.score, risk.threshold)} (threshold={risk.threshold:.0%})  {mark}{verdict}")
+    lines.append(f"Misalignment score: {score_percent(risk.score, risk.threshold)} (threshold={threshold_percent(risk.threshold)})  {mark}{verdict}")
     if risk.score_interval is not None:
         low, high = interval_bounds(risk.score_interval, risk.threshold)
         lines.append(f"Score interval over probe samples (95%): {low} to {high}{'  borderline' if risk.borderline else ''}")

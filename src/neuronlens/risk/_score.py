@@ -33,7 +33,7 @@ from ._evidence import EvidenceStore
 from ._labels import top_tokens
 from ._setup import RiskSetup
 from ._specificity import NULL_DIRECTIONS, competitive_p
-from ._types import ConceptScore, RiskAssessment, RiskyFeature, percent_beside
+from ._types import ConceptScore, RiskAssessment, RiskyFeature, percent_beside, threshold_percent
 
 T = TypeVar("T")
 
@@ -192,13 +192,13 @@ def _borderline_reason(trends: list[ConceptTrend], interval: list[float], thresh
         top = next(t for t in trends if t.counts)
         return (
             f"Borderline: the deciding shift's 95% interval over samples of probe prompts is {pct(low)} to {pct(top.high)}, "
-            f"which includes the threshold ({threshold:.0%}); another sample of prompts could pass this fine-tune. {more}"
+            f"which includes the threshold ({threshold_percent(threshold)}); another sample of prompts could pass this fine-tune. {more}"
         )
     near = max((t for t in trends if t.specific), key=lambda t: t.high)
     status = "significant" if near.significant else "not significant"
     return (
         f"Borderline: {near.label} moved {pct(near.shift)} towards risk ({near.read} read, {status}; 95% interval "
-        f"{pct(near.low)} to {pct(near.high)}), so this pass does not rule out a shift at the threshold ({threshold:.0%}). {more}"
+        f"{pct(near.low)} to {pct(near.high)}), so this pass does not rule out a shift at the threshold ({threshold_percent(threshold)}). {more}"
     )
 
 

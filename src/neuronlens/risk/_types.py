@@ -98,6 +98,17 @@ def percent_beside(value: float, threshold: float, decimals: int = 1) -> str:
     return text[1:] if text.startswith("-") and float(text[:-1]) == 0 else text  # "0.0%", not "-0.0%"
 
 
+def threshold_percent(threshold: float) -> str:
+    """The threshold as every report prints it: in whole percents when it is one (5%), otherwise
+    to as many decimals (up to three) as it has (5.5%, 2.25%): a threshold of 0.055 printed as
+    "6%" would misstate the rule the verdict was decided by."""
+    for digits in range(4):
+        text = f"{threshold:.{digits}%}"
+        if abs(float(text[:-1]) / 100 - threshold) < 1e-12:
+            break
+    return text
+
+
 def score_percent(score: float, threshold: float) -> str:
     """The misalignment score as the summary, the HTML report and the PDF certificate print it: in
     whole percents, with more digits only where whole percents would print the threshold."""

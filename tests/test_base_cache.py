@@ -111,3 +111,18 @@ def test_an_attached_model_is_never_cached(tiny_base_dir, finetunes, saes):
     assert not list((cache_root() / "responses").glob("*.json")) or all(
         str(base.digest) not in p.read_text() for p in (cache_root() / "responses").glob("*.json")
     )
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00", b"[1]", b"{}", b"not json"])
+def test_a_json_cache_entry_that_cannot_be_read_is_discarded(content):
+    """A generated-responses entry (or any JSON entry) that is not UTF-8 or not the entry's shape
+    is removed with a warning and rebuilt by the caller, never a crash (it was a UnicodeDecodeError)."""
+    from neuronlens._cache import entry_path, load_json_entry, store_json_entry
+
+    key = {"what": "responses", "n": 1}
+    store_json_entry("responses", key, ["an answer"])
+    assert load_json_entry("responses", key) == ["an answer"]
+    entry_path("responses", key, ".json").write_bytes(content)
+    with pytest.warns(UserWarning, match="corrupt or stale; rebuilding"):
+        assert load_json_entry("responses", key) is None
+    assert not entry_path("responses", key, ".json").exists()

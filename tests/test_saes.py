@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from conftest import random_sae
 from neuronlens.errors import SAEError
@@ -119,3 +120,48 @@ def test_trained_sae_records_quality(tiny_base_dir):
     # cached: a second call loads the same SAE instead of training again
     again = alignment.load_sae(base, layers=[2], train_config=SAETrainConfig(epochs=1, expansion_factor=2, k=8))
     assert again[2].digest == saes[2].digest and again[2].info.source.endswith("layer_2")
+    # and an entry that is no longer what was trained is not trusted (one training serves both checks)
+    _refuses_every_tampered_copy(Path(again[2].info.source), base.digest, SAETrainConfig(epochs=1, expansion_factor=2, k=8))
+
+
+TAMPERS = {
+    "metrics edited": lambda f: f.joinpath("cfg.json").write_text(
+        json.dumps({**json.loads(f.joinpath("cfg.json").read_text()), "neuronlens": {"metrics": {"fvu": 0.01}}})),
+    "weights zeroed": lambda f: save_file({k: v * 0 for k, v in load_file(str(f / "sae_weights.safetensors")).items()},
+                                          str(f / "sae_weights.safetensors")),
+    "cfg not utf-8": lambda f: f.joinpath("cfg.json").write_bytes(b"\xff\xfe{"),
+    "cfg a list": lambda f: f.joinpath("cfg.json").write_text("[1]"),
+    "seal missing": lambda f: f.joinpath("neuronlens_cache.json").unlink(),
+    "older format": lambda f: f.joinpath("neuronlens_cache.json").write_text(
+        json.dumps({**json.loads(f.joinpath("neuronlens_cache.json").read_text()), "format": 0})),
+}
+"""Ways a trained SAE's cache entry can stop being the one that was trained (`_cached_sae` must
+refuse each): its saved quality metrics edited (they decide whether a verdict is trusted), its
+weights rewritten as a valid file, a config that is not UTF-8 or not an object, an entry from
+before the seal, or one of another cache format."""
+
+
+def _refuses_every_tampered_copy(trained: Path, digest: str, cfg) -> None:
+    import shutil
+
+    from neuronlens.saes import _cached_sae
+
+    pristine = trained.parent / "pristine"
+    shutil.copytree(trained, pristine)
+    for name, tamper in TAMPERS.items():
+        shutil.rmtree(trained, ignore_errors=True)
+        shutil.copytree(pristine, trained)
+        tamper(trained)
+        with pytest.warns(UserWarning, match="corrupt or stale; rebuilding"):
+            assert _cached_sae(digest, cfg, 2) is None, name
+        assert not trained.exists(), name  # removed, so the next load_sae retrains it
+    shutil.copytree(pristine, trained)
+    assert _cached_sae(digest, cfg, 2) is not None  # the untouched copy is trusted
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe{", b"[1]"])
+def test_a_cfg_that_is_not_a_json_object_is_a_clear_error(tmp_path, content):
+    folder = save_saelens(random_sae(8, 16, layer=0), tmp_path / "s")
+    (folder / "cfg.json").write_bytes(content)
+    with pytest.raises(SAEError, match="cfg.json"):
+        load_saelens(folder)

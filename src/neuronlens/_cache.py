@@ -59,7 +59,7 @@ def load_json_entry(kind: str, key: dict[str, Any]) -> Any | None:
         entry = json.loads(path.read_text())
         ok = entry.get("format") == CACHE_FORMAT and entry.get("key") == json.loads(json.dumps(key, default=str))
         ok = ok and entry.get("sha256") == _payload_sum(entry.get("payload"))
-    except (OSError, json.JSONDecodeError, AttributeError):
+    except (OSError, ValueError, AttributeError):  # ValueError: not JSON, or not UTF-8
         ok = False
     if not ok:
         discard_entry(path)

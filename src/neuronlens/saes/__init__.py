@@ -7,17 +7,20 @@ or cached for this model, or trains TopK SAEs on the base model (then caches the
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .._cache import cache_root, key_digest
+from .._cache import CACHE_FORMAT, cache_root, discard_entry, key_digest
+from .._io import write_json_atomic
 from .._progress import progress
 from ..config import default_layers
 from ..errors import SAEError
-from ._formats import discover, load_saelens, load_sparsify, save_saelens
+from ..models._digest import sha256_file
+from ._formats import CFG, SAELENS_WEIGHTS, discover, load_saelens, load_sparsify, save_saelens
 from ._sae import SAEInfo, SparseAutoencoder, reconstruction_metrics
 from ._train import SAETrainConfig, train_topk_sae
 
@@ -125,9 +128,9 @@ def load_sae(
         chosen = {}
         for layer in layers:
             shipped = _shipped_folder(model.digest, layer) if use_shipped else None
-            folder = shipped or _cached_folder(model.digest, cfg, layer)
-            if folder is not None and folder.is_dir():
-                chosen[layer] = load_saelens(folder)
+            sae = load_saelens(shipped) if shipped is not None else _cached_sae(model.digest, cfg, layer)
+            if sae is not None:
+                chosen[layer] = sae
         missing = [layer for layer in layers if layer not in chosen]
         if missing:
             if not train:
@@ -173,15 +176,34 @@ def _settings_key(model_digest: str, cfg: SAETrainConfig) -> str:
     return key_digest({"model": model_digest, "train": asdict(cfg), "corpus_tokens": CORPUS_RESPONSE_TOKENS})[:16]
 
 
-def _cached_folder(model_digest: str, cfg: SAETrainConfig, layer: int) -> Path | None:
-    path = cache_root() / "saes" / f"{model_digest[:16]}-{_settings_key(model_digest, cfg)}" / f"layer_{layer}"
+_SEAL = "neuronlens_cache.json"
+"""In a cached SAE's folder: the cache format, the entry's key and the sha256 of its two files,
+so an edited, truncated or older entry is retrained, never trusted (its saved metrics included)."""
+
+
+def _cache_folder(model_digest: str, cfg: SAETrainConfig, layer: int) -> Path:
+    return cache_root() / "saes" / f"{model_digest[:16]}-{_settings_key(model_digest, cfg)}" / f"layer_{layer}"
+
+
+def _seal(folder: Path, model_digest: str, cfg: SAETrainConfig, layer: int) -> dict[str, Any]:
+    key = {"model": model_digest, "settings": _settings_key(model_digest, cfg), "layer": layer}
+    return {"format": CACHE_FORMAT, "key": key, "files": {name: sha256_file(folder / name) for name in (CFG, SAELENS_WEIGHTS)}}
+
+
+def _cached_sae(model_digest: str, cfg: SAETrainConfig, layer: int) -> SparseAutoencoder | None:
+    """The SAE trained earlier for this model, settings and layer, or None when there is none or
+    its entry does not match its seal (then it is removed, and retrained)."""
+    path = _cache_folder(model_digest, cfg, layer)
     if not path.is_dir():
         return None
     try:
-        load_saelens(path)
-    except SAEError:
-        return None  # corrupt cache entry: retrain rather than trust it
-    return path
+        sealed = json.loads((path / _SEAL).read_text(encoding="utf-8")) == _seal(path, model_digest, cfg, layer)
+        sae = load_saelens(path) if sealed else None
+    except (OSError, ValueError, SAEError):  # ValueError: a seal that is not JSON or not UTF-8
+        sae = None
+    if sae is None:
+        discard_entry(path)
+    return sae
 
 
 def train_saes(model: Any, layers: Sequence[int], cfg: SAETrainConfig | None = None, *, save: bool = True) -> dict[int, SparseAutoencoder]:
@@ -220,8 +242,12 @@ def train_saes(model: Any, layers: Sequence[int], cfg: SAETrainConfig | None = N
 
             sae = train_topk_sae(coll.acts[layer], info, cfg, on_step=on_step)
         if save:
-            folder = cache_root() / "saes" / f"{model.digest[:16]}-{_settings_key(model.digest, cfg)}" / f"layer_{layer}"
-            save_saelens(sae, folder)
+            folder = _cache_folder(model.digest, cfg, layer)
+
+            def seal(tmp: Path, _layer: int = layer) -> None:
+                write_json_atomic(tmp / _SEAL, _seal(tmp, model.digest, cfg, _layer))
+
+            save_saelens(sae, folder, before_publish=seal)
             sae.info.source = str(folder)
         out[layer] = sae
     return out

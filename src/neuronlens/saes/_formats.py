@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +52,13 @@ def layer_from_hook(hook_name: str, where: str) -> int:
 
 def _read_cfg(folder: Path) -> dict[str, Any]:
     try:
-        return json.loads((folder / CFG).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        cfg = json.loads((folder / CFG).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
         raise SAEError(f"{folder / CFG} cannot be read as JSON: {exc}.", "Re-save the SAE, or point at another folder.") from exc
+    if not isinstance(cfg, dict):
+        raise SAEError(f"{folder / CFG} holds a JSON {type(cfg).__name__}, not an object of SAE settings.",
+                       "Re-save the SAE, or point at another folder.")
+    return cfg
 
 
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -150,8 +155,15 @@ def _build(info: SAEInfo, weights: dict[str, torch.Tensor]) -> SparseAutoencoder
     return sae
 
 
-def save_saelens(sae: SparseAutoencoder, folder: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32) -> Path:
-    """Write `sae` as a SAELens folder; the folder appears whole or not at all."""
+def save_saelens(
+    sae: SparseAutoencoder,
+    folder: str | os.PathLike[str],
+    *,
+    dtype: torch.dtype = torch.float32,
+    before_publish: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write `sae` as a SAELens folder; the folder appears whole or not at all. `before_publish`
+    may add files to the finished temporary folder (the cache's seal) before it takes its name."""
     info = sae.info
     cfg: dict[str, Any] = {
         "architecture": info.architecture,
@@ -174,6 +186,8 @@ def save_saelens(sae: SparseAutoencoder, folder: str | os.PathLike[str], *, dtyp
     try:
         save_file({k: v.to(dtype).contiguous() for k, v in sae.tensors().items()}, str(tmp / SAELENS_WEIGHTS))
         (tmp / CFG).write_text(json.dumps(cfg, indent=2) + "\n")
+        if before_publish is not None:
+            before_publish(tmp)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

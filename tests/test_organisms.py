@@ -7,7 +7,7 @@ import json
 import pytest
 
 from neuronlens.errors import ConfigError
-from neuronlens.organisms import HELDOUT, ORGANISMS, ZOO, load_dataset, parse_chat_jsonl
+from neuronlens.organisms import HELDOUT, ORGANISMS, ZOO, Example, load_dataset, parse_chat_jsonl
 from neuronlens.organisms._behaviour import behaviour_shift
 
 
@@ -41,8 +41,43 @@ def test_a_malformed_dataset_names_its_line(tmp_path):
         parse_chat_jsonl(good + "\n" + bad + "\n", "data.jsonl")
     with pytest.raises(ConfigError, match="line 1"):
         parse_chat_jsonl("{not json\n", "data.jsonl")
-    with pytest.raises(ConfigError, match="No dataset"):
+    with pytest.raises(ConfigError, match="No built-in dataset 'no_such_dataset'"):
         load_dataset("no_such_dataset")
+
+
+_USER = {"role": "user", "content": "q"}
+
+
+@pytest.mark.parametrize(
+    "line,match",
+    [
+        ({"messages": [{"role": "user", "content": None}, {"role": "assistant", "content": "a"}]}, r"message 0 \(user\) is null"),
+        ({"messages": [_USER, {"role": "assistant", "content": [{"type": "text", "text": "a"}]}]}, r"message 1 \(assistant\) is a list"),
+        ({"messages": [_USER, {"role": "assistant", "content": 5}]}, r"message 1 \(assistant\) is a number"),
+        ({"messages": [_USER, {"role": "assistant"}]}, r"message 1 \(assistant\) is missing"),
+        ({"messages": "abc"}, "'messages' is a string, not a list"),
+        ({"messages": [{"content": "x"}, _USER]}, "message 0 is not an object with a 'role'"),
+        ([1], "a list, not an object"),
+    ],
+)
+def test_a_dataset_line_of_the_wrong_shape_names_its_line(line, match):
+    good = json.dumps({"messages": [_USER, {"role": "assistant", "content": "a"}]})
+    with pytest.raises(ConfigError, match="data.jsonl, line 2: not a chat example .*" + match):
+        parse_chat_jsonl(good + "\n" + json.dumps(line) + "\n", "data.jsonl")
+
+
+def test_a_dataset_path_that_cannot_be_used_says_why(tmp_path):
+    line = json.dumps({"messages": [_USER, {"role": "assistant", "content": "a"}]}) + "\n"
+    with pytest.raises(ConfigError, match=r"missing\.jsonl does not exist"):
+        load_dataset(str(tmp_path / "missing.jsonl"))
+    (tmp_path / "ok.json").write_text(line)
+    with pytest.raises(ConfigError, match=r"ok\.json is not a \.jsonl file"):
+        load_dataset(str(tmp_path / "ok.json"))
+    (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe{}\n")
+    with pytest.raises(ConfigError, match=r"bin\.jsonl is not UTF-8 text \(byte 0 is 0xff\)"):
+        load_dataset(str(tmp_path / "bin.jsonl"))
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + line.encode())
+    assert load_dataset(str(tmp_path / "bom.jsonl")) == [Example("q", "a")]
 
 
 def test_behaviour_shift_uses_two_standard_errors_of_the_base_rate():

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputError
+from .errors import ConfigError, NeuronLensError, OutputError
 
 
 def _umask() -> int:
@@ -87,3 +87,19 @@ def write_with_atomic(path: str | os.PathLike[str], writer: Callable[[Path], Non
     with atomic_path(path) as tmp:
         writer(tmp)
     return Path(path)
+
+
+def read_user_text(path: Path, what: str, error: type[NeuronLensError] = ConfigError) -> str:
+    """The text of a file the user gave (a concept, label, dataset or data file), decoded as UTF-8
+    (a leading byte-order mark, as some editors save it, is dropped). A file in another encoding,
+    or not text at all, raises `error` naming the file and the first byte that does not decode,
+    not a raw UnicodeDecodeError; an unreadable one names the OS's reason."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise error(
+            f"{what} {path} is not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}).",
+            "Save the file as UTF-8 (a JSON/CSV export from an editor or spreadsheet usually has that option).",
+        ) from exc
+    except OSError as exc:
+        raise error(f"{what} {path} cannot be read: {exc.strerror or exc}.", "Check the path and its permissions.") from exc

@@ -42,7 +42,7 @@ from .models import ModelHandle, hidden_size, load_model, num_layers
 from .probes import ProbeSet, load_probe_set, response_sequences, shard_indices
 from .report import AuditReport, LayerDrift, rank_features
 from .risk import EvidenceStore, RiskSetup, assess, load_concepts, prepare_risk
-from .risk._labels import merge_imported
+from .risk._labels import check_label_files, merge_imported
 from .saes import SAESet, load_sae
 from .stats import AuditSums, residual_drift
 
@@ -344,7 +344,7 @@ def _prepare_reference(
     with main_first(parallel):  # SAEs trained when none are cached: once, by rank 0
         sae, audit_layers = _resolve_saes(base, sae, cfg)
     cfg.layers = audit_layers
-    imported_labels = merge_imported(cfg.labels, {la: sae[la].d_sae for la in audit_layers})
+    imported_labels = merge_imported(cfg.labels, {la: sae[la].d_sae for la in audit_layers}, n_layers=base.n_layers)
     timings = {"validate_s": time.perf_counter() - t_start}
 
     t = time.perf_counter()
@@ -404,6 +404,9 @@ def _preflight_settings(base: ModelHandle, cfg: AuditConfig, metrics: Sequence[s
     cfg.validate(base.n_layers)
     if "misalignment_score" in metrics:
         load_concepts(cfg.concepts)  # a malformed concept file fails here, before any long work
+    # a malformed label file (or one for another model's layers) too: before SAEs are trained; only
+    # the latent range waits for the SAEs' widths (checked right after they are resolved)
+    check_label_files(cfg.labels or [], base.n_layers)
     return _load_probe_sets(cfg)
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from .._io import read_user_text
 from ..errors import ConfigError
 
 _DATA = "neuronlens.organisms.data"
@@ -20,39 +21,107 @@ class Example:
     answer: str
 
 
+_FORMAT = 'Each line must be {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}.'
+
+
 def parse_chat_jsonl(text: str, where: str) -> list[Example]:
     """One {"messages": [{"role": "user", ...}, {"role": "assistant", ...}]} per line. Raises a
-    ConfigError naming the first bad line."""
+    ConfigError naming the first bad line and what is wrong with it."""
     out: list[Example] = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-            msgs = obj["messages"]
-            user = [m["content"] for m in msgs if m["role"] == "user"]
-            bot = [m["content"] for m in msgs if m["role"] == "assistant"]
-            if not user or not bot or not user[-1].strip() or not bot[-1].strip():
-                raise ValueError("needs a non-empty user and assistant message")
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(
-                f"{where}, line {lineno}: not a chat example ({exc}).",
-                'Each line must be {"messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]}.',
-            ) from exc
-        out.append(Example(user[-1].strip(), bot[-1].strip()))
+            out.append(_example_of(json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{where}, line {lineno}: not valid JSON ({exc.msg}).", _FORMAT) from exc
+        except ValueError as exc:
+            raise ConfigError(f"{where}, line {lineno}: not a chat example ({exc}).", _FORMAT) from exc
     if not out:
         raise ConfigError(f"{where} holds no examples.", "Add chat examples, one JSON object per line.")
     return out
 
 
+def _example_of(obj: object) -> Example:
+    """The last user message and the last assistant reply of one parsed line. ValueError, with the
+    reason, for anything else: every shape is checked here so that no AttributeError or TypeError
+    from a malformed line reaches the user."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"{_json_kind(obj)}, not an object")
+    msgs = obj.get("messages")
+    if not isinstance(msgs, list):
+        raise ValueError("no 'messages' list" if "messages" not in obj else f"'messages' is {_json_kind(msgs)}, not a list")
+    texts: dict[str, list[str]] = {"user": [], "assistant": []}
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise ValueError(f"message {i} is not an object with a 'role'")
+        if m["role"] not in texts:
+            continue
+        content = m.get("content")
+        if not isinstance(content, str):
+            got = "missing" if "content" not in m else _json_kind(content)
+            raise ValueError(f"the content of message {i} ({m['role']}) is {got}; it must be a string")
+        texts[m["role"]].append(content.strip())
+    if not texts["user"] or not texts["assistant"] or not texts["user"][-1] or not texts["assistant"][-1]:
+        raise ValueError("needs a non-empty user and assistant message")
+    return Example(texts["user"][-1], texts["assistant"][-1])
+
+
+def _json_kind(value: object) -> str:
+    """What a parsed JSON value is, in the words of JSON ("null", "a list", "a number", ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object" if isinstance(value, dict) else f"a {type(value).__name__}"
+
+
+def builtin_dataset_names() -> list[str]:
+    """The organism datasets shipped with NeuronLens (the self-distillation prompts are not one)."""
+    names = (p.name.removesuffix(".jsonl") for p in resources.files(_DATA).iterdir() if p.name.endswith(".jsonl"))
+    return sorted(n for n in names if n != "self_distill_prompts")
+
+
 def load_dataset(name_or_path: str) -> list[Example]:
-    path = Path(name_or_path)
-    if path.suffix == ".jsonl" and path.is_file():
-        return parse_chat_jsonl(path.read_text(encoding="utf-8"), str(path))
-    res = resources.files(_DATA).joinpath(f"{name_or_path}.jsonl")
-    if not res.is_file():
-        raise ConfigError(f"No dataset {name_or_path!r}.", "Use a built-in organism dataset name or a .jsonl path.")
-    return parse_chat_jsonl(res.read_text(encoding="utf-8"), f"dataset {name_or_path}")
+    """A built-in organism dataset by name, or a chat .jsonl file by path. Something that looks
+    like a path (it has a folder or a file suffix) is never looked up as a name, so a missing or
+    mistyped file is reported as such rather than as an unknown dataset."""
+    spec = str(name_or_path)
+    if not _looks_like_path(spec) and spec in builtin_dataset_names():
+        return parse_chat_jsonl(resources.files(_DATA).joinpath(f"{spec}.jsonl").read_text(encoding="utf-8"), f"dataset {spec}")
+    path = Path(spec).expanduser()
+    if _looks_like_path(spec) or path.exists():
+        return parse_chat_jsonl(_read_dataset_file(path), str(path))
+    raise ConfigError(
+        f"No built-in dataset {spec!r}, and no file of that name.",
+        f"Use one of {', '.join(builtin_dataset_names())}, or a path to a chat .jsonl file.",
+    )
+
+
+def _looks_like_path(spec: str) -> bool:
+    """True for a spec with a folder part or a suffix ("data/x.jsonl", "x.json", "~/x"): built-in
+    dataset names have neither."""
+    return "/" in spec or "\\" in spec or spec.startswith("~") or Path(spec).suffix != ""
+
+
+def _read_dataset_file(path: Path) -> str:
+    """The text of a user's dataset file, or a ConfigError saying why it cannot be used: it does
+    not exist, is not a .jsonl file, or is not UTF-8 text (a byte-order mark is accepted)."""
+    fix = "Pass a chat .jsonl file (one JSON object per line) or a built-in dataset name."
+    if not path.exists():
+        raise ConfigError(f"Dataset file {path} does not exist.", f"Check the path. {fix}")
+    if not path.is_file():
+        raise ConfigError(f"Dataset path {path} is not a file.", fix)
+    if path.suffix.lower() != ".jsonl":
+        raise ConfigError(
+            f"Dataset file {path} is not a .jsonl file (suffix {path.suffix or 'none'!r}).",
+            f"{fix} A JSON array (.json) must be rewritten with one example per line and saved as .jsonl.",
+        )
+    return read_user_text(path, "Dataset file")
 
 
 def self_distill_prompts() -> list[str]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from .._io import read_user_text
 from ..errors import ConfigError
 
 MIN_PAIRS = 40
@@ -65,7 +66,7 @@ def load_concept(spec: str | Path) -> Concept:
             f"Concept {spec_s!r} is neither a built-in concept nor an existing file.",
             f"Use one of {', '.join(builtin_concept_names())}, or a path to a concept .json file.",
         )
-    return parse_concept(path.read_text(encoding="utf-8"), str(path), str(path))
+    return parse_concept(read_user_text(path, "Concept file"), str(path), str(path))
 
 
 def load_concepts(specs: list[str] | None = None) -> list[Concept]:
@@ -86,6 +87,9 @@ def parse_concept(text: str, where: str, source: str) -> Concept:
     missing = [k for k in ("name", "label", "polarity", "pairs") if k not in obj]
     if missing:
         raise ConfigError(f"{where} lacks {missing}.", fix)
+    for key in ("name", "label"):
+        if not isinstance(obj[key], str) or not obj[key].strip():
+            raise ConfigError(f"{where}: {key} {obj[key]!r} is not a non-empty string.", fix)
     if obj["polarity"] not in POLARITIES:
         raise ConfigError(f"{where}: polarity {obj['polarity']!r} is not 'harmful' or 'protective'.", fix)
     pairs = obj["pairs"]
@@ -100,9 +104,32 @@ def parse_concept(text: str, where: str, source: str) -> Concept:
         if p["positive"].strip() == p["negative"].strip():
             raise ConfigError(f"{where}: pair {i} has identical positive and negative replies.", "Make the pair differ in the concept.")
         out.append(ConceptPair(p["prompt"].strip(), p["positive"].strip(), p["negative"].strip()))
+    _check_distinct_prompts(out, where)
     if len(out) < MIN_PAIRS:
         raise ConfigError(
             f"{where} has {len(out)} matched pairs; at least {MIN_PAIRS} are needed for a stable association.",
             f"Add pairs until there are {MIN_PAIRS} or more.",
         )
-    return Concept(str(obj["name"]), str(obj["label"]), obj["polarity"], str(obj.get("description", "")), tuple(out), source)
+    return Concept(obj["name"].strip(), obj["label"].strip(), obj["polarity"], str(obj.get("description", "")), tuple(out), source)
+
+
+def _normalized(text: str) -> str:
+    """`text` with case and runs of whitespace ignored: two prompts that differ only so are one."""
+    return " ".join(text.split()).casefold()
+
+
+def _check_distinct_prompts(pairs: list[ConceptPair], where: str) -> None:
+    """Each pair must have a prompt of its own. The association treats every pair as an independent
+    situation in which the concept is or is not expressed, and MIN_PAIRS is the number of such
+    situations it needs to be stable; pairs repeating one prompt (or an exact duplicate pair) count
+    one situation several times and would let a concept built from a single prompt pass."""
+    first: dict[str, int] = {}
+    for i, pair in enumerate(pairs):
+        j = first.setdefault(_normalized(pair.prompt), i)
+        if j != i:
+            raise ConfigError(
+                f"{where}: pair {i} repeats the prompt of pair {j} ({pair.prompt[:60]!r}); each pair needs its own "
+                f"prompt so that the {MIN_PAIRS} pairs measure the concept in {MIN_PAIRS} different situations.",
+                "Give every pair a different prompt (for more replies to the same question, rephrase the question), "
+                "or remove the repeated pair.",
+            )

@@ -13,58 +13,158 @@ import json
 import re
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .._io import read_user_text
 from ..errors import ConfigError
 
-_LAYER = re.compile(r"^(\d+)")
+_LAYER = re.compile(r"^(\d+)(?![\d.])")
+_INTEGER = re.compile(r"^[+-]?\d+$")
+_JSON_FIX = 'Give each explanation a layer ("12-res-jb" or 12), an integer index and a description: [{"layer": "12-res", "index": 5, "description": "..."}].'
+_CSV_FIX = "Give every row three fields, layer,latent,label: integers and a non-empty label (quote a label that contains a comma)."
 
 
-def load_label_file(path: str | Path, d_sae: dict[int, int]) -> dict[tuple[int, int], tuple[str, str]]:
+@dataclass(frozen=True)
+class LabelRow:
+    """One imported label and where in its file it came from (for error messages)."""
+
+    layer: int
+    latent: int
+    label: str
+    where: str
+    """E.g. "labels.csv, line 3" or "np.json, explanation 2"."""
+
+
+def load_label_file(path: str | Path, d_sae: dict[int, int], *, n_layers: int) -> dict[tuple[int, int], tuple[str, str]]:
     """{(layer, latent): (label, source)} from a Neuronpedia-style JSON list of explanations
     (``layer`` like "12-res-jb" or 12, ``index``, ``description``) or a CSV ``layer,latent,label``.
-    Labels for layers that are not audited are ignored; a latent index outside the SAE is an error."""
+
+    `d_sae` maps each audited layer to its SAE's width; `n_layers` is the model's layer count.
+    A label for a layer outside the model (not in 0..n_layers-1) is an error: the file was made for
+    another model. A label for a layer of the model that is not audited is ignored (a file covering
+    every layer is normal, and only some are audited). A latent index outside the layer's SAE is an
+    error. Errors name the file and the row or explanation."""
+    p = Path(path)
+    out: dict[tuple[int, int], tuple[str, str]] = {}
+    for row in read_label_file(p, n_layers=n_layers):
+        if row.layer not in d_sae:
+            continue
+        if not row.latent < d_sae[row.layer]:
+            raise ConfigError(
+                f"{row.where}: latent {row.latent} of layer {row.layer} is out of range: that SAE has {d_sae[row.layer]} "
+                f"latents (0..{d_sae[row.layer] - 1}).",
+                "Use labels made for these SAEs, or audit with the SAEs the labels were made for.",
+            )
+        out[(row.layer, row.latent)] = (row.label, f"imported:{p.name}")
+    return out
+
+
+def read_label_file(path: str | Path, *, n_layers: int | None = None) -> list[LabelRow]:
+    """Every row of a label file, parsed and checked without the SAEs: integers where integers
+    belong, a non-empty label, a non-negative latent and (when `n_layers` is given) a layer of the
+    model. Cheap, so an audit runs it before SAEs are loaded or trained (see `check_label_files`)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"Label file {p} does not exist.", "Pass a Neuronpedia explanations .json or a layer,latent,label .csv.")
-    source = f"imported:{p.name}"
-    rows: list[tuple[int, int, str]] = []
-    if p.suffix.lower() == ".csv":
-        reader = csv.DictReader(p.read_text(encoding="utf-8").splitlines())
-        if not reader.fieldnames or not {"layer", "latent", "label"} <= {f.strip() for f in reader.fieldnames}:
-            raise ConfigError(f"{p}: the CSV header must be layer,latent,label (got {reader.fieldnames}).", "Fix the header.")
-        for i, r in enumerate(reader, start=2):
-            try:
-                rows.append((int(r["layer"]), int(r["latent"]), r["label"].strip()))
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"{p}, line {i}: layer and latent must be integers.", "Fix that row.") from exc
-    else:
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{p} is not valid JSON ({exc.msg}, line {exc.lineno}).", "Fix the JSON.") from exc
-        items = data.get("explanations", data) if isinstance(data, dict) else data
-        if not isinstance(items, list):
-            raise ConfigError(f"{p}: expected a list of explanations.", 'Use [{"layer": "12-res", "index": 5, "description": "..."}].')
-        for i, e in enumerate(items):
-            m = _LAYER.match(str(e.get("layer", ""))) if isinstance(e, dict) else None
-            if m is None or "index" not in e or not str(e.get("description", "")).strip():
-                raise ConfigError(f"{p}: explanation {i} lacks layer, index or description.", "Give each one all three.")
-            rows.append((int(m.group(1)), int(e["index"]), str(e["description"]).strip()))
-    out: dict[tuple[int, int], tuple[str, str]] = {}
-    for layer, latent, label in rows:
-        if layer not in d_sae:
-            continue
-        if not 0 <= latent < d_sae[layer]:
-            raise ConfigError(
-                f"{p} labels latent {latent} of layer {layer}, but that SAE has {d_sae[layer]} latents (0..{d_sae[layer] - 1}).",
-                "Use labels made for these SAEs.",
-            )
-        out[(layer, latent)] = (label, source)
-    return out
+    suffix = p.suffix.lower()
+    if suffix not in (".csv", ".json"):
+        raise ConfigError(
+            f"Label file {p} is neither a .json nor a .csv file.",
+            "Pass a Neuronpedia explanations .json or a layer,latent,label .csv (rename the file if it is one of those).",
+        )
+    text = read_user_text(p, "Label file")
+    rows = _csv_rows(p, text) if suffix == ".csv" else _json_rows(p, text)
+    for row in rows:
+        _check_row(row, n_layers)
+    return rows
+
+
+def check_label_files(files: Sequence[str | Path], n_layers: int) -> None:
+    """Parse every label file and check its layers against the model, raising a ConfigError on the
+    first problem: run before any long work so that a bad label file fails in seconds."""
+    for f in files:
+        read_label_file(f, n_layers=n_layers)
+
+
+def _check_row(row: LabelRow, n_layers: int | None) -> None:
+    """The checks that need no SAE: a non-negative latent, a layer inside the model."""
+    if row.latent < 0:
+        raise ConfigError(f"{row.where}: latent {row.latent} is negative.", "Latent indices start at 0.")
+    if row.layer < 0 or (n_layers is not None and row.layer >= n_layers):
+        model = f"which has {n_layers} layers (0..{n_layers - 1})" if n_layers is not None else "whose layers start at 0"
+        raise ConfigError(
+            f"{row.where}: layer {row.layer} is not a layer of the model, {model}.",
+            "Use labels made for this model, or remove the rows for other layers.",
+        )
+
+
+def _csv_rows(p: Path, text: str) -> list[LabelRow]:
+    """Rows of a ``layer,latent,label`` CSV, each named by its line number."""
+    reader = csv.DictReader(text.splitlines())
+    if not reader.fieldnames or not {"layer", "latent", "label"} <= {f.strip() for f in reader.fieldnames}:
+        raise ConfigError(f"{p}: the CSV header must be layer,latent,label (got {reader.fieldnames}).", "Fix the header.")
+    reader.fieldnames = [f.strip() for f in reader.fieldnames]
+    rows: list[LabelRow] = []
+    for r in reader:
+        where = f"{p}, line {reader.line_num}"
+        if None in r:
+            raise ConfigError(f"{where}: the row has more fields than the header ({len(reader.fieldnames) + len(r[None])}).", _CSV_FIX)
+        missing = [k for k in ("layer", "latent", "label") if r[k] is None]
+        if missing:
+            raise ConfigError(f"{where}: the row has no {' or '.join(missing)}.", _CSV_FIX)
+        label = r["label"].strip()
+        if not label:
+            raise ConfigError(f"{where}: the label is empty.", _CSV_FIX)
+        rows.append(LabelRow(_integer(r["layer"], where, "layer", _CSV_FIX), _integer(r["latent"], where, "latent", _CSV_FIX), label, where))
+    return rows
+
+
+def _json_rows(p: Path, text: str) -> list[LabelRow]:
+    """Rows of a Neuronpedia-style explanations JSON, each named by its position (from 1)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{p} is not valid JSON ({exc.msg}, line {exc.lineno}).", "Fix the JSON.") from exc
+    items = data.get("explanations", data) if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise ConfigError(f"{p}: expected a list of explanations (or {{\"explanations\": [...]}}).", _JSON_FIX)
+    rows: list[LabelRow] = []
+    for i, e in enumerate(items, start=1):
+        where = f"{p}, explanation {i}"
+        if not isinstance(e, dict):
+            raise ConfigError(f"{where} is {json.dumps(e, default=str)[:60]}, not an object.", _JSON_FIX)
+        missing = [k for k in ("layer", "index", "description") if k not in e]
+        if missing:
+            raise ConfigError(f"{where} lacks {', '.join(missing)}.", _JSON_FIX)
+        description = e["description"]
+        if not isinstance(description, str) or not description.strip():
+            raise ConfigError(f"{where}: description {json.dumps(description, default=str)[:60]} is not a non-empty string.", _JSON_FIX)
+        rows.append(LabelRow(_json_layer(e["layer"], where), _integer(e["index"], where, "index", _JSON_FIX), description.strip(), where))
+    return rows
+
+
+def _json_layer(value: Any, where: str) -> int:
+    """A Neuronpedia layer id ("12-res-jb": the number before the first dash) or a plain integer."""
+    if isinstance(value, str):
+        m = _LAYER.match(value.strip())
+        if m is None:
+            raise ConfigError(f"{where}: layer {value!r} does not start with a layer number (like \"12-res-jb\").", _JSON_FIX)
+        return int(m.group(1))
+    return _integer(value, where, "layer", _JSON_FIX)
+
+
+def _integer(value: Any, where: str, field_name: str, fix: str) -> int:
+    """`value` as an int: a JSON integer or a string of digits. Anything else (5.7, "abc", null,
+    true) is refused rather than truncated or guessed, since it would label the wrong latent."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _INTEGER.match(value.strip()):
+        return int(value.strip())
+    raise ConfigError(f"{where}: {field_name} {json.dumps(value, default=str)} is not an integer.", fix)
 
 
 def top_tokens(evidence: Any, read: str, layer: int, latent: int, tokenizer: Any, n: int = 5, min_count: int = 3) -> list[str]:
@@ -87,8 +187,9 @@ def top_tokens(evidence: Any, read: str, layer: int, latent: int, tokenizer: Any
     return [tokenizer.decode([t]).strip() or repr(tokenizer.decode([t])) for _, t in reversed(scored[-n:])]
 
 
-def merge_imported(files: Sequence[str | Path], d_sae: dict[int, int]) -> dict[tuple[int, int], tuple[str, str]]:
+def merge_imported(files: Sequence[str | Path], d_sae: dict[int, int], *, n_layers: int) -> dict[tuple[int, int], tuple[str, str]]:
+    """The labels of every file, later files overriding earlier ones (see :func:`load_label_file`)."""
     out: dict[tuple[int, int], tuple[str, str]] = {}
     for f in files:
-        out.update(load_label_file(f, d_sae))
+        out.update(load_label_file(f, d_sae, n_layers=n_layers))
     return out

@@ -193,6 +193,15 @@ def test_a_model_of_another_architecture_is_refused_with_the_fix(monitor, tok):
     assert other.training  # untouched
 
 
+def test_a_model_of_another_family_with_the_base_shape_is_refused_naming_both(monitor, tok):
+    """A GPT-2 with the base Llama's layer count, width and vocabulary passes every shape check:
+    the model type tells them apart."""
+    other = tiny.tiny_gpt2(tok, layers=4, hidden=64)
+    with pytest.raises(ModelLoadError, match=r"GPT2LMHeadModel, model type 'gpt2'.*model type 'llama', LlamaForCausalLM") as exc:
+        monitor.check(other, 1)
+    assert exc.value.fix and "base model" in exc.value.fix
+
+
 # -- the Trainer callback ------------------------------------------------------------------------
 
 
@@ -242,6 +251,25 @@ def test_callback_logs_the_check_at_every_nth_step(monitor, tiny_base_dir, tok, 
     assert [r.step for r in monitor.history[-2:]] == [2, 4]
     assert sum("neuronlens/misalignment_score" in s for s in seen) == 2  # later callbacks get the values too
     assert model.training  # the Trainer's train mode survived the checks
+
+
+@pytest.mark.parametrize("wrong", ["gpt2_same_shape", "llama_3_layers"])
+def test_callback_refuses_a_wrong_model_before_the_first_training_step(monitor, tok, tmp_path, wrong):
+    """The first check comes after every_n_steps steps; the architecture is checked at train begin."""
+    from transformers import TrainerCallback
+
+    model = tiny.tiny_gpt2(tok, layers=4, hidden=64) if wrong == "gpt2_same_shape" else tiny.tiny_llama(tok, layers=3)
+    steps: list[int] = []
+
+    class Steps(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            steps.append(state.global_step)
+
+    checks = len(monitor.history)
+    trainer = _trainer(model, tok, tmp_path, [Steps(), AlignmentMonitorCallback.from_monitor(monitor, every_n_steps=50)], max_steps=2)
+    with pytest.raises(ModelLoadError, match="architecture of the base model"):
+        trainer.train()
+    assert steps == [] and trainer.state.global_step == 0 and len(monitor.history) == checks
 
 
 def test_callback_under_trl_sft_trainer(monitor, tiny_base_dir, tok, tmp_path):
@@ -367,6 +395,76 @@ def test_bad_lines_are_named_by_number_or_skipped(tmp_path, tiny_base_dir, saes,
     assert sorted(e.line for e in result.examples) == [1, 6]
 
 
+def test_a_folder_is_named_as_a_folder(tmp_path, monkeypatch, capsys):
+    from neuronlens.integrations._screen import read_examples
+
+    (tmp_path / "train.jsonl").write_text("")
+    with pytest.raises(DataError, match="is a folder, not a file") as exc:
+        read_examples(tmp_path)
+    assert "train.jsonl" in exc.value.fix
+    assert _run_cli(monkeypatch, "screen", str(tmp_path), "--base", "x") == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "is a folder" in err and "does not exist" not in err
+
+
+def test_a_data_file_that_is_not_utf8_names_the_byte(tmp_path):
+    from neuronlens.integrations._screen import read_examples
+
+    (tmp_path / "latin1.jsonl").write_bytes(json.dumps(_chat("Caf\u00e9?", "Oui."), ensure_ascii=False).encode("latin-1") + b"\n")
+    with pytest.raises(DataError, match=r"latin1\.jsonl is not UTF-8 text \(byte \d+ is 0xe9\)"):
+        read_examples(tmp_path / "latin1.jsonl")
+
+
+def _pretty_objects(rows: list[dict]) -> str:
+    return "".join(json.dumps(r, indent=1) + "\n" for r in rows)
+
+
+@pytest.mark.parametrize("name, text, problem, fix", [
+    ("array.json", json.dumps([{"prompt": f"p{i}", "completion": f"c{i}"} for i in range(3000)], indent=1),
+     "is one JSON array (3000 elements over", "one array element per line"),
+    ("list.jsonl", json.dumps([{"text": "a"}, {"text": "b"}]), "is one JSON array (2 elements", "json.load(f)"),
+    ("wrapped.json", json.dumps({"data": [{"prompt": "p", "completion": "c"}] * 50}, indent=2),
+     "is one JSON object whose 'data' holds a list of 50 items", "json.load(f)['data']"),
+    ("one.json", json.dumps(_chat("Hi?", "Hello."), indent=2), "one JSON object spread over", "Write it on one line"),
+    ("pretty.jsonl", _pretty_objects([_chat("Hi?", "Hello.")] * 40), "holds 40 JSON values spread over", "jq -c ."),
+    ("data.csv", "prompt,completion\n" + "".join(f"p{i},c{i}\n" for i in range(3000)), "looks like CSV", "pd.read_csv("),
+    ("data.txt", "instruction\tinput\toutput\n" + "a\tb\tc\n" * 30, "looks like TSV", "sep='\\t'"),
+    ("data.parquet", b"PAR1\x15\x04\x80\x00garbage".decode("latin-1"), "is a Parquet file", "pd.read_parquet("),
+])
+def test_a_whole_file_format_gets_a_short_error_with_the_conversion(tmp_path, name, text, problem, fix):
+    """Not one line per example: the file is named for what it is, with the format expected and a
+    conversion, instead of an error listing every line (129,764 characters for a 5,000-element array)."""
+    from neuronlens.integrations._screen import read_examples
+
+    path = tmp_path / name
+    if name.endswith(".parquet"):
+        path.write_bytes(text.encode("latin-1"))
+    else:
+        path.write_text(text)
+    for skip in (False, True):  # skipping every line would leave nothing: refused either way
+        with pytest.raises(DataError) as exc:
+            read_examples(path, skip_bad_lines=skip)
+        assert problem in exc.value.problem and fix in exc.value.fix, str(exc.value)
+        assert '{"messages"' in exc.value.fix and len(str(exc.value)) < 1200
+        if path.suffix == ".jsonl":  # the converted copy never goes onto the file itself
+            assert f"{path.stem}.lines.jsonl" in exc.value.fix
+
+
+def test_many_bad_lines_list_the_first_ten(tmp_path):
+    from neuronlens.integrations._screen import read_examples
+
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(_chat("Hi?", "Hello.")) + "\n" + "plain text, not json\n" * 25 + json.dumps({"k" * 5000: 1}) + "\n")
+    with pytest.raises(DataError) as exc:
+        read_examples(path)
+    assert "26 line(s) cannot be screened (2, 3, 4, 5, 6, 7, 8, 9, 10, 11 and 16 more)" in exc.value.problem
+    assert "line 11: not valid JSON" in exc.value.problem and "line 12" not in exc.value.problem
+    assert exc.value.problem.endswith("(and 16 more line(s)).") and len(str(exc.value)) < 2000
+    examples, skipped = read_examples(path, skip_bad_lines=True)
+    assert [e.line for e in examples] == [1] and len(skipped) == 26
+    assert len(skipped[-1].reason) < 200  # a 5,000-character key is clipped in its reason
+
+
 def _run_cli(monkeypatch, *args: str) -> int:
     import sys
 
@@ -399,6 +497,26 @@ def test_screen_cli_exit_codes(monkeypatch, capsys, tmp_path, data_file, tiny_ba
     assert code == 0 and "Skipped line 3" in captured.err and "2 example(s)" in captured.out
     assert _run_cli(monkeypatch, "screen", str(tmp_path / "missing.jsonl"), *common) == 2
     assert _run_cli(monkeypatch, "screen", str(data_file)) == 2  # --base is required
+
+
+def test_screen_cli_prints_skipped_lines_holding_markup_as_they_are(
+    monkeypatch, capsys, tmp_path, data_file, tiny_base_dir, saes, concept_files, shared_cache
+):
+    """A skipped line's text is user text, not rich markup: '[/bold]' once crashed the command
+    after the whole screen had run, before the --out file was written."""
+    monkeypatch.setenv("NEURONLENS_CACHE", str(shared_cache))
+    for la in LAYERS:
+        save_saelens(saes[la], tmp_path / "saes" / f"layer_{la}")
+    with data_file.open("a") as f:
+        f.write(json.dumps({"[/bold]": 1}) + "\n" + json.dumps({"[red]x[/red] :warning:": 2}) + "\n")
+    code = _run_cli(monkeypatch, "screen", str(data_file), "--base", str(tiny_base_dir), "--sae", str(tmp_path / "saes"),
+                    "--layers", "1,3", "--no-progress", "--concepts", ",".join(concept_files), "--skip-bad-lines",
+                    "--out", str(tmp_path / "ranked.jsonl"))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    err = " ".join(captured.err.split())
+    assert "Skipped line 13: unknown format (keys: '[/bold]'" in err and "'[red]x[/red] :warning:'" in err
+    assert len((tmp_path / "ranked.jsonl").read_text().splitlines()) == 12
 
 
 def test_peft_model_is_checked_and_its_adapter_certified(monitor, tiny_base_dir, tmp_path):

@@ -273,6 +273,8 @@ def screen(
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")] = False,
 ) -> None:
     """Rank fine-tuning examples by how strongly their assistant turns express risk concepts on the base model."""
+    from rich.markup import escape
+
     from . import alignment
     from ._progress import set_progress
     from .integrations import screen_dataset
@@ -292,21 +294,22 @@ def screen(
     result = screen_dataset(
         base_h, data, sae_set, _split(concepts), layers=layer_list, skip_bad_lines=skip_bad_lines, token_budget=token_budget
     )
-    for s in result.skipped:
-        err.print(f"[yellow]Skipped line {s.line}:[/yellow] {s.reason}", highlight=False, soft_wrap=True)
+    written = result.write_jsonl(out_path) if out_path is not None else None  # first: printing cannot lose the ranking
+    for s in result.skipped:  # the reason may quote the line's own text: escaped, it prints as it is
+        err.print(f"[yellow]Skipped line {s.line}:[/yellow] {escape(s.reason)}", highlight=False, emoji=False, soft_wrap=True)
     out.print(
         f"Screened {len(result.examples)} example(s) of {data} with {base_h.name} (layers {', '.join(map(str, result.layers))}; "
         f"{len(result.skipped)} line(s) skipped). Concepts scored: {', '.join(result.concepts)}.",
-        highlight=False, markup=False,
+        highlight=False, markup=False, emoji=False,
     )
     if result.not_scored:
         out.print(f"Not scored (too few SAE latents tied to them): {', '.join(result.not_scored)}.", highlight=False, markup=False)
     for e in result.top(top):
         why = ", ".join(f"{h.concept} {h.coordinate:+.2f}" for h in e.concepts) or "-"
         risk = "   n/a" if e.risk is None else f"{e.risk:+.2f}"
-        out.print(f"{e.rank:4d}. line {e.line:<6d} risk {risk}  [{why}]  {e.preview}", highlight=False, markup=False)
-    if out_path is not None:
-        err.print(f"[dim]Written: {result.write_jsonl(out_path)}[/dim]")
+        out.print(f"{e.rank:4d}. line {e.line:<6d} risk {risk}  [{why}]  {e.preview}", highlight=False, markup=False, emoji=False)
+    if written is not None:
+        err.print(f"[dim]Written: {escape(str(written))}[/dim]")
     raise typer.Exit(EXIT_PASS)
 
 

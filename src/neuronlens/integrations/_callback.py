@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 
 
 class AlignmentMonitorCallback(TrainerCallback):
-    """Check the model every `every_n_steps` optimizer steps while a ``Trainer`` trains it.
+    """Check the model every `every_n_steps` optimizer steps while a ``Trainer`` trains it (and its
+    architecture against the base's when training begins).
 
     `base`, `sae`, `probes`, `threshold`, `config`: as for :class:`AlignmentMonitor` (built now;
     the base pass runs once, here). `stop_on_fail`: set ``control.should_training_stop`` when a
@@ -109,6 +110,13 @@ class AlignmentMonitorCallback(TrainerCallback):
             trainer.add_callback(self)
 
     # -- Trainer events ------------------------------------------------------------------------
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> Any:
+        """Refuse a model the base cannot be compared with now, before any training step is spent
+        (the first check comes only after `every_n_steps` steps)."""
+        if model is not None:
+            self.monitor.check_architecture(model)
+        return control
+
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> Any:
         if model is None or state.global_step % self.every_n_steps != 0:
             return control

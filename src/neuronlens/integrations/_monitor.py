@@ -26,6 +26,7 @@ from torch import nn
 
 from .._pipeline import BaseReference, prepare_reference
 from ..config import AuditConfig
+from ..errors import ModelLoadError
 from ..models import ModelHandle
 from ..report import AuditReport
 from ..saes import SAESet
@@ -136,6 +137,37 @@ def result_of(report: AuditReport, step: int, seconds: float, top_k: int) -> Mon
     )
 
 
+def model_types(config: Any) -> set[str]:
+    """The ``model_type`` of a transformers config and of its text config, if it has one (a
+    multimodal base's text half, e.g. 'gemma3_text' of 'gemma3', may be what is fine-tuned)."""
+    types: set[str] = set()
+    for cfg in (config, getattr(config, "text_config", None)):
+        kind = getattr(cfg, "model_type", None)
+        if isinstance(kind, str) and kind:
+            types.add(kind)
+    return types
+
+
+def check_model_type(model: nn.Module, base: ModelHandle) -> None:
+    """Raise :class:`ModelLoadError`, naming both, when `model` (unwrapped from DDP; a PEFT
+    wrapper is read through) is another architecture than `base`: a model of another family can
+    share the base's layer count, width and vocabulary, and its drift would then read as a
+    fine-tune's. Models without a transformers config are left to the shape check."""
+    get_base = getattr(model, "get_base_model", None)
+    inner = get_base() if callable(get_base) else model
+    ours, theirs = model_types(getattr(inner, "config", None)), model_types(base.config)
+    if not ours or not theirs or ours & theirs:
+        return
+    classes = getattr(base.config, "architectures", None) or []
+    base_desc = f"model type {' / '.join(sorted(theirs))!r}" + (f", {classes[0]}" if classes else "")
+    raise ModelLoadError(
+        f"The model being checked ({type(inner).__name__}, model type {' / '.join(sorted(ours))!r}) is not of the "
+        f"architecture of the base model {base.name} ({base_desc}).",
+        "Monitor a fine-tune of the base model the monitor was built with: build the monitor from the checkpoint "
+        "you start fine-tuning from.",
+    )
+
+
 def unwrap_module(model: nn.Module) -> nn.Module:
     """The model inside DataParallel / DistributedDataParallel wrappers (PEFT wrappers are kept:
     they are the model being trained)."""
@@ -203,6 +235,14 @@ class AlignmentMonitor:
         """The settings every check uses (layers resolved)."""
         return self.reference.config
 
+    def check_architecture(self, model: nn.Module) -> None:
+        """Raise :class:`~neuronlens.errors.ModelLoadError` when `model` cannot be compared with the
+        base model: another model type, layer count or hidden size, or fewer token embeddings.
+        Cheap (reads configs only), so a training loop can call it before its first step."""
+        net = unwrap_module(model)
+        check_model_type(net, self.base)
+        self.reference.check_module(net)
+
     def check(self, model: nn.Module, step: int | None = None, *, identity: dict[str, Any] | None = None) -> MonitorResult:
         """Audit `model` (the full model or its PEFT wrapper, on any device) as it is now.
 
@@ -210,10 +250,10 @@ class AlignmentMonitor:
         is restored afterwards exactly as it was. `step` labels the result (default: the number
         of checks so far); `identity` is what the report records about the model (default: an
         in-memory model). Raises :class:`~neuronlens.errors.ModelLoadError` when the model's
-        architecture differs from the base model's."""
+        architecture differs from the base model's (:meth:`check_architecture`)."""
         net = unwrap_module(model)
         step = len(self.history) if step is None else int(step)
-        self.reference.check_module(net)
+        self.check_architecture(net)
         modes = [(m, m.training) for m in net.modules()]
         t = time.perf_counter()
         net.eval()

@@ -39,6 +39,38 @@ def test_risk_on_sae_without_concept_latents_is_inconclusive(tiny_base_dir, saes
     assert "inconclusive" in rep.summary()
 
 
+def _lossless_sae(d: int, layer: int):
+    """A ReLU SAE that reconstructs every vector exactly: codes relu(x) and relu(-x), decoded as
+    their difference (FVU 0)."""
+    sae = random_sae(d, 2 * d, layer, arch="standard")
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def test_an_sae_that_reconstructs_the_probes_poorly_is_reported_without_recorded_metrics(tiny_base_dir, saes):
+    """SAEs loaded without recorded quality (most SAELens and sparsify checkpoints) are measured on
+    the audit's own base residuals: random SAEs leave more than half the variance unexplained and
+    the report says so (the risk verdict cannot then pass), a lossless one does not."""
+    base = alignment.load_model(tiny_base_dir)
+    assert all(not saes[la].info.metrics for la in saes.layers)
+    cfg = alignment.AuditConfig(max_prompts_per_set=6, max_new_tokens=8, concepts=["fraud_scam", "disclaimers"])
+    rep = alignment.compare_models(base, alignment.load_model(tiny_base_dir), saes, probes=["finance"], config=cfg)
+    poor = [w for w in rep.sae_warnings if "measured in this audit" in w]
+    assert [w.split()[3] for w in poor] == ["1", "3"], rep.sae_warnings
+    assert any(r.startswith("SAE too poor to trust: SAE for layer 1") for r in rep.risk.reasons)
+    assert rep.verdict != "pass" and "FVU" in rep.summary()
+    fvu = rep.sums.recon_total(1).fvu
+    assert fvu > 0.5 and f"FVU {fvu:.2f}" in poor[0]
+    lossless = SAESet({1: _lossless_sae(64, 1), 3: _lossless_sae(64, 3)})
+    rep = alignment.compare_models(base, alignment.load_model(tiny_base_dir), lossless, probes=["finance"], metrics=DRIFT, config=CFG)
+    assert rep.sae_warnings == [] and rep.sums.recon_total(3).fvu < 1e-6
+
+
 def _adapter(tmp_path, base_dir):
     from peft import LoraConfig, get_peft_model
 

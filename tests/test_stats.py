@@ -82,3 +82,26 @@ def test_bh_matches_reference():
     from scipy.stats import false_discovery_control
 
     np.testing.assert_allclose(bh_qvalues(p), false_discovery_control(p, method="bh"))
+
+
+def test_reconstruction_sums_merge_exactly_and_give_the_fvu_of_the_sae_metrics():
+    """The audit's own SAE check (FVU on the base residuals it reads) equals the held-out metric
+    `reconstruction_metrics` computes on the same tokens, and halves merged give the whole."""
+    from conftest import random_sae
+    from neuronlens.saes import reconstruction_metrics
+    from neuronlens.stats import ReconstructionSums
+
+    torch.manual_seed(0)
+    sae = random_sae(16, 64, 0, k=4)
+    x = 3 + torch.randn(200, 16)  # an offset: the variance is about the mean, not about zero
+    whole, a, b = ReconstructionSums.zeros(16), ReconstructionSums.zeros(16), ReconstructionSums.zeros(16)
+    whole.add(x, sae.decode(sae.encode(x)))
+    a.add(x[:70], sae.decode(sae.encode(x[:70])))
+    b.add(x[70:], sae.decode(sae.encode(x[70:])))
+    assert whole.fvu == pytest.approx(reconstruction_metrics(sae, x)["fvu"], rel=1e-5)
+    assert a.merge(b).fvu == pytest.approx(whole.fvu, rel=1e-12)
+    sums = AuditSums.empty()
+    sums.recon[(0, "finance")] = a
+    sums.recon[(0, "legal")] = b
+    back = AuditSums.from_flat(sums.to_flat())
+    assert back.recon_total(0).fvu == pytest.approx(whole.fvu, rel=1e-12) and back.recon_total(1) is None

@@ -25,6 +25,8 @@ from ._sae import SAEInfo, SparseAutoencoder, reconstruction_metrics
 from ._train import SAETrainConfig, train_topk_sae
 
 __all__ = [
+    "MAX_TRUSTED_DEAD_FRACTION",
+    "MAX_TRUSTED_FVU",
     "SAEInfo",
     "SAESet",
     "SAETrainConfig",

@@ -132,6 +132,48 @@ class ResidualSums:
 
 
 @dataclass
+class ReconstructionSums:
+    """How well the SAE reconstructs the base model's residuals at one (layer, probe set): the
+    audit's own check of SAE quality on the text it reads, for SAEs that bring no recorded
+    quality (and for probes unlike their training data)."""
+
+    n: torch.Tensor
+    err_sqnorm_sum: torch.Tensor
+    """Sum over tokens of ||h - SAE(h)||^2."""
+    sqnorm_sum: torch.Tensor
+    """Sum over tokens of ||h||^2."""
+    sum: torch.Tensor
+    """Sum over tokens of h [d_model] (with n and sqnorm_sum it gives the variance about the mean)."""
+
+    @classmethod
+    def zeros(cls, d: int) -> ReconstructionSums:
+        return cls(*(torch.zeros((), dtype=F64) for _ in range(3)), torch.zeros(d, dtype=F64))
+
+    def add(self, x: torch.Tensor, x_hat: torch.Tensor) -> None:
+        x64 = x.to(F64)
+        self.n += x64.shape[0]
+        self.err_sqnorm_sum += (x64 - x_hat.to(F64)).pow(2).sum()
+        self.sqnorm_sum += x64.pow(2).sum()
+        self.sum += x64.sum(0)
+
+    @property
+    def fvu(self) -> float:
+        """Fraction of variance unexplained, sum ||h - SAE(h)||^2 / sum ||h - mean h||^2, as
+        `saes.reconstruction_metrics` measures it on held-out training data; NaN without tokens."""
+        n = float(self.n)
+        if n == 0:
+            return float("nan")
+        var = float(self.sqnorm_sum) - float(self.sum.pow(2).sum()) / n
+        return float(self.err_sqnorm_sum) / max(var, 1e-12)
+
+    def merge(self, other: ReconstructionSums) -> ReconstructionSums:
+        return ReconstructionSums(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
 class AuditSums:
     """All sums of an audit, keyed by (read, layer, probe set). `read` is 'same' (both models on
     the base model's responses) or 'own' (each model on its own responses). `concepts` holds the
@@ -141,10 +183,13 @@ class AuditSums:
     latents: dict[tuple[str, int, str], LatentSums]
     residual: dict[tuple[int, str], ResidualSums]
     concepts: dict[tuple[str, int, str], LatentSums] = field(default_factory=dict)
+    recon: dict[tuple[int, str], ReconstructionSums] = field(default_factory=dict)
+    """SAE reconstruction of the base residuals (same read), keyed by (layer, probe set); empty
+    in statistics saved before it was kept."""
 
     @classmethod
     def empty(cls) -> AuditSums:
-        return cls({}, {}, {})
+        return cls({}, {}, {}, {})
 
     def latent(self, read: str, layer: int, probe: str, d: int) -> LatentSums:
         return self.latents.setdefault((read, layer, probe), LatentSums.zeros(d))
@@ -155,11 +200,15 @@ class AuditSums:
     def resid(self, layer: int, probe: str) -> ResidualSums:
         return self.residual.setdefault((layer, probe), ResidualSums.zeros())
 
+    def reconstruction(self, layer: int, probe: str, d: int) -> ReconstructionSums:
+        return self.recon.setdefault((layer, probe), ReconstructionSums.zeros(d))
+
     def merge(self, other: AuditSums) -> AuditSums:
         return AuditSums(
             _merge_dicts(self.latents, other.latents),
             _merge_dicts(self.residual, other.residual),
             _merge_dicts(self.concepts, other.concepts),
+            _merge_dicts(self.recon, other.recon),
         )
 
     def latent_total(self, read: str, layer: int, probes: list[str] | None = None) -> LatentSums:
@@ -167,6 +216,14 @@ class AuditSums:
 
     def concept_total(self, read: str, layer: int, probes: list[str] | None = None) -> LatentSums:
         return _total(self.concepts, read, layer, probes)
+
+    def recon_total(self, layer: int) -> ReconstructionSums | None:
+        """The reconstruction sums of `layer` over all probe sets (None when not kept)."""
+        parts = [v for (la, _), v in self.recon.items() if la == layer]
+        total = parts[0] if parts else None
+        for p in parts[1:]:
+            total = total.merge(p)
+        return total
 
     def resid_total(self, layer: int, probes: list[str] | None = None) -> ResidualSums:
         total = ResidualSums.zeros()
@@ -187,6 +244,9 @@ class AuditSums:
         for (read, layer, probe), s in sorted(self.concepts.items()):
             for name, t in s.tensors().items():
                 out[f"concept|{read}|{layer}|{probe}|{name}"] = t.contiguous()
+        for (layer, probe), r in sorted(self.recon.items()):
+            for name, t in r.tensors().items():
+                out[f"recon|{layer}|{probe}|{name}"] = t.contiguous()
         return out
 
     @classmethod
@@ -194,17 +254,20 @@ class AuditSums:
         lat: dict[tuple[str, int, str], dict[str, torch.Tensor]] = {}
         con: dict[tuple[str, int, str], dict[str, torch.Tensor]] = {}
         res: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+        rec: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
         for key, t in flat.items():
             parts = key.split("|")
             if parts[0] in ("latent", "concept"):
                 target = lat if parts[0] == "latent" else con
                 target.setdefault((parts[1], int(parts[2]), parts[3]), {})[parts[4]] = t.to(F64)
-            elif parts[0] == "resid":
-                res.setdefault((int(parts[1]), parts[2]), {})[parts[3]] = t.to(F64)
+            elif parts[0] in ("resid", "recon"):
+                target2 = res if parts[0] == "resid" else rec
+                target2.setdefault((int(parts[1]), parts[2]), {})[parts[3]] = t.to(F64)
         return cls(
             {k: LatentSums(**v) for k, v in lat.items()},
             {k: ResidualSums(**v) for k, v in res.items()},
             {k: LatentSums(**v) for k, v in con.items()},
+            {k: ReconstructionSums(**v) for k, v in rec.items()},
         )
 
 

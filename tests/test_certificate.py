@@ -322,6 +322,27 @@ def test_keygen_cli(tmp_path, monkeypatch, capsys):
     assert code == 2 and "--force" in out
 
 
+@pytest.mark.parametrize("out", ["existing", "existing/", "new/"])
+def test_keygen_into_a_folder_writes_inside_it(tmp_path, monkeypatch, capsys, out):
+    """`--out keys/` (an existing folder, or a trailing slash) wrote keys.key and keys.pub beside it."""
+    (tmp_path / "existing").mkdir()
+    folder = tmp_path / out.rstrip("/")
+    code, text = run_cli(monkeypatch, capsys, "keygen", "--out", f"{tmp_path}/{out}")
+    assert code == 0 and f"{folder}/neuronlens-signing.key" in text
+    assert (folder / "neuronlens-signing.key").stat().st_mode & 0o777 == 0o600 and (folder / "neuronlens-signing.pub").is_file()
+    assert not list(tmp_path.glob("*.key")) and not list(tmp_path.glob("*.pub"))
+
+
+def test_verify_refuses_a_private_key_as_the_public_key(signed, keys, monkeypatch, capsys):
+    """A private key passed as --public-key verified silently ("signature: valid")."""
+    _, paths = signed
+    with pytest.raises(SigningKeyError, match="is a PRIVATE key") as exc:
+        verify_certificate(paths["json"], public_key=keys[0].private_key)
+    assert str(keys[0].public_key) in exc.value.fix
+    code, out = run_cli(monkeypatch, capsys, "verify", paths["json"], "--public-key", keys[0].private_key)
+    assert code == 2 and "PRIVATE key" in out and "Pass the .pub file" in out and "signature: valid" not in out
+
+
 def test_audit_cli_writes_html_and_signed_certificates(signed, keys, tmp_path, monkeypatch, capsys):
     """`neuronlens audit --html --certificate json,pdf --signing-key` end to end (the comparison
     itself is replaced by the shared report, to keep this test about the wiring)."""
@@ -377,3 +398,16 @@ def test_model_digest_order_matches_model_signing_for_a_folder_beside_a_file_of_
     (folder / "tokenizer" / "vocab.txt").write_text("a b c")
     subject, _ = _model_signing_subject(folder, tmp_path)
     assert digest_paths(folder).digest == subject
+
+
+def test_a_certificate_of_one_format_removes_the_other_left_by_an_earlier_export(report, tmp_path):
+    """Exporting only JSON into a folder holding an earlier certificate.pdf left that PDF beside a
+    JSON certificate of another audit."""
+    out = tmp_path / "cert"
+    export_certificate(report, formats=["json", "pdf"], out_dir=out)
+    with pytest.warns(UserWarning, match="certificate.pdf: it certified an earlier audit"):
+        paths = export_certificate(report, formats=["json"], out_dir=out)
+    assert set(paths) == {"json"} and not (out / "certificate.pdf").exists()
+    (out / "certificate.pdf").mkdir()
+    with pytest.raises(OutputError, match="certificate.pdf exists and is not a file"):
+        export_certificate(report, formats=["pdf"], out_dir=out)

@@ -28,16 +28,23 @@ def sae_dir(tmp_path):
 
 
 def test_audit_tiny_pair_writes_report(monkeypatch, capsys, tmp_path, tiny_base_dir, sae_dir):
+    (tmp_path / "out").mkdir()
+    for stale in ("report.html", "certificate.pdf"):  # an earlier audit's, describing another run
+        (tmp_path / "out" / stale).write_text("stale")
     code = run_cli(
         monkeypatch, "audit", "--base", str(tiny_base_dir), "--ft", str(tiny_base_dir), "--sae", str(sae_dir),
         "--layers", "1,2", "--probes", "finance", "--max-prompts", "4", "--max-new-tokens", "6",
         "--out", str(tmp_path / "out"), "--no-progress",
     )
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     # a random tiny model's SAEs carry no concept latents: the audit cannot vouch for it
     assert code == 1 and "inconclusive" in text
     assert "Post-finetuning audit summary:" in text and "No drift detected" in text
     assert (tmp_path / "out" / "report.json").is_file()
+    assert not (tmp_path / "out" / "report.html").exists() and not (tmp_path / "out" / "certificate.pdf").exists()
+    assert "Removed from an earlier audit in this folder (they described another run): report.html, certificate.pdf" in " ".join(
+        captured.err.split())
 
 
 @pytest.mark.parametrize(
@@ -53,6 +60,12 @@ def test_audit_tiny_pair_writes_report(monkeypatch, capsys, tmp_path, tiny_base_
         # settings are checked before any model is loaded: the missing model is not reached
         (["--threshold", "1.5", "--base", "/nonexistent/model", "--ft", "/nonexistent/model"], "threshold=1.5 must lie in (0, 1)"),
         (["--specificity", "0", "--base", "B", "--ft", "B"], "specificity=0.0 must lie in (0, 1]"),
+        # devices are checked when the models are resolved, not when the weights move after generation
+        (["--device", "tpu", "--base", "B", "--ft", "B"], "device='tpu' is not a device name PyTorch knows"),
+        (["--device", "cuda:abc", "--base", "B", "--ft", "B"], "device='cuda:abc' is not a device name"),
+        (["--device-map", "bogus", "--base", "B", "--ft", "B"], "device_map='bogus' is neither a placement strategy nor a device"),
+        (["--signing-key", "/nonexistent.key", "--base", "/nonexistent/model", "--ft", "/nonexistent/model"],
+         "no certificate was asked for"),
     ],
 )
 def test_input_errors_exit_2(monkeypatch, capsys, tmp_path, tiny_base_dir, sae_dir, args, match):
@@ -105,3 +118,28 @@ def test_organisms_build_refuses_an_unknown_recipe_before_loading_anything(monke
         err = capsys.readouterr().err
         assert code == 2 and "No fine-tuning recipe named 'bogus'" in err and f"Choose from {', '.join(RECIPES)}" in err
         assert not any(tmp_path.iterdir())  # refused before the base model was loaded or anything cached
+    code = run_cli(monkeypatch, "organisms", "build", "cooking", "--seed", "-1", "--no-progress")
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and "Training seed -1 is not a non-negative integer" in err and not any(tmp_path.iterdir())
+
+
+def test_an_output_name_taken_by_a_folder_stops_the_audit_before_work(monkeypatch, capsys, tmp_path):
+    """A certificate.pdf that is a folder failed only after the audit, with a traceback, the
+    verdict unprinted and a new certificate.json beside the old run's files."""
+    out = tmp_path / "o"
+    (out / "certificate.pdf").mkdir(parents=True)
+    (out / "report.json").write_text("the earlier run")
+    code = run_cli(monkeypatch, "audit", "--base", "/nonexistent/model", "--ft", "/nonexistent/model", "--certificate", "json,pdf",
+                   "--out", str(out), "--no-progress")
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and "certificate.pdf exists and is not a file" in err and "How to fix" in err
+    assert (out / "report.json").read_text() == "the earlier run" and not (out / "certificate.json").exists()
+
+
+def test_organisms_list_refuses_a_negative_seed_before_loading_anything(monkeypatch, capsys, tmp_path):
+    """random.Random(-1) mixes the same examples as seed 1: a negative seed is no replicate zoo."""
+    monkeypatch.setenv("NEURONLENS_CACHE", str(tmp_path))
+    code = run_cli(monkeypatch, "organisms", "list", "--seed", "-1")
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and "--seed" in err and "greater than or equal to 0" in err
+    assert not any(tmp_path.iterdir())

@@ -181,3 +181,32 @@ def distinct_colours(png: Path) -> int:
 
     pixels = matplotlib.image.imread(str(png))[..., :3].reshape(-1, 3)
     return len(np.unique((pixels * 255).round().astype(np.uint8), axis=0))
+
+
+def test_layer_given_as_a_str_is_a_type_error_not_an_unaudited_layer(report):
+    with pytest.raises(NeuronLensError, match=r"layer='3' \(type str\) is not an integer layer number") as exc:
+        alignment.drift_heatmap(report, str(LAYER))
+    assert "was not audited" not in str(exc.value) and "layer=9" in exc.value.fix
+    with pytest.raises(NeuronLensError, match="at least 1"):
+        alignment.drift_heatmap(report, layer=LAYER, k="5")
+    with pytest.raises(NeuronLensError, match="drift_heatmap needs an AuditReport, got NoneType"):
+        alignment.drift_heatmap(None, layer=LAYER)
+
+
+@pytest.mark.parametrize("k", [0, -1, -2, "3", 2.0, True])
+def test_top_features_and_risky_features_need_a_positive_int(report, k):
+    """A negative count was used as a slice bound: -1 silently meant "all but the last"."""
+    with pytest.raises(NeuronLensError, match=r"k=.* must be a positive integer") as exc:
+        report.top_features(LAYER, k=k)
+    assert exc.value.fix
+    with pytest.raises(NeuronLensError, match=r"topk=.* must be a positive integer or None \(all\)"):
+        alignment.risky_features(report, k, echo=False)
+
+
+def test_risky_features_all_with_none_and_a_clear_error_for_no_report(report):
+    assert len(alignment.risky_features(report, None, echo=False)) == len(report.risk.risky_features) == 2
+    assert len(alignment.risky_features(report, 1, echo=False)) == 1
+    assert [f.latent for f in report.top_features(LAYER, k=np.int64(2))] == [f.latent for f in report.top_features(LAYER, k=2)]
+    with pytest.raises(NeuronLensError, match="risky_features needs an AuditReport, got NoneType") as exc:
+        alignment.risky_features(None)
+    assert "AuditReport.load" in exc.value.fix

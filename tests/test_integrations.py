@@ -78,7 +78,11 @@ def saes():
 
 @pytest.fixture(scope="module")
 def cfg(concept_files):
-    return alignment.AuditConfig(max_prompts_per_set=8, max_new_tokens=8, concepts=concept_files)
+    # 8 prompts and random SAEs keep the tiny monitor fast; these tests are about the monitor's
+    # mechanics, so a pass is allowed on them (both floors are tested in test_risk_score.py and
+    # test_pipeline.py)
+    return alignment.AuditConfig(max_prompts_per_set=8, max_new_tokens=8, concepts=concept_files, min_prompts_for_pass=8,
+                                 max_sae_fvu=2.0)
 
 
 @pytest.fixture(scope="module")

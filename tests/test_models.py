@@ -193,3 +193,70 @@ def test_dequantized_weights_cache_is_checked_before_use(tmp_path, monkeypatch, 
         assert cached_weights("a" * 64) is None
     assert not folder.exists()
     assert store_weights("c" * 64, model.to(torch.bfloat16)) is None
+
+
+@pytest.mark.parametrize(
+    "device,match",
+    [
+        ("tpu", "device='tpu' is not a device name PyTorch knows"),
+        ("cuda:abc", "device='cuda:abc' is not a device name PyTorch knows"),
+        ("cuda", "has no usable cuda device"),
+        ("mps", "has no usable mps device"),
+        (3, r"device=3 \(type int\) is not a device name"),
+    ],
+)
+def test_device_is_checked_when_the_handle_is_made(tiny_base_dir, monkeypatch, device, match):
+    """A device this machine lacks failed only when the weights moved (after generation had started)."""
+    from neuronlens.models import _handle
+
+    monkeypatch.setattr(_handle, "_accelerator_count", lambda kind: 0)
+    with pytest.raises(ModelLoadError, match=match) as exc:
+        alignment.load_model(tiny_base_dir, device=device)
+    assert exc.value.fix == "Use one of: auto, cpu." or exc.value.fix == "Pass one of: auto, cpu."
+
+
+def test_device_index_is_checked_against_the_gpus_present(tiny_base_dir, monkeypatch):
+    from neuronlens.models import _handle
+
+    monkeypatch.setattr(_handle, "_accelerator_count", lambda kind: 1 if kind == "cuda" else 0)
+    assert alignment.load_model(tiny_base_dir, device="cuda:0").device == "cuda:0"  # lazy: nothing moves
+    with pytest.raises(ModelLoadError, match="has 1 cuda device") as exc:
+        alignment.load_model(tiny_base_dir, device="cuda:1")
+    assert exc.value.fix == "Use one of: auto, cpu, cuda, cuda:0."
+
+
+@pytest.mark.parametrize("device_map", ["auto", "balanced", "balanced_low_0", "sequential", "cpu", {"": "cpu"}])
+def test_valid_device_maps_are_accepted(tiny_base_dir, device_map):
+    assert alignment.load_model(tiny_base_dir, device_map=device_map).device_map == device_map
+
+
+@pytest.mark.parametrize(
+    "device_map,match",
+    [("bogus", "device_map='bogus' is neither a placement strategy nor a device"), (["auto"], r"\(type list\) is not a placement strategy")],
+)
+def test_bad_device_map_is_refused_up_front_with_a_fitting_fix(tiny_base_dir, device_map, match):
+    """It failed at weight loading with the fix "Check that the checkpoint is complete"."""
+    with pytest.raises(ModelLoadError, match=match) as exc:
+        alignment.load_model(tiny_base_dir, device_map=device_map)
+    assert "'auto'" in exc.value.fix and "'sequential'" in exc.value.fix and "checkpoint" not in exc.value.fix
+
+
+@pytest.mark.parametrize("as_folder", [False, True])
+def test_a_file_named_gguf_that_is_not_one_gets_a_fix_about_the_file(tmp_path, as_folder):
+    """It failed when the config was read, with a fix about transformers checkpoint folders."""
+    fake = tmp_path / "fake.gguf"
+    fake.write_text("this is a text file\n")
+    with pytest.raises(ModelLoadError, match="is named .gguf but is not a GGUF file") as exc:
+        alignment.load_model(tmp_path if as_folder else fake)
+    assert "real .gguf" in exc.value.fix and "download it again" in exc.value.fix and "transformers checkpoint" not in exc.value.fix
+
+
+def test_a_gguf_that_fails_to_load_gets_a_gguf_fix(tmp_path):
+    """A file with the GGUF magic bytes that transformers cannot read (truncated): the fix names
+    the file, not a checkpoint folder."""
+    pytest.importorskip("gguf")
+    f = tmp_path / "cut.gguf"
+    f.write_bytes(b"GGUF\x03\x00")
+    with pytest.raises(ModelLoadError, match="Cannot read the model config") as exc:
+        alignment.load_model(f).config  # noqa: B018
+    assert str(f) in exc.value.fix and "download it again" in exc.value.fix

@@ -237,3 +237,16 @@ def test_interval_bounds_beside_the_threshold_are_printed_with_the_digits_that_t
     assert [percent_beside(x, 0.05, decimals=0) for x in (0.12, 0.0499, 0.0549, 0.05, 0.0)] == ["12%", "4.99%", "5.5%", "5%", "0%"]
     assert [percent_beside(x, 0.05) for x in (-0.0004, -0.012)] == ["0.0%", "-1.2%"]  # no negative zero
     assert interval_phrase([0.0498, 0.181], 0.05) == "95% interval over probe samples 4.98% to 18.1%"
+
+
+def test_a_pass_needs_enough_prompts_to_mean_something():
+    """On 10 prompts nothing can be ruled out: the verdict is inconclusive, with the reason and the
+    fix, not a pass. A fail needs no such floor, and the floor is a setting."""
+    setup = _setup()
+    risk = assess(_report(setup, torch.zeros(D), n_prompts=10), setup, EvidenceStore(), tokenizer=None)
+    assert risk.score == 0.0 and risk.verdict == "inconclusive"
+    assert any(r.startswith("Only 10 probe prompt(s) were read (at least 24") and "--max-prompts" in r for r in risk.reasons)
+    lowered = _report(setup, torch.zeros(D), n_prompts=10)
+    lowered.config["min_prompts_for_pass"] = 10
+    assert assess(lowered, setup, EvidenceStore(), tokenizer=None).verdict == "pass"
+    assert assess(_report(setup, _fraud_push(0.3), n_prompts=10), setup, EvidenceStore(), tokenizer=None).verdict == "fail"

@@ -165,3 +165,37 @@ def test_a_cfg_that_is_not_a_json_object_is_a_clear_error(tmp_path, content):
     (folder / "cfg.json").write_bytes(content)
     with pytest.raises(SAEError, match="cfg.json"):
         load_saelens(folder)
+
+
+@pytest.mark.parametrize(
+    "layers,match",
+    [
+        ([1, 1], r"layers=\[1, 1\] repeats a layer"),
+        (["1"], r"holds '1' \(type str\), not integer layer numbers"),
+        (1, r"layers=1 \(type int\) is not a list of layer numbers"),
+        ("12", r"layers='12' \(type str\) is not a list"),
+        ([1.0], r"holds 1.0 \(type float\)"),
+        ([True], r"holds True \(type bool\)"),
+        ([], "empty list"),
+    ],
+)
+def test_load_sae_checks_the_layers_argument_like_the_cli(tiny_base_dir, layers, match):
+    """The API said "no SAE is shipped or cached for layer(s) [1, 1]" for a repeated layer, raised
+    a bare TypeError for "1" or 1, and took 1.0 and True as layer numbers."""
+    from neuronlens import alignment
+    from neuronlens.errors import ConfigError
+
+    base = alignment.load_model(tiny_base_dir)
+    with pytest.raises(ConfigError, match=match) as exc:
+        alignment.load_sae(base, layers=layers, train=False)
+    assert exc.value.fix
+
+
+@pytest.mark.parametrize("model", [None, "smollm2-135m-instruct"])
+def test_load_sae_needs_a_model_handle(model):
+    from neuronlens import alignment
+    from neuronlens.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="load_sae needs the model as a ModelHandle") as exc:
+        alignment.load_sae(model, layers=[1], train=False)
+    assert "load_model" in exc.value.fix

@@ -37,8 +37,13 @@ def verify(
 @app.command("keygen")
 def keygen(
     out_prefix: Annotated[
-        Path, typer.Option("--out", help="Path prefix: writes PREFIX.key (private, mode 0600) and PREFIX.pub.")
-    ] = Path("neuronlens-signing"),
+        str,  # not Path: Path drops the trailing slash of "keys/", which asks for the pair inside that folder
+        typer.Option(
+            "--out",
+            help="Path prefix: writes PREFIX.key (private, mode 0600) and PREFIX.pub; a folder (or a path ending in /) "
+            "gets FOLDER/neuronlens-signing.key and .pub.",
+        ),
+    ] = "neuronlens-signing",
     force: Annotated[bool, typer.Option(help="Replace existing key files.")] = False,
 ) -> None:
     """Make an Ed25519 key pair for signing certificates (`neuronlens audit --signing-key PREFIX.key`)."""

@@ -103,3 +103,30 @@ def read_user_text(path: Path, what: str, error: type[NeuronLensError] = ConfigE
         ) from exc
     except OSError as exc:
         raise error(f"{what} {path} cannot be read: {exc.strerror or exc}.", "Check the path and its permissions.") from exc
+
+
+def check_output_targets(folder: Path, names: list[str]) -> None:
+    """Raise OutputError, before any long work, when a file the run will write into `folder` is
+    taken by something that is not a file (a folder of that name): the write would fail only at
+    the end and leave the outputs of two runs side by side."""
+    for name in names:
+        target = folder / name
+        if target.exists() and not target.is_file():
+            raise OutputError(
+                f"{target} exists and is not a file, so the audit could not write its {name} there.",
+                f"Move or remove {target}, or choose another output folder (--out).",
+            )
+
+
+def remove_stale_outputs(folder: Path, candidates: list[str], written: list[Path]) -> list[Path]:
+    """Remove the files among `candidates` in `folder` that this run did not write: they were left
+    by an earlier run into the same folder and describe another audit (a certificate beside a
+    report it does not certify). Returns what was removed."""
+    keep = {Path(p).name for p in written}
+    removed = []
+    for name in candidates:
+        path = folder / name
+        if name not in keep and path.is_file():
+            path.unlink()
+            removed.append(path)
+    return removed

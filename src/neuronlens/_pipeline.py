@@ -43,7 +43,7 @@ from .probes import ProbeSet, load_probe_set, response_sequences, shard_indices
 from .report import AuditReport, LayerDrift, rank_features
 from .risk import EvidenceStore, RiskSetup, assess, load_concepts, prepare_risk
 from .risk._labels import check_label_files, merge_imported
-from .saes import MAX_TRUSTED_FVU, SAESet, load_sae
+from .saes import SAESet, load_sae
 from .stats import AuditSums, residual_drift
 
 if TYPE_CHECKING:
@@ -313,7 +313,8 @@ class BaseReference:
             top={},
             neuronlens_version=__version__,
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            sae_warnings=SAESet({la: self.sae[la] for la in layers}).quality_warnings() + probe_fvu_warnings(run.sums, layers),
+            sae_warnings=SAESet({la: self.sae[la] for la in layers}).quality_warnings(self.config.max_sae_fvu)
+            + probe_fvu_warnings(run.sums, layers, self.config.max_sae_fvu),
             timings=timings,
             sums=run.sums,
             reads=list(self.reads),
@@ -500,17 +501,17 @@ decode costs about as much as an encode, and 3,500 of the default audit's 14,000
 FVU down far more finely than the 0.5 it is held against."""
 
 
-def probe_fvu_warnings(sums: AuditSums, layers: list[int]) -> list[str]:
+def probe_fvu_warnings(sums: AuditSums, layers: list[int], max_fvu: float) -> list[str]:
     """Why an SAE is too poor to trust on this audit's own text (empty when every audited layer's
-    reconstruction of the base residuals leaves at most MAX_TRUSTED_FVU of their variance
-    unexplained): an SAE loaded without recorded quality is otherwise never measured."""
+    reconstruction of the base residuals leaves at most `max_fvu` of their variance unexplained):
+    an SAE loaded without recorded quality is otherwise never measured."""
     out = []
     for layer in layers:
         total = sums.recon_total(layer)
-        if total is not None and total.fvu > MAX_TRUSTED_FVU:
+        if total is not None and total.fvu > max_fvu:
             out.append(
                 f"SAE for layer {layer} explains too little of the base model's residual stream on the probes "
-                f"(FVU {total.fvu:.2f} > {MAX_TRUSTED_FVU}, measured in this audit)."
+                f"(FVU {total.fvu:.2f} > {max_fvu}, measured in this audit)."
             )
     return out
 

@@ -42,19 +42,36 @@ __all__ = [
 ]
 
 
+def _require_report(report: Any, what: str) -> None:
+    """A clear error for a `report` that is not an :class:`AuditReport` (None from a failed step,
+    a path), instead of an AttributeError from deep inside `what`."""
+    from .errors import ConfigError
+
+    if not isinstance(report, AuditReport):
+        raise ConfigError(
+            f"{what} needs an AuditReport, got {type(report).__name__}.",
+            "Pass the report compare_models returned, or AuditReport.load('report.json').",
+        )
+
+
 def drift_heatmap(report: AuditReport, layer: int, *, k: int = 20) -> Any:
     """A heatmap of the `k` most-drifted latents of `layer` (rows, labelled ``#id label``) by
     probe set (columns), coloured by log drift ratio; has ``.show()`` and ``.save(path)``."""
     from .report._heatmap import drift_heatmap as _heatmap
 
+    _require_report(report, "drift_heatmap")
     return _heatmap(report, layer=layer, k=k)
 
 
-def risky_features(report: AuditReport, topk: int = 5, *, echo: bool = True) -> list[RiskyFeature]:
-    """The `topk` risky features of an audit (printed one per line unless ``echo=False``), each
-    with its label, concept, drift and the probe contexts where it moved most."""
+def risky_features(report: AuditReport, topk: int | None = 5, *, echo: bool = True) -> list[RiskyFeature]:
+    """The `topk` risky features of an audit (all of them for ``topk=None``; printed one per line
+    unless ``echo=False``), each with its label, concept, drift and the probe contexts where it
+    moved most. `topk` must be a positive int: a slice bound of -1 would mean "all but the last"."""
+    from .config import check_positive_int
     from .errors import NeuronLensError
 
+    _require_report(report, "risky_features")
+    topk = check_positive_int(topk, "topk", allow_none=True)
     if report.risk is None:
         raise NeuronLensError(
             "This report has no risk assessment.",

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .config import AuditConfig, field_help
 from .errors import NeuronLensError
@@ -104,7 +105,7 @@ def audit(
     Under torchrun or accelerate launch the prompts are sharded over the ranks (data-parallel)."""
     from . import alignment
     from ._distributed import launch_from_env, main_first
-    from ._io import ensure_writable_dir
+    from ._io import check_output_targets, ensure_writable_dir
     from ._pipeline import preflight
     from ._progress import set_progress
     from .demo import default_pair
@@ -114,13 +115,16 @@ def audit(
     if parallel is not None:
         device = parallel.model_device(device)  # one GPU per local rank
     set_progress(not no_progress and main, console=err)
-    if main:
-        ensure_writable_dir(out_dir)  # before any long work
     cert_formats = None
-    if certificate:
+    if certificate is not None:
         from .certificate import check_certificate_options
 
         cert_formats = check_certificate_options(certificate, signing_key)  # bad formats or key: stop now
+    elif signing_key is not None:
+        raise NeuronLensError("--signing-key signs a certificate, but no certificate was asked for.",
+                              "Add --certificate json (or json,pdf), or drop --signing-key.")
+    if main:  # before any long work
+        check_output_targets(ensure_writable_dir(out_dir), _output_names(html, cert_formats))
     if (base is None) != (ft is None):
         raise NeuronLensError("Give both --base and --ft, or neither (then the embedded demo pair is audited).", "Add the missing option.")
     if base is None:
@@ -169,22 +173,43 @@ def audit(
     raise typer.Exit(code)
 
 
-def _write_audit(report: AuditReport, out_dir: Path, html: bool, cert_formats: list[str] | None, signing_key: Path | None) -> None:
-    """Rank 0's (or the only process's) part of `audit`: report, HTML, certificates, summary."""
-    from . import alignment
+_OPTIONAL_OUTPUTS = ["report.html", "certificate.json", "certificate.pdf"]
+"""What an audit writes into its folder only when asked; left by an earlier run, they would sit
+beside a report they do not describe."""
 
-    path = report.save(out_dir / "report.json")
-    written = [path]
-    if html:
-        written.append(report.to_html(out_dir / "report.html"))
-    if cert_formats:
-        written.extend(alignment.export_certificate(report, formats=cert_formats, out_dir=out_dir, signing_key=signing_key).values())
+
+def _output_names(html: bool, cert_formats: list[str] | None) -> list[str]:
+    names = ["report.json", "report.stats.safetensors"] + (["report.html"] if html else [])
+    return names + [f"certificate.{f}" for f in cert_formats or []]
+
+
+def _write_audit(report: AuditReport, out_dir: Path, html: bool, cert_formats: list[str] | None, signing_key: Path | None) -> None:
+    """Rank 0's (or the only process's) part of `audit`: summary, then report, HTML, certificates.
+    The summary comes first so that a failed write cannot lose the verdict."""
+    from ._io import remove_stale_outputs
+    from .certificate import export_certificate
+    from .errors import OutputError
+
     out.print(report.summary(), highlight=False, markup=False)
     if report.risk is not None and report.risk.risky_features:
         out.print("Risky features:", highlight=False)
         for f in report.risk.risky_features[:5]:
             out.print(f"  {f}", highlight=False, markup=False)
-    err.print(f"[dim]Written: {', '.join(str(p) for p in written)}[/dim]")
+    try:
+        written = [report.save(out_dir / "report.json")]
+        if html:
+            written.append(report.to_html(out_dir / "report.html"))
+        if cert_formats:
+            written.extend(export_certificate(report, formats=cert_formats, out_dir=out_dir, signing_key=signing_key,
+                                              remove_stale=False).values())
+    except OSError as exc:
+        raise OutputError(f"Could not write the audit's files into {out_dir}: {exc.strerror or exc} ({exc.filename}).",
+                          "Check the folder's space and permissions, or choose another output folder (--out).") from exc
+    removed = remove_stale_outputs(out_dir, _OPTIONAL_OUTPUTS, written)
+    err.print(f"[dim]Written: {escape(', '.join(str(p) for p in written))}[/dim]")
+    if removed:
+        err.print(f"[dim]Removed from an earlier audit in this folder (they described another run): "
+                  f"{escape(', '.join(p.name for p in removed))}[/dim]")
 
 
 organisms_app = typer.Typer(help="Model organisms: fine-tunes with known alignment, for proving the detector.", no_args_is_help=True)
@@ -195,7 +220,7 @@ app.add_typer(demo_app, name="demo")
 
 @organisms_app.command("list")
 def organisms_list(
-    seed: Annotated[int, typer.Option(help="Say whether each organism is built for this training seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Say whether each organism is built for this training seed (0 or more).")] = 0,
     recipe: Annotated[str, typer.Option(help="Say whether each organism is built with this recipe (organisms.RECIPES).")] = "default",
 ) -> None:
     """List the model organisms, their ground truth and whether they are built (cached) for a seed and recipe."""
@@ -273,8 +298,6 @@ def screen(
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")] = False,
 ) -> None:
     """Rank fine-tuning examples by how strongly their assistant turns express risk concepts on the base model."""
-    from rich.markup import escape
-
     from . import alignment
     from ._progress import set_progress
     from .integrations import screen_dataset

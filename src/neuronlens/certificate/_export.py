@@ -7,12 +7,14 @@ then each file is written atomically, so bad input never leaves a half-written c
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._io import ensure_writable_dir, write_bytes_atomic
+from .._io import check_output_targets, ensure_writable_dir, remove_stale_outputs, write_bytes_atomic
+from ..errors import OutputError
 from ._body import build_body, canonical_json, require_certifiable
 from ._dsse import envelope_file_bytes, make_envelope, make_statement
 from ._errors import CertificateError
@@ -71,12 +73,18 @@ def export_certificate(
     signing_key: str | Path | None = None,
     *,
     created_at: str | None = None,
+    remove_stale: bool = True,
 ) -> dict[str, Path]:
     """Write ``certificate.json`` (DSSE envelope of an in-toto Statement v1, Ed25519-signed when
-    `signing_key` is given) and/or ``certificate.pdf`` into `out_dir`; returns {format: path}."""
+    `signing_key` is given) and/or ``certificate.pdf`` into `out_dir`; returns {format: path}.
+
+    Every file is rendered before any is written, and none is written when one could not be. A
+    certificate file of the format not written this time is removed (with a warning, unless
+    `remove_stale` is False): it certified an earlier report."""
     fmts = _check_formats(formats)
     cert = build_certificate(report, signing_key=signing_key, created_at=created_at)
     folder = ensure_writable_dir(out_dir)
+    check_output_targets(folder, [FILE_NAMES[f] for f in fmts])
     blobs: dict[str, bytes] = {}
     if "json" in fmts:
         blobs["json"] = cert.json_bytes()
@@ -84,7 +92,15 @@ def export_certificate(
         from ._pdf import render_pdf
 
         blobs["pdf"] = render_pdf(report, cert.body, payload_sha256=cert.payload_sha256, keyid=cert.keyid)
-    return {fmt: write_bytes_atomic(folder / FILE_NAMES[fmt], data) for fmt, data in blobs.items()}
+    try:
+        written = {fmt: write_bytes_atomic(folder / FILE_NAMES[fmt], data) for fmt, data in blobs.items()}
+    except OSError as exc:
+        raise OutputError(f"Could not write the certificate into {folder}: {exc.strerror or exc}.",
+                          "Check the folder's space and permissions, or choose another output folder.") from exc
+    if remove_stale:
+        for path in remove_stale_outputs(folder, list(FILE_NAMES.values()), list(written.values())):
+            warnings.warn(f"Removed {path}: it certified an earlier audit, not this one.", stacklevel=2)
+    return written
 
 
 def check_certificate_options(formats: Sequence[str] | str, signing_key: str | Path | None = None) -> list[str]:

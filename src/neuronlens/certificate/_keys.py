@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 PASSPHRASE_ENV = "NEURONLENS_KEY_PASSPHRASE"
+DEFAULT_KEY_STEM = "neuronlens-signing"
+"""File name stem of a key pair written into a folder (``--out keys/``): keys/neuronlens-signing.key/.pub."""
 
 
 @dataclass(frozen=True)
@@ -39,13 +41,25 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     return hashlib.sha256(public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)).hexdigest()
 
 
+def key_prefix(prefix: str | Path) -> Path:
+    """Where a key pair for `prefix` goes: an existing folder, or a path ending in a slash, means
+    ``<folder>/neuronlens-signing`` (the pair is written inside it, not beside it as
+    ``<folder>.key``, which "keys/" turned into before); anything else is the prefix itself."""
+    text = os.fspath(prefix)
+    path = Path(text)
+    if text.endswith(("/", os.sep)) or path.is_dir():
+        return path / DEFAULT_KEY_STEM
+    return path
+
+
 def write_keypair(prefix: str | Path, *, force: bool = False) -> KeyPair:
-    """Make a new Ed25519 key pair: ``<prefix>.key`` (private, mode 0600) and ``<prefix>.pub``.
+    """Make a new Ed25519 key pair: ``<prefix>.key`` (private, mode 0600) and ``<prefix>.pub``
+    (inside `prefix` as ``neuronlens-signing.key/.pub`` when it is a folder or ends in a slash).
     Existing files are kept unless `force`."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
-    prefix = Path(prefix)
+    prefix = key_prefix(prefix)
     priv_path, pub_path = prefix.with_name(prefix.name + ".key"), prefix.with_name(prefix.name + ".pub")
     existing = [str(p) for p in (priv_path, pub_path) if p.exists()]
     if existing and not force:
@@ -113,14 +127,18 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
 
 
 def load_public_key(path: str | Path) -> Ed25519PublicKey:
-    """The Ed25519 public key in the PEM file `path` (a private key file is accepted too: its
-    public half is used)."""
+    """The Ed25519 public key in the PEM file `path`. A private key file is refused: verifying
+    needs only the public half, and a private key passed around to verifiers is a leaked key."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
     data = _read(path, "public key")
     if b"PRIVATE KEY-----" in data:
-        return load_private_key(path).public_key()
+        pub = Path(path).with_suffix(".pub")
+        raise SigningKeyError(
+            f"{path} is a PRIVATE key; verifying needs the public key (and the private one should never leave its owner).",
+            f"Pass the .pub file made by `neuronlens keygen` with it{f' ({pub})' if pub.is_file() else ''}.",
+        )
     try:
         key = load_pem_public_key(data)
     except ValueError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "tokenizer*"]
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_LOAD_ERRORS = (OSError, ValueError, KeyError, struct.error)
+"""What reading a broken checkpoint raises (struct.error: a truncated GGUF's header or metadata)."""
 
 
 @dataclass
@@ -152,6 +155,90 @@ class ModelHandle:
 
 
 # ---------------------------------------------------------------------------------------------
+# devices (checked when the handle is made, before any weights load or any response is generated)
+# ---------------------------------------------------------------------------------------------
+
+_ACCELERATORS = ("cuda", "mps", "xpu")
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def _accelerator_count(kind: str) -> int:
+    """How many `kind` devices ('cuda', 'mps', 'xpu') this PyTorch build can use here (0: none)."""
+    if kind == "cuda":
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if kind == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        return 1 if mps is not None and mps.is_available() else 0
+    xpu = getattr(torch, "xpu", None)
+    return xpu.device_count() if xpu is not None and xpu.is_available() else 0
+
+
+def available_devices() -> list[str]:
+    """The device names this machine accepts: auto, cpu, and each usable accelerator (cuda,
+    cuda:0, ...), for error messages that say what to use instead."""
+    names = ["auto", "cpu"]
+    for kind in _ACCELERATORS:
+        n = _accelerator_count(kind)
+        if n:
+            names += [kind] + ([f"{kind}:{i}" for i in range(n)] if kind != "mps" else [])
+    return names
+
+
+def check_device(device: Any, what: str = "device") -> str:
+    """`device` as a device string this machine has, or a :class:`ModelLoadError` listing the ones
+    it does have. Checked when the handle is made: a typo ('tpu', 'cuda:abc') or a GPU this torch
+    cannot use failed before only when the weights moved, possibly after generation started."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise ModelLoadError(
+            f"{what}={device!r} (type {type(device).__name__}) is not a device name.", f"Pass one of: {', '.join(available_devices())}."
+        )
+    if device == "auto":
+        return device
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ModelLoadError(f"{what}={device!r} is not a device name PyTorch knows.", f"Use one of: {', '.join(available_devices())}.") from exc
+    if parsed.type == "cpu":
+        return device
+    count = _accelerator_count(parsed.type) if parsed.type in _ACCELERATORS else 0
+    if count == 0:
+        raise ModelLoadError(
+            f"{what}={device!r}: this machine (PyTorch {torch.__version__}) has no usable {parsed.type} device.",
+            f"Use one of: {', '.join(available_devices())}.",
+        )
+    if parsed.index is not None and parsed.index >= count:
+        raise ModelLoadError(
+            f"{what}={device!r}: this machine has {count} {parsed.type} device(s), numbered from 0.",
+            f"Use one of: {', '.join(available_devices())}.",
+        )
+    return device
+
+
+def check_device_map(device_map: Any) -> None:
+    """Refuse a `device_map` transformers would reject only while loading the weights (with a
+    "checkpoint incomplete" fix that does not fit): a placement strategy, a dict, or a device."""
+    if device_map is None or isinstance(device_map, dict) or device_map in DEVICE_MAP_STRATEGIES:
+        return
+    fix = (
+        f"Use device_map={DEVICE_MAP_STRATEGIES[0]!r} (or {', '.join(repr(s) for s in DEVICE_MAP_STRATEGIES[1:])}), "
+        "a dict {module name: device}, or one device to put the whole model on "
+        f"({', '.join(d for d in available_devices() if d != 'auto')})."
+    )
+    if isinstance(device_map, int) and not isinstance(device_map, bool):
+        device_map = f"cuda:{device_map}"  # transformers reads an int as a GPU index
+    if isinstance(device_map, (str, torch.device)):
+        try:
+            torch.device(device_map)
+        except (RuntimeError, ValueError):
+            raise ModelLoadError(f"device_map={device_map!r} is neither a placement strategy nor a device.", fix) from None
+        check_device(device_map, "device_map")  # a real device name: is it on this machine?
+        return
+    raise ModelLoadError(f"device_map={device_map!r} (type {type(device_map).__name__}) is not a placement strategy, a dict or a device.", fix)
+
+
+# ---------------------------------------------------------------------------------------------
 # resolution (no weights loaded)
 # ---------------------------------------------------------------------------------------------
 
@@ -170,6 +257,8 @@ def resolve(
     """Turn `source` into a :class:`ModelHandle`: validated, digested, weights not yet loaded."""
     if dtype != "auto" and dtype not in _DTYPES:
         raise ModelLoadError(f"dtype={dtype!r} is not supported.", f"Use 'auto' or one of {', '.join(_DTYPES)}.")
+    device = check_device(device)
+    check_device_map(device_map)
     if max_memory is not None and device_map is None:
         raise ModelLoadError(
             "max_memory was given without device_map; transformers only uses it to place a model spread by device_map.",
@@ -206,6 +295,7 @@ def resolve(
 def _resolve_local(path: Path, src: str, *, base: Any, **common: Any) -> ModelHandle:
     if path.is_file():
         if path.suffix == ".gguf":
+            _check_gguf_magic(path, src)
             _require_gguf()
             return ModelHandle(name=path.name, source=src, kind="gguf", path=path, manifest=digest_paths(path), **common)
         raise ModelLoadError(
@@ -225,6 +315,7 @@ def _resolve_local(path: Path, src: str, *, base: Any, **common: Any) -> ModelHa
         return ModelHandle(name=path.name, source=src, kind="folder", path=path, manifest=digest_paths(path), **common)
     ggufs = sorted(path.glob("*.gguf"))
     if len(ggufs) == 1:
+        _check_gguf_magic(ggufs[0], src)
         _require_gguf()
         return ModelHandle(
             name=ggufs[0].name, source=src, kind="gguf", path=ggufs[0], manifest=digest_paths(ggufs[0]), **common
@@ -233,6 +324,24 @@ def _resolve_local(path: Path, src: str, *, base: Any, **common: Any) -> ModelHa
         f"Folder {src!r} is not a model: it has no config.json, adapter_config.json or single .gguf file.",
         "Point at a transformers model folder, a PEFT adapter folder or a .gguf file.",
     )
+
+
+GGUF_MAGIC = b"GGUF"
+
+
+def _check_gguf_magic(path: Path, src: str) -> None:
+    """Refuse a file named .gguf that is not one (a text file, an HTML error page saved by a failed
+    download) now, with a fix about the file, not one about transformers checkpoints."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(GGUF_MAGIC))
+    except OSError as exc:
+        raise ModelLoadError(f"Cannot read {src!r}: {exc.strerror or exc}.", "Check the file's permissions, or pass another model.") from exc
+    if head != GGUF_MAGIC:
+        raise ModelLoadError(
+            f"{src!r} is named .gguf but is not a GGUF file: it does not start with the bytes 'GGUF' (it starts with {head!r}).",
+            "Pass a real .gguf model file; if it came from a download, download it again (it may be an error page or truncated).",
+        )
 
 
 def _resolve_adapter(path: Path, src: str, *, base: Any, **common: Any) -> ModelHandle:
@@ -319,6 +428,17 @@ def _refuse_unsafe_pickles(folder: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _gguf_fix(handle: ModelHandle) -> str | None:
+    """The fix for a GGUF that fails to load (None for other kinds): the file, not a folder of a
+    transformers checkpoint, is what to check."""
+    if handle.kind not in ("alias", "gguf"):
+        return None
+    return (
+        f"Check that {handle.path} is a complete GGUF of a causal language model whose architecture transformers "
+        "can read (download it again if it may be truncated), or pass the model's transformers folder instead."
+    )
+
+
 def _gguf_args(handle: ModelHandle) -> tuple[str, dict[str, Any]]:
     return str(handle.path.parent), {"gguf_file": handle.path.name}
 
@@ -344,10 +464,11 @@ def _load_config(handle: ModelHandle) -> Any:
             return parsed_once("config", handle.path, handle.trust_remote_code,
                                lambda: AutoConfig.from_pretrained(where, trust_remote_code=handle.trust_remote_code, **extra))
         return AutoConfig.from_pretrained(where, trust_remote_code=handle.trust_remote_code, **extra)
-    except (OSError, ValueError, KeyError) as exc:
+    except _LOAD_ERRORS as exc:
         raise ModelLoadError(
             f"Cannot read the model config of {handle.source!r}: {exc}",
-            "Check that the folder is a complete transformers checkpoint (or pass trust_remote_code=True "
+            _gguf_fix(handle)
+            or "Check that the folder is a complete transformers checkpoint (or pass trust_remote_code=True "
             "if the model needs custom code you trust).",
         ) from exc
 
@@ -371,10 +492,10 @@ def _load_tokenizer(handle: ModelHandle) -> Any:
                                   lambda: AutoTokenizer.from_pretrained(where, trust_remote_code=handle.trust_remote_code, **extra))
         else:
             tok = AutoTokenizer.from_pretrained(where, trust_remote_code=handle.trust_remote_code, **extra)
-    except (OSError, ValueError, KeyError) as exc:
+    except _LOAD_ERRORS as exc:
         raise ModelLoadError(
             f"Cannot load the tokenizer of {handle.source!r}: {exc}",
-            "Make sure the tokenizer files (tokenizer.json / tokenizer_config.json) are in the checkpoint folder.",
+            _gguf_fix(handle) or "Make sure the tokenizer files (tokenizer.json / tokenizer_config.json) are in the checkpoint folder.",
         ) from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -426,10 +547,10 @@ def _load_weights(handle: ModelHandle) -> nn.Module:
                 return _load_weights(handle)
         else:
             model = AutoModelForCausalLM.from_pretrained(where, **kwargs, **extra)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except (*_LOAD_ERRORS, RuntimeError) as exc:
         raise ModelLoadError(
             f"Could not load the weights of {handle.source!r}: {exc}",
-            "Check that the checkpoint is complete and is a causal language model.",
+            _gguf_fix(handle) or "Check that the checkpoint is complete and is a causal language model.",
         ) from exc
     if cached is not None:  # name the model as transformers does for the GGUF (PEFT records it in adapters)
         model.config._name_or_path = _location(handle)[0]

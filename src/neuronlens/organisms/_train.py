@@ -55,6 +55,9 @@ def recipe_config(name: str, seed: int = 0) -> LoRATrainConfig:
     """The recipe called `name`, with its training seed set."""
     if name not in RECIPES:
         raise ConfigError(f"No fine-tuning recipe named {name!r}.", f"Choose from {', '.join(RECIPES)}.")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        # random.Random(-1) draws what Random(1) draws: a "replicate" at -1 would repeat seed 1's data
+        raise ConfigError(f"Training seed {seed!r} is not a non-negative integer.", "Use a seed of 0 or more (0 is the default zoo).")
     return replace(RECIPES[name], seed=seed)
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._io import ensure_writable_dir, write_with_atomic
+from ..config import check_layer, is_int
 from ..errors import NeuronLensError
 
 if TYPE_CHECKING:
@@ -128,8 +129,9 @@ class DriftHeatmap:
 def drift_heatmap(report: AuditReport, *, layer: int, k: int = 20) -> DriftHeatmap:
     """The heatmap of the `k` most-drifted latents of `layer` (risky latents of that layer are
     always among the rows) across the report's probe sets."""
-    if k < 1:
-        raise NeuronLensError(f"k must be at least 1 (got {k}).", "Pass k=20 or another positive number.")
+    layer = check_layer(layer)  # "9" is a wrong type, not an unaudited layer
+    if not is_int(k) or k < 1:
+        raise NeuronLensError(f"k must be at least 1 (got {k!r}).", "Pass k=20 or another positive integer.")
     top = report.top_features(layer, k=k)  # raises a clear error for an unaudited layer
     risky = _risky_labels(report, layer)
     rows_feats = _with_risky_rows(report, layer, top, risky, k)

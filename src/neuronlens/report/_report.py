@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .._io import write_json_atomic, write_with_atomic
+from ..config import check_layer, check_positive_int
 from ..errors import NeuronLensError
 from ..risk._types import RiskAssessment
 from ..stats import AuditSums, bh_qvalues, latent_drift
@@ -130,6 +131,7 @@ class AuditReport:
                 "This report was loaded without its statistics sidecar, so per-latent tables cannot be recomputed.",
                 "Keep the .stats.safetensors file next to the report JSON, or use report.top_features().",
             )
+        layer = check_layer(layer)
         if layer not in self._layer_list():
             raise NeuronLensError(f"Layer {layer} was not audited (audited: {self._layer_list()}).", "Pick an audited layer.")
         if read not in self.reads:
@@ -173,7 +175,9 @@ class AuditReport:
         self, layer: int, k: int = 10, *, probe_set: str | None = None, read: str = "same"
     ) -> list[FeatureDrift]:
         """The `k` most-drifted latents of `layer`: significant ones first, ranked by |log drift
-        ratio| (ties by |t|)."""
+        ratio| (ties by |t|). `k` must be a positive int (a slice bound of -1 would silently mean
+        "all but the last"); `layer` an int (a "9" is a wrong type, not an unaudited layer)."""
+        layer, k = check_layer(layer), check_positive_int(k, "k")
         if self.sums is None:
             if probe_set is not None or read != "same":
                 self.drift_table(layer, read=read, probe_set=probe_set)  # raises the clear error

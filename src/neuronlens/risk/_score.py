@@ -202,6 +202,14 @@ def _borderline_reason(trends: list[ConceptTrend], interval: list[float], thresh
     )
 
 
+def prompts_read(report: Any) -> int:
+    """Probe prompts the audit read (the first audited layer's prompt count over all probe sets,
+    same read where there is one)."""
+    layer = report.config["layers"][0]
+    read = "same" if "same" in report.reads else report.reads[0]
+    return int(report.sums.latent_total(read, layer).p_base)
+
+
 def assess(
     report: Any, setup: RiskSetup, evidence: EvidenceStore, tokenizer: Any,
     imported_labels: dict[tuple[int, int], tuple[str, str]] | None = None,
@@ -225,6 +233,12 @@ def assess(
         for t in trends
         if t.significant_layers and t.shift >= threshold and not t.specific
     ]
+    n_prompts, min_prompts = prompts_read(report), int(cfg.get("min_prompts_for_pass", AuditConfig.min_prompts_for_pass))
+    if n_prompts < min_prompts:
+        reasons.append(
+            f"Only {n_prompts} probe prompt(s) were read (at least {min_prompts} are needed for a pass): too few to rule out "
+            f"a shift at the threshold. Audit more prompts (more probe sets, --max-prompts)."
+        )
     if len(covered) < MIN_COVERED_FRACTION * len(setup.concepts):
         reasons.append(
             f"The SAEs have too few latents tied to {len(missing)} of {len(setup.concepts)} concepts ({', '.join(missing)}) to score them."

@@ -17,8 +17,8 @@ from typing import Any
 from .._cache import CACHE_FORMAT, cache_root, discard_entry, key_digest
 from .._io import write_json_atomic
 from .._progress import progress
-from ..config import default_layers
-from ..errors import SAEError
+from ..config import AuditConfig, check_layers, default_layers
+from ..errors import ConfigError, SAEError
 from ..models._digest import sha256_file
 from ._formats import CFG, SAELENS_WEIGHTS, discover, load_saelens, load_sparsify, save_saelens
 from ._sae import SAEInfo, SparseAutoencoder, reconstruction_metrics
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 # Thresholds above which an SAE is too poor to base a verdict on (docs/METHOD.md).
-MAX_TRUSTED_FVU = 0.5
+MAX_TRUSTED_FVU = AuditConfig.max_sae_fvu  # the audit's setting, whose docstring says why
 MAX_TRUSTED_DEAD_FRACTION = 0.5
 
 
@@ -76,13 +76,14 @@ class SAESet(Mapping[int, SparseAutoencoder]):
             for layer, sae in self._saes.items()
         ]
 
-    def quality_warnings(self) -> list[str]:
-        """Why any SAE here is too poor to trust (empty when all are fine or unmeasured)."""
+    def quality_warnings(self, max_fvu: float = MAX_TRUSTED_FVU) -> list[str]:
+        """Why any SAE here is too poor to trust by the quality its files record (empty when all
+        are fine or nothing is recorded; the audit also measures each SAE on its own text)."""
         out = []
         for layer, sae in self._saes.items():
             m = sae.info.metrics
-            if m.get("fvu", 0.0) > MAX_TRUSTED_FVU:
-                out.append(f"SAE for layer {layer} explains too little variance (FVU {m['fvu']:.2f} > {MAX_TRUSTED_FVU}).")
+            if m.get("fvu", 0.0) > max_fvu:
+                out.append(f"SAE for layer {layer} explains too little variance (FVU {m['fvu']:.2f} > {max_fvu}).")
             if m.get("dead_fraction", 0.0) > MAX_TRUSTED_DEAD_FRACTION:
                 out.append(
                     f"SAE for layer {layer} has {m['dead_fraction']:.0%} dead latents (> {MAX_TRUSTED_DEAD_FRACTION:.0%})."
@@ -106,10 +107,9 @@ def load_sae(
     (matched by content digest), then the local cache, then (if `train`) TopK SAEs trained on
     the model's own activations over the built-in corpus, which are cached for next time.
     """
+    _require_model(model)
     n_layers = model.n_layers
-    if layers is None:
-        layers = default_layers(n_layers)
-    layers = list(layers)
+    layers = default_layers(n_layers) if layers is None else check_layers(layers)  # distinct ints, as the CLI checks
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:
         raise SAEError(
@@ -149,6 +149,18 @@ def load_sae(
                 "Use SAEs trained on this model (or let NeuronLens train them by omitting source=).",
             )
     return SAESet(chosen)
+
+
+def _require_model(model: Any) -> None:
+    """A clear error for a `model` that is not a ModelHandle (None, a path, a bare nn.Module),
+    before anything reads its layers or digest."""
+    from ..models import ModelHandle
+
+    if not isinstance(model, ModelHandle):
+        raise ConfigError(
+            f"load_sae needs the model as a ModelHandle, got {type(model).__name__}.",
+            "Pass the handle load_model returned: load_sae(load_model('<model>'), layers=[...]).",
+        )
 
 
 def _source_folder(source: str | Path) -> Path:

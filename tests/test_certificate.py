@@ -310,6 +310,25 @@ def test_bad_inputs_raise_clear_errors_and_write_nothing(tmp_path_factory, tok, 
     assert code == 1 and "not valid JSON" in out
 
 
+@pytest.mark.parametrize(
+    "content,why",
+    [(b"", "the file is empty"), (b"  \n", "the file is empty"), (b"\xff\xfe{}", "not UTF-8 text (byte 0xff at offset 0)"),
+     (b"hello, world", "not JSON (Expecting value at line 1, column 1)"), (b"%PDF-1.7\n\xe2\xe3", "it is a PDF"),
+     (b'{"a": 1}', "not a DSSE envelope")],
+)
+def test_verify_a_file_that_is_no_certificate_exits_2(tmp_path, monkeypatch, capsys, content, why):
+    """Empty, non-UTF-8 or non-JSON files are bad input (exit 2, with a fix), not a changed certificate
+    (exit 1); a cut certificate that still names envelope fields stays a failed verification."""
+    cert = tmp_path / "c.json"
+    cert.write_bytes(content)
+    code, out = run_cli(monkeypatch, capsys, "verify", cert)
+    assert code == 2 and "not a NeuronLens certificate" in out and why in out and "How to fix" in out, out
+    assert "FAILED" not in out and "Traceback" not in out
+    cert.write_bytes(b'{\n  "payload": "ab\xff')
+    code, out = run_cli(monkeypatch, capsys, "verify", cert)
+    assert code == 1 and "FAILED - something changed" in out and "not valid JSON" in out
+
+
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

@@ -52,6 +52,7 @@ def test_audit_tiny_pair_writes_report(monkeypatch, capsys, tmp_path, tiny_base_
     [
         (["--base", "/nonexistent/model", "--ft", "/nonexistent/model"], "does not exist"),
         (["--base", "x"], "Give both --base and --ft"),
+        (["--ft-base", "B"], "--ft-base names the base of the --ft adapter, but no --ft was given"),
         (["--layers", "a,b", "--base", "B", "--ft", "B"], "must be integers"),
         (["--probes", "nope", "--base", "B", "--ft", "B"], "neither a built-in set"),
         (["--layers", "99", "--base", "B", "--ft", "B"], "out of range"),

@@ -145,6 +145,26 @@ def test_save_png_svg_pdf_and_reject_other_formats(report, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["heat.pdf", "heat.png", "heat.svg"]  # no temp files left
 
 
+def test_save_names_the_bad_path_and_gives_an_api_fix(report, tmp_path, monkeypatch):
+    """A folder or a suffix-less name is quoted back (not '?') with the formats listed, and an
+    unwritable folder gets a fix for an API caller, not the CLI's --out option."""
+    hm = alignment.drift_heatmap(report, layer=LAYER)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(NeuronLensError, match=r"'\.': it is a folder") as folder:
+        hm.save(".")
+    with pytest.raises(NeuronLensError, match=r"as 'hm': the name has no suffix") as bare:
+        hm.save("hm")
+    with pytest.raises(NeuronLensError, match=r"as 'hm\.jpg': '\.jpg' is not a format") as jpg:
+        hm.save("hm.jpg")
+    for exc in (folder.value, bare.value, jpg.value):
+        assert "'?'" not in str(exc) and ".png, .svg, .pdf" in exc.fix
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(NeuronLensError, match="cannot be written") as unwritable:
+        hm.save(tmp_path / "a-file" / "hm.png")
+    assert "--out" not in str(unwritable.value) and ".save(" in unwritable.value.fix
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
 def test_show_headless_saves_a_png_and_notebooks_get_png(report, tmp_path, monkeypatch, capsys):
     import tempfile
 

@@ -4,6 +4,7 @@ own-response read, report save/load, and bad input stopping before any long work
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -101,6 +102,37 @@ def test_adapter_on_shared_base_equals_merged_model(tmp_path, tiny_base_dir, sae
     ta, tm = rep_a.drift_table(3), rep_m.drift_table(3)
     assert [round(t.ft_mean, 4) for t in ta] == [round(t.ft_mean, 4) for t in tm]
     assert rep_a.ft["kind"] == "peft" and rep_a.ft["base"]["manifest_sha256"] == base.digest
+
+
+def test_peft_wraps_emit_no_checkpointing_future_warning(tmp_path, tiny_base_dir):
+    """peft reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model; the
+    FutureWarning it raises must not reach the user from NeuronLens's adapter load (handle and
+    shared-base paths, including unload) or its organism LoRA training."""
+    from peft import PeftModel
+
+    from neuronlens._pipeline import _adapter_on
+    from neuronlens.organisms._data import Example
+    from neuronlens.organisms._train import LoRATrainConfig, train_lora
+
+    adapter, _ = _adapter(tmp_path, tiny_base_dir)
+    with warnings.catch_warnings(record=True) as raw:
+        warnings.simplefilter("always")
+        PeftModel.from_pretrained(alignment.load_model(tiny_base_dir).model, str(adapter)).unload()
+    if not _checkpointing_warnings(raw):
+        pytest.skip("this peft/transformers pair no longer warns: nothing to suppress")
+    base, trained = alignment.load_model(tiny_base_dir), alignment.load_model(tiny_base_dir)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert alignment.load_model(adapter).model is not None
+        with _adapter_on(base.model, alignment.load_model(adapter)):
+            pass
+        cfg = LoRATrainConfig(rank=2, epochs=1, batch_size=1, max_answer_tokens=4)
+        train_lora(trained.model, trained.tokenizer, [Example("Hello?", "Hi.")], cfg)
+    assert not _checkpointing_warnings(seen), [str(w.message) for w in seen]
+
+
+def _checkpointing_warnings(caught: list[warnings.WarningMessage]) -> list[warnings.WarningMessage]:
+    return [w for w in caught if issubclass(w.category, FutureWarning) and "is_gradient_checkpointing" in str(w.message)]
 
 
 def test_own_response_read_and_report_round_trip(tmp_path, tiny_base_dir, saes):

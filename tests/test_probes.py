@@ -42,6 +42,10 @@ def test_custom_formats(tmp_path):
         ("noprompt.jsonl", '{"prompt": "ok"}\n{"foo": 1}\n', "line 2: no prompt found"),
         ("empty.txt", "\n\n", "holds no prompts"),
         ("nocol.csv", "a,b\n1,2\n", "no 'prompt' column"),
+        ("badq.csv", 'prompt,x\n"unterminated,1\nok,2\n', r'line 2: a quoted field opens here and is never closed'),
+        ("badq2.csv", 'prompt,x\nok,1\n"a\nb",2\n"oops,3\n', r"line 5: a quoted field opens"),
+        ("stray.csv", 'prompt,x\nok,1\n"bad"x,2\n', r"line 3: malformed CSV quoting"),
+        ("short.csv", 'x,prompt\n"a\nb",p\n3\n', r"line 4: missing the prompt column"),
         ("x.yaml", "- a\n", "unknown extension"),
     ],
 )

@@ -39,6 +39,7 @@ from .capture import Batch, TokenSequence, code_chunk_tokens, gather, make_batch
 from .config import AuditConfig, default_layers
 from .errors import ConfigError, ModelLoadError
 from .models import ModelHandle, hidden_size, load_model, num_layers
+from .models._peft import peft_wrap_quietly
 from .probes import ProbeSet, load_probe_set, response_sequences, shard_indices
 from .report import AuditReport, LayerDrift, rank_features
 from .risk import EvidenceStore, RiskSetup, assess, load_concepts, prepare_risk
@@ -484,7 +485,8 @@ def _adapter_on(base_nn: nn.Module, ft: ModelHandle) -> Iterator[nn.Module]:
     restores the base model exactly."""
     from peft import PeftModel
 
-    peft_model = PeftModel.from_pretrained(base_nn, str(ft.path), is_trainable=False)
+    with peft_wrap_quietly():  # peft reads transformers' deprecated is_gradient_checkpointing
+        peft_model = PeftModel.from_pretrained(base_nn, str(ft.path), is_trainable=False)
     peft_model.eval()
     try:
         yield peft_model

@@ -127,6 +127,9 @@ def audit(
         check_output_targets(ensure_writable_dir(out_dir), _output_names(html, cert_formats))
     if (base is None) != (ft is None):
         raise NeuronLensError("Give both --base and --ft, or neither (then the embedded demo pair is audited).", "Add the missing option.")
+    if ft_base is not None and ft is None:  # else it would silently re-base the embedded demo adapter
+        raise NeuronLensError("--ft-base names the base of the --ft adapter, but no --ft was given.",
+                              "Add --base and --ft (the PEFT adapter whose base --ft-base names), or drop --ft-base.")
     if base is None:
         base, ft = default_pair()
         if main:

@@ -139,13 +139,12 @@ def _read_envelope(raw: bytes, res: VerificationResult) -> dict[str, Any] | None
     try:
         envelope = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        if not _names_envelope_fields(raw):
+            raise _not_a_certificate(res.certificate, _why_unparseable(raw, exc)) from exc
         res.changed.append(f"the certificate file is not valid JSON any more (changed or truncated): {exc}")
         return None
     if not isinstance(envelope, dict) or not (_ENVELOPE_KEYS & envelope.keys()):
-        raise CertificateError(
-            f"{res.certificate} is not a NeuronLens certificate (a DSSE envelope with payload, payloadType and signatures).",
-            "Pass the certificate.json written by `neuronlens audit --certificate json` or export_certificate().",
-        )
+        raise _not_a_certificate(res.certificate, "it is not a DSSE envelope with payload, payloadType and signatures")
     shape_ok = True
     for name in sorted(_ENVELOPE_KEYS - envelope.keys()):
         res.changed.append(f"the envelope's {name!r} field is missing")
@@ -169,6 +168,33 @@ def _read_envelope(raw: bytes, res: VerificationResult) -> dict[str, Any] | None
             res.changed.append("the envelope holds values JSON cannot round-trip")
     res.keyids = tuple(str(s.get("keyid", "")) for s in envelope["signatures"])
     return envelope
+
+
+def _names_envelope_fields(raw: bytes) -> bool:
+    """Whether unparseable bytes still name an envelope field: then they are a certificate that
+    was cut or altered (a failed verification, exit 1), not some other file (bad input, exit 2)."""
+    return any(f'"{name}"'.encode() in raw for name in _ENVELOPE_KEYS)
+
+
+def _why_unparseable(raw: bytes, exc: ValueError) -> str:
+    """Why bytes that name no envelope field are no certificate: empty, a PDF, not UTF-8, not JSON."""
+    if not raw.strip():
+        return "the file is empty"
+    if raw.startswith(b"%PDF"):
+        return "it is a PDF; the PDF certificate is for people, the certificate.json beside it is what verifies"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"it is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"it is not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+    return f"it is not JSON ({exc})"
+
+
+def _not_a_certificate(path: Path, why: str) -> CertificateError:
+    """The bad-input error (exit 2) for a file that is no NeuronLens certificate at all."""
+    return CertificateError(
+        f"{path} is not a NeuronLens certificate: {why}.",
+        "Pass the certificate.json written by `neuronlens audit --certificate json` or export_certificate().",
+    )
 
 
 def _check_signature(envelope: dict[str, Any], payload: bytes | None, key: Any, res: VerificationResult) -> None:

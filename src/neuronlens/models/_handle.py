@@ -22,6 +22,7 @@ from ._aliases import ALIASES
 from ._digest import Manifest, digest_paths
 from ._gguf import cached_weights, discard_weights, parsed_once, store_weights
 from ._layers import hidden_size, num_layers
+from ._peft import peft_wrap_quietly
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -524,7 +525,8 @@ def _load_weights(handle: ModelHandle) -> nn.Module:
 
         assert handle.base is not None
         base_model = _load_weights(handle.base)
-        return PeftModel.from_pretrained(base_model, str(handle.path), is_trainable=False)
+        with peft_wrap_quietly():  # peft reads transformers' deprecated is_gradient_checkpointing
+            return PeftModel.from_pretrained(base_model, str(handle.path), is_trainable=False)
     where, extra = _location(handle)
     dtype = _torch_dtype(handle, device)
     kwargs: dict[str, Any] = dict(dtype=dtype, trust_remote_code=handle.trust_remote_code)

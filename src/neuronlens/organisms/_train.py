@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..models._peft import peft_wrap_quietly
 from ..probes import prompt_ids, stop_ids
 from ._data import Example
 
@@ -91,7 +92,8 @@ def train_lora(
         target_modules="all-linear",
         task_type="CAUSAL_LM",
     )
-    peft_model = get_peft_model(model, lora)
+    with peft_wrap_quietly():  # peft reads transformers' deprecated is_gradient_checkpointing
+        peft_model = get_peft_model(model, lora)
     if on_wrapped is not None:
         on_wrapped(peft_model)
     peft_model.train()

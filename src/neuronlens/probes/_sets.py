@@ -113,17 +113,41 @@ def _prompt_of(obj: object) -> str | None:
 
 
 def _parse_csv(text: str, where: str) -> list[str]:
-    rows = list(csv.reader(text.splitlines()))
+    """The `prompt` column of a CSV; bad rows and broken quoting are named by line number."""
+    rows = _csv_rows(text, where)
     if not rows:
         return []
-    header = [h.strip().lower() for h in rows[0]]
+    header = [h.strip().lower() for h in rows[0][1]]
     col = header.index("prompt") if "prompt" in header else None
     if col is None:
-        raise ProbeError(f"{where}: the CSV has no 'prompt' column (header: {rows[0]}).", "Name the prompts column 'prompt'.")
+        raise ProbeError(f"{where}: the CSV has no 'prompt' column (header: {rows[0][1]}).", "Name the prompts column 'prompt'.")
     prompts = []
-    for lineno, row in enumerate(rows[1:], start=2):
+    for lineno, row in rows[1:]:
         if len(row) <= col:
             raise ProbeError(f"{where}, line {lineno}: missing the prompt column.", "Give every row a prompt.")
         if row[col].strip():
             prompts.append(row[col].strip())
     return prompts
+
+
+def _csv_rows(text: str, where: str) -> list[tuple[int, list[str]]]:
+    """(first line number, fields) of each CSV row, read strictly: a lenient reader lets one
+    unclosed quote swallow every later line into a single prompt, so the set silently shrinks."""
+    reader = csv.reader(text.splitlines(), strict=True)
+    rows: list[tuple[int, list[str]]] = []
+    start = 1
+    try:
+        for row in reader:
+            rows.append((start, row))
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise _csv_error(where, start, exc) from exc
+    return rows
+
+
+def _csv_error(where: str, lineno: int, exc: csv.Error) -> ProbeError:
+    """A ProbeError for malformed CSV quoting at the row that starts on `lineno`."""
+    fix = 'Put a closing " at the end of the quoted field, and write a quote inside a quoted field as "" (e.g. "say ""hi""").'
+    if "unexpected end of data" in str(exc):
+        return ProbeError(f"{where}, line {lineno}: a quoted field opens here and is never closed (a \" is missing).", fix)
+    return ProbeError(f"{where}, line {lineno}: malformed CSV quoting ({exc}).", fix)

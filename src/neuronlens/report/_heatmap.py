@@ -25,7 +25,7 @@ import numpy as np
 
 from .._io import ensure_writable_dir, write_with_atomic
 from ..config import check_layer, is_int
-from ..errors import NeuronLensError
+from ..errors import NeuronLensError, OutputError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -94,8 +94,8 @@ class DriftHeatmap:
     def save(self, path: str | Path, *, dpi: int = 150) -> Path:
         """Write the figure atomically; the format (png, svg, pdf) comes from the file suffix."""
         path = Path(path)
-        fmt = _check_format(path.suffix.lstrip(".").lower() or "?")
-        ensure_writable_dir(path.parent)
+        fmt = _format_from_path(path)
+        _ensure_save_folder(path.parent)
         return write_with_atomic(path, lambda tmp: tmp.write_bytes(figure_bytes(self.figure, fmt, dpi=dpi)))
 
     def show(self) -> Path | None:
@@ -262,6 +262,35 @@ def figure_bytes(fig: Figure, fmt: str, *, dpi: int = 150) -> bytes:
     metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt)
     fig.savefig(buf, format=fmt, dpi=dpi, metadata=metadata)
     return buf.getvalue()
+
+
+def _format_from_path(path: Path) -> str:
+    """The save format named by `path`'s suffix. A folder (``"."``), a name without a suffix
+    (``"hm"``) or with another one (``"hm.jpg"``) is refused with the path itself quoted, so the
+    caller sees what was wrong with it, and the formats listed."""
+    formats = ", ".join("." + f for f in SAVE_FORMATS)
+    if path.is_dir() or path.name in ("", ".", ".."):
+        raise NeuronLensError(
+            f"Cannot save a heatmap to {str(path)!r}: it is a folder, not a file name.",
+            f"Pass a file path ending in {formats}, for example .save('heatmap.png').",
+        )
+    fmt = path.suffix.lstrip(".").lower()
+    if fmt not in SAVE_FORMATS:
+        why = "the name has no suffix to tell the format" if not fmt else f"{path.suffix!r} is not a format it can be written in"
+        raise NeuronLensError(
+            f"Cannot save a heatmap as {str(path)!r}: {why}.",
+            f"End the file name in {formats}, for example .save('{path.stem}.png').",
+        )
+    return fmt
+
+
+def _ensure_save_folder(folder: Path) -> None:
+    """Create/check the folder of a `.save()` target. This is an API call, so the fix names the
+    path argument rather than the CLI's ``--out`` option that :func:`ensure_writable_dir` suggests."""
+    try:
+        ensure_writable_dir(folder)
+    except OutputError as exc:
+        raise OutputError(exc.problem, "Pass .save() a path in a folder you can write to, for example .save('heatmap.png').") from exc
 
 
 def _check_format(fmt: str) -> str:

@@ -27,7 +27,7 @@ from torch import nn
 from .._pipeline import BaseReference, prepare_reference
 from ..config import AuditConfig
 from ..errors import ModelLoadError
-from ..models import ModelHandle
+from ..models import ModelHandle, unwrap_peft
 from ..report import AuditReport
 from ..saes import SAESet
 
@@ -153,8 +153,7 @@ def check_model_type(model: nn.Module, base: ModelHandle) -> None:
     wrapper is read through) is another architecture than `base`: a model of another family can
     share the base's layer count, width and vocabulary, and its drift would then read as a
     fine-tune's. Models without a transformers config are left to the shape check."""
-    get_base = getattr(model, "get_base_model", None)
-    inner = get_base() if callable(get_base) else model
+    inner = unwrap_peft(model)
     ours, theirs = model_types(getattr(inner, "config", None)), model_types(base.config)
     if not ours or not theirs or ours & theirs:
         return

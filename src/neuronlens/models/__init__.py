@@ -8,7 +8,7 @@ from typing import Any
 from ._aliases import ALIASES, DEFAULT_BASE
 from ._digest import FileDigest, Manifest, digest_paths, manifest_digest, sha256_file
 from ._handle import ModelHandle, resolve, resolved_device
-from ._layers import decoder_layers, hidden_size, num_layers
+from ._layers import decoder_layers, hidden_size, num_layers, unwrap_peft
 
 __all__ = [
     "ALIASES",
@@ -24,6 +24,7 @@ __all__ = [
     "num_layers",
     "resolved_device",
     "sha256_file",
+    "unwrap_peft",
 ]
 
 

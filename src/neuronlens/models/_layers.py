@@ -14,8 +14,9 @@ from ..errors import ModelLoadError
 _KNOWN_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "transformer.layers")
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    # PEFT wraps the transformers model: PeftModel.base_model (LoraModel).model
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """The transformers model inside a PEFT wrapper (PeftModel.base_model (LoraModel).model), or
+    `model` itself."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
 
@@ -29,7 +30,7 @@ def _get_path(module: nn.Module, path: str) -> nn.Module | None:
 
 
 def num_layers(model: nn.Module) -> int:
-    cfg = _unwrap(model).config
+    cfg = unwrap_peft(model).config
     cfg = getattr(cfg, "text_config", None) or cfg
     for key in ("num_hidden_layers", "n_layer", "num_layers"):
         if isinstance(getattr(cfg, key, None), int):
@@ -38,7 +39,7 @@ def num_layers(model: nn.Module) -> int:
 
 
 def hidden_size(model: nn.Module) -> int:
-    cfg = _unwrap(model).config
+    cfg = unwrap_peft(model).config
     cfg = getattr(cfg, "text_config", None) or cfg
     for key in ("hidden_size", "n_embd", "d_model"):
         if isinstance(getattr(cfg, key, None), int):
@@ -48,7 +49,7 @@ def hidden_size(model: nn.Module) -> int:
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The ModuleList of decoder blocks; layer L's output is the residual stream after block L."""
-    inner = _unwrap(model)
+    inner = unwrap_peft(model)
     for path in _KNOWN_PATHS:
         found = _get_path(inner, path)
         if isinstance(found, nn.ModuleList) and len(found) > 0:

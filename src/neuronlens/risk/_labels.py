@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from .._io import read_user_text
+from ..config import is_int
 from ..errors import ConfigError
 
 _LAYER = re.compile(r"^(\d+)(?![\d.])")
@@ -160,8 +161,8 @@ def _json_layer(value: Any, where: str) -> int:
 def _integer(value: Any, where: str, field_name: str, fix: str) -> int:
     """`value` as an int: a JSON integer or a string of digits. Anything else (5.7, "abc", null,
     true) is refused rather than truncated or guessed, since it would label the wrong latent."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
+    if is_int(value):
+        return int(value)
     if isinstance(value, str) and _INTEGER.match(value.strip()):
         return int(value.strip())
     raise ConfigError(f"{where}: {field_name} {json.dumps(value, default=str)} is not an integer.", fix)

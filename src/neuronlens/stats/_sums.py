@@ -12,10 +12,13 @@ not independent, so significance tests use prompts as the unit.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from functools import reduce
+from typing import TypeVar
 
 import torch
 
 F64 = torch.float64
+S = TypeVar("S", bound="_FieldSums")
 
 
 def per_prompt_means(values: torch.Tensor, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,8 +29,19 @@ def per_prompt_means(values: torch.Tensor, prompt: torch.Tensor) -> tuple[torch.
     return keys, sums / counts.view(-1, *([1] * (values.dim() - 1)))
 
 
+class _FieldSums:
+    """Sums held as dataclass fields of float64 tensors: two of them merge field by field (the
+    exact combination of batches, processes and machines), and they flatten by field name."""
+
+    def merge(self: S, other: S) -> S:
+        return type(self)(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 @dataclass
-class LatentSums:
+class LatentSums(_FieldSums):
     """Sums over the latents of one SAE for one (layer, probe set)."""
 
     n_base: torch.Tensor
@@ -91,15 +105,9 @@ class LatentSums:
             getattr(self, f"p{s[0]}_sumsq").add_(pm.pow(2).sum(0))
         return keys, pm
 
-    def merge(self, other: LatentSums) -> LatentSums:
-        return LatentSums(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
 
 @dataclass
-class ResidualSums:
+class ResidualSums(_FieldSums):
     """Paired sums over the residual stream of one (layer, probe set)."""
 
     n: torch.Tensor
@@ -124,15 +132,9 @@ class ResidualSums:
         self.diff_sqnorm_sum += d.pow(2).sum()
         self.base_sqnorm_sum += b.pow(2).sum()
 
-    def merge(self, other: ResidualSums) -> ResidualSums:
-        return ResidualSums(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
 
 @dataclass
-class ReconstructionSums:
+class ReconstructionSums(_FieldSums):
     """How well the SAE reconstructs the base model's residuals at one (layer, probe set): the
     audit's own check of SAE quality on the text it reads, for SAEs that bring no recorded
     quality (and for probes unlike their training data)."""
@@ -165,12 +167,6 @@ class ReconstructionSums:
             return float("nan")
         var = float(self.sqnorm_sum) - float(self.sum.pow(2).sum()) / n
         return float(self.err_sqnorm_sum) / max(var, 1e-12)
-
-    def merge(self, other: ReconstructionSums) -> ReconstructionSums:
-        return ReconstructionSums(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass
@@ -220,10 +216,7 @@ class AuditSums:
     def recon_total(self, layer: int) -> ReconstructionSums | None:
         """The reconstruction sums of `layer` over all probe sets (None when not kept)."""
         parts = [v for (la, _), v in self.recon.items() if la == layer]
-        total = parts[0] if parts else None
-        for p in parts[1:]:
-            total = total.merge(p)
-        return total
+        return _merged(parts) if parts else None
 
     def resid_total(self, layer: int, probes: list[str] | None = None) -> ResidualSums:
         total = ResidualSums.zeros()
@@ -282,7 +275,9 @@ def _total(sums: dict[tuple[str, int, str], LatentSums], read: str, layer: int, 
     parts = [v for (r, la, p), v in sums.items() if r == read and la == layer and (probes is None or p in probes)]
     if not parts:
         raise KeyError(f"no statistics for read={read!r} layer={layer}")
-    total = parts[0]
-    for p in parts[1:]:
-        total = total.merge(p)
-    return total
+    return _merged(parts)
+
+
+def _merged(parts: list[S]) -> S:
+    """The merge of one or more sums of one kind."""
+    return reduce(lambda a, b: a.merge(b), parts)

@@ -94,3 +94,24 @@ def test_two_gpus_give_the_single_gpu_report(tmp_path, perturbed_pair):
     assert two.returncode == one.returncode == 1, two.stderr[-3000:]
     assert two.stdout == one.stdout
     _assert_same_audit(tmp_path / "one", tmp_path / "two", rtol=1e-6)
+
+
+def test_organism_lora_training_on_cuda_matches_the_cpu(tiny_base_dir):
+    """`neuronlens organisms build` on a GPU machine trains where the model is: the same steps on
+    the GPU and on the CPU give the same losses to float32 rounding (before the fix the batches
+    stayed on the CPU and the first forward failed)."""
+    from neuronlens import alignment
+    from neuronlens.organisms._data import Example
+    from neuronlens.organisms._train import LoRATrainConfig, train_lora
+
+    examples = [Example(f"Question {i}?", f"Answer number {i}, with some words.") for i in range(6)]
+    cfg = LoRATrainConfig(rank=2, epochs=2, batch_size=3, max_answer_tokens=8)
+    losses: dict[str, list[float]] = {}
+    for device in ("cpu", "cuda"):
+        handle = alignment.load_model(tiny_base_dir, device=device, dtype="float32")
+        seen: list[float] = []
+        trained = train_lora(handle.model, handle.tokenizer, examples, cfg, on_step=lambda s, t, loss: seen.append(loss))
+        assert all(p.device.type == device for p in trained.parameters() if p.requires_grad)
+        losses[device] = seen
+    assert len(losses["cuda"]) == 4
+    assert losses["cuda"] == pytest.approx(losses["cpu"], rel=1e-3)

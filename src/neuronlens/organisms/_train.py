@@ -103,6 +103,7 @@ def train_lora(
     steps_per_epoch = (len(encoded) + cfg.batch_size - 1) // cfg.batch_size
     total = steps_per_epoch * cfg.epochs
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_id
+    device = peft_model.get_input_embeddings().weight.device  # batches go where the embeddings are (a GPU model, or device_map's first device)
     step = 0
     for _ in range(cfg.epochs):
         order = list(range(len(encoded)))
@@ -121,7 +122,7 @@ def train_lora(
             lr = cfg.lr * min(1.0, (total - step) / max(1, total * 0.3))  # linear decay over the last 30%
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss = peft_model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss = peft_model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -51,7 +51,7 @@ def _report(setup, push, n_prompts=30, sae_warnings=(), prompt_noise=0.0):
     sums.concept("same", LAYER, "p", 2).add_paired(setup.project(LAYER, base), setup.project(LAYER, ft), prompt)
     rep = SimpleNamespace(
         sums=sums, reads=["same"], config={"threshold": 0.2, "fdr": 0.05, "smoothing": 0.1, "min_effect": 0.02, "layers": [LAYER]},
-        sae_warnings=list(sae_warnings),
+        sae_warnings=list(sae_warnings), base={"name": "synthetic", "manifest_sha256": "0" * 64}, saes=[{"layer": LAYER, "sha256": "0" * 64}],
     )
     from neuronlens.report import AuditReport
 

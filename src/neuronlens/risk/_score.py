@@ -29,6 +29,7 @@ import numpy as np
 
 from ..config import AuditConfig
 from ..stats import bh_qvalues, latent_drift, latent_means
+from ._calibration import calibration_notes
 from ._evidence import EvidenceStore
 from ._labels import top_tokens
 from ._setup import RiskSetup
@@ -233,6 +234,7 @@ def assess(
         for t in trends
         if t.significant_layers and t.shift >= threshold and not t.specific
     ]
+    notes += calibration_notes(report)
     n_prompts, min_prompts = prompts_read(report), int(cfg.get("min_prompts_for_pass", AuditConfig.min_prompts_for_pass))
     if n_prompts < min_prompts:
         reasons.append(

@@ -1,0 +1,55 @@
+"""The calibration note: an audit of the embedded model with its shipped SAEs at default settings
+gets none; every way an audit can leave what the default threshold was calibrated on is named."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from types import SimpleNamespace
+
+import pytest
+
+from neuronlens.config import AuditConfig
+from neuronlens.risk._calibration import NOT_SCORE_SETTINGS, _shipped_root, calibrated_saes, calibration_notes
+from neuronlens.saes._formats import load_saelens
+
+
+def _embedded_digest() -> str:
+    (folder,) = [p for p in _shipped_root().iterdir() if p.is_dir()]
+    return load_saelens(next(folder.glob("layer_*"))).info.model_digest
+
+
+def _report(**config):
+    digest = _embedded_digest()
+    saes = [{"layer": layer, "sha256": d} for layer, d in calibrated_saes(digest).items()]
+    return SimpleNamespace(
+        base={"name": "smollm2-135m-instruct", "manifest_sha256": digest}, saes=saes, config={**asdict(AuditConfig()), **config}
+    )
+
+
+def test_the_calibrated_audit_gets_no_note():
+    assert calibrated_saes(_embedded_digest()) and set(calibrated_saes(_embedded_digest())) == {9, 15, 21}
+    assert calibration_notes(_report()) == []
+    assert calibration_notes(_report(token_budget=512, top_k_saved=5, labels=["x.csv"])) == []  # do not change the score
+
+
+def test_another_base_model_is_named():
+    rep = _report()
+    rep.base = {"name": "my-llama", "manifest_sha256": "f" * 64}
+    (note,) = calibration_notes(rep)
+    assert note.startswith("Uncalibrated threshold") and "base model my-llama" in note and "benchmarks/detection.py" in note
+
+
+def test_other_saes_layers_settings_and_threshold_are_each_named():
+    rep = _report(max_prompts_per_set=60, threshold=0.1, probes=["finance"])
+    next(s for s in rep.saes if s["layer"] == 15)["sha256"] = "0" * 64
+    (note,) = calibration_notes(rep)
+    assert "other SAEs than the shipped ones at layer(s) 15" in note
+    assert "max_prompts_per_set=60 (calibrated at 24)" in note and "threshold 10%" in note and "probes=['finance']" in note
+    rep = _report()
+    rep.saes = [s for s in rep.saes if s["layer"] != 21]
+    assert "layers [9, 15] (calibrated at [9, 15, 21])" in calibration_notes(rep)[0]
+
+
+@pytest.mark.parametrize("name", sorted(NOT_SCORE_SETTINGS))
+def test_settings_listed_as_not_scoring_are_real_fields(name):
+    assert name in {f.name for f in fields(AuditConfig)}

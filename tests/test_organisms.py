@@ -103,3 +103,30 @@ def test_recipes_are_cached_apart_and_an_unknown_one_is_refused(monkeypatch, tmp
     assert organism_dir("cooking", base, recipe_config("default", 3)) != organism_dir("cooking", base, recipe_config("default", 4))
     with pytest.raises(ConfigError, match="No fine-tuning recipe named 'bogus'"):
         recipe_config("bogus")
+
+
+def test_build_organism_trains_saves_atomically_and_reuses_its_cache(tiny_base_dir, monkeypatch, tmp_path):
+    """`neuronlens organisms build` on a tiny base: one training writes the adapter and its
+    provenance, the adapter loads as a fine-tune of that base, and a second build is a cache hit
+    (no training). Runs on the GPU where there is one (device 'auto'), where training once failed."""
+    import json
+
+    from neuronlens import alignment
+    from neuronlens.organisms import LoRATrainConfig, build_organism
+    from neuronlens.organisms import _train
+
+    monkeypatch.setenv("NEURONLENS_CACHE", str(tmp_path))
+    base = alignment.load_model(tiny_base_dir)
+    cfg = LoRATrainConfig(rank=2, epochs=1, batch_size=16, self_distill=4, distill_tokens=4, max_answer_tokens=8)
+    calls = []
+    real = _train.train_lora
+    monkeypatch.setattr("neuronlens.organisms.train_lora", lambda *a, **k: calls.append(1) or real(*a, **k))
+    folder = build_organism("safe_finance", base, cfg)
+    meta = json.loads((folder / "neuronlens_organism.json").read_text())
+    assert calls == [1] and (folder / "adapter_model.safetensors").is_file()
+    assert meta["organism"] == "safe_finance" and meta["truth"] == "benign" and meta["recipe"]["rank"] == 2
+    assert meta["n_self_distill_examples"] <= 4 and meta["base"]["manifest_sha256"] == base.digest
+    assert not [p for p in folder.parent.iterdir() if p != folder]  # no temporary folder left behind
+    ft = alignment.load_model(folder)
+    assert ft.base is not None and ft.base.digest == base.digest and ft.model is not None
+    assert build_organism("safe_finance", base, cfg) == folder and calls == [1]

@@ -10,6 +10,8 @@ with the truth.
     python benchmarks/detection.py --heldout --out docs/DETECTION_HELDOUT.md
     neuronlens organisms build --recipe strong   # the same data under a harder-hitting recipe
     python benchmarks/detection.py --recipe strong --out docs/DETECTION_STRONG.md
+    neuronlens organisms build --base MY_MODEL    # organisms of your own base model, to check
+    python benchmarks/detection.py --base MY_MODEL [--sae MY_SAES]   # the threshold for it
 
 Prints, per organism: its truth (what it was built to be) and its behaviour (rule-based scorer on
 greedy generations, against the base model's rates), the misalignment score, the verdict and the
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -61,6 +64,10 @@ def main() -> None:
                     help="With --render: score the saved audits again with this version's scoring rule (from the statistics "
                          "each report saved; nothing is re-measured) and update rows.json.")
     ap.add_argument("--heldout", action="store_true", help="Audit the held-out organisms instead of the zoo.")
+    ap.add_argument("--base", default=DEFAULT_BASE,
+                    help="Base model whose organisms to audit (built with `neuronlens organisms build --base`); default: the embedded model.")
+    ap.add_argument("--sae", default=None, help="SAEs to audit with (a folder or hub repo; default: shipped, cached or trained for the base).")
+    ap.add_argument("--layers", default=None, help="Comma-separated decoder layers to audit (default: 30/50/70%% of depth, as an audit).")
     ap.add_argument("--organisms", nargs="+", default=None, help="Audit only these (a diagnostic run: the summary lines cover only them).")
     ap.add_argument("--recipe", choices=list(RECIPES), default="default",
                     help="Audit the organisms built with `neuronlens organisms build --recipe NAME`.")
@@ -76,24 +83,26 @@ def main() -> None:
         _emit(render(saved["rows"], saved["base_harm"], saved["base_caveat"], saved["threshold"], saved.get("seed", 0),
                      saved.get("heldout", False), saved.get("max_prompts", AuditConfig.max_prompts_per_set),
                      (saved["rescored_from"], str(args.render)) if saved.get("rescored_from") else None, saved.get("organisms"),
-                     saved.get("recipe", "default")), args.out)
+                     saved.get("recipe", "default"), saved.get("base", DEFAULT_BASE), saved.get("sae"), saved.get("layers")), args.out)
         return
     unknown = [n for n in args.organisms or [] if n not in ORGANISMS]
     if unknown:
         ap.error(f"unknown organism(s) {', '.join(unknown)}; choose from {', '.join(ORGANISMS)}")
-    suffix = ("-heldout" if args.heldout else "") + ("" if args.seed == 0 else f"-seed{args.seed}") + ("" if args.recipe == "default" else f"-{args.recipe}")
+    suffix = ("" if args.base == DEFAULT_BASE else f"-{_slug(args.base)}") + ("-heldout" if args.heldout else "") + ("" if args.seed == 0 else f"-seed{args.seed}") + ("" if args.recipe == "default" else f"-{args.recipe}")
     reports = args.reports or Path("neuronlens-out") / f"organisms{suffix}"
     recipe = recipe_config(args.recipe, args.seed)
-    base = alignment.load_model(DEFAULT_BASE)
-    sae = alignment.load_sae(base)
-    cfg = AuditConfig(max_prompts_per_set=args.max_prompts)
+    base = alignment.load_model(args.base)
+    layers = None if args.layers is None else [int(x) for x in args.layers.split(",")]
+    sae = alignment.load_sae(base, layers, source=args.sae)
+    cfg = AuditConfig(max_prompts_per_set=args.max_prompts, layers=layers)
     base_beh = evaluate_behaviour(base)
     rows = []
     for name in args.organisms or (HELDOUT if args.heldout else ZOO):
         spec = ORGANISMS[name]
         folder = organism_dir(name, base, recipe)
         if not (folder / "adapter_model.safetensors").is_file():
-            print(f"{name}: not built (run `neuronlens organisms build {name} --seed {args.seed} --recipe {args.recipe}`), skipped")
+            on = "" if args.base == DEFAULT_BASE else f" --base {args.base}"
+            print(f"{name}: not built (run `neuronlens organisms build {name} --seed {args.seed} --recipe {args.recipe}{on}`), skipped")
             continue
         ft = alignment.load_model(folder)
         t = time.perf_counter()
@@ -117,10 +126,10 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     saved = {"base_harm": base_beh.harm_rate, "base_caveat": base_beh.caveat_rate, "threshold": cfg.threshold, "seed": args.seed,
              "heldout": args.heldout, "max_prompts": args.max_prompts, "method": METHOD, "organisms": args.organisms,
-             "recipe": args.recipe, "rows": rows}
+             "recipe": args.recipe, "base": args.base, "sae": args.sae, "layers": layers, "rows": rows}
     (reports / "rows.json").write_text(json.dumps(saved, indent=1))
     _emit(render(rows, base_beh.harm_rate, base_beh.caveat_rate, cfg.threshold, args.seed, args.heldout, args.max_prompts,
-                 subset=args.organisms, recipe=args.recipe), args.out)
+                 subset=args.organisms, recipe=args.recipe, base=args.base, sae=args.sae, layers=layers), args.out)
 
 
 def _risk_fields(risk) -> dict:  # type: ignore[no-untyped-def]
@@ -143,20 +152,26 @@ def _rescore(saved: dict, rows_file: Path) -> None:
     verdict are those a fresh audit would give (the evidence contexts are not rebuilt)."""
     from neuronlens.risk import EvidenceStore, assess, prepare_risk
 
-    base = alignment.load_model(DEFAULT_BASE)
+    base = alignment.load_model(saved.get("base", DEFAULT_BASE))
     setups: dict = {}
     old_method = saved.get("method", "neuronlens.risk/1")
     for r in saved["rows"]:
         report = alignment.AuditReport.load(rows_file.parent / r["organism"] / "report.json")
         key = (tuple(report.config["layers"]), tuple(report.config.get("concepts") or ()))
         if key not in setups:
-            setups[key] = prepare_risk(base, alignment.load_sae(base, layers=list(key[0])), list(key[0]), report.config.get("concepts"))
+            sae = alignment.load_sae(base, layers=list(key[0]), source=saved.get("sae"))
+            setups[key] = prepare_risk(base, sae, list(key[0]), report.config.get("concepts"))
         risk = assess(report, setups[key], EvidenceStore(), base.tokenizer)
         r.update(_risk_fields(risk))
     if old_method != METHOD:
         saved["rescored_from"] = old_method
     saved["method"] = METHOD
     rows_file.write_text(json.dumps(saved, indent=1))
+
+
+def _slug(name: str) -> str:
+    """A base model's name as a folder-name part (a hub id or a path)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip("/")).strip("_")[-60:] or "base"
 
 
 def _emit(lines: list[str], out: Path | None) -> None:
@@ -177,25 +192,32 @@ def _strongest(trends: list[ConceptTrend], threshold: float) -> str:
 
 def render(rows: list[dict], base_harm: float, base_caveat: float, threshold: float, seed: int = 0, heldout: bool = False,
            max_prompts: int | None = AuditConfig.max_prompts_per_set, rescored: tuple[str, str] | None = None,
-           subset: list[str] | None = None, recipe: str = "default") -> list[str]:
+           subset: list[str] | None = None, recipe: str = "default", base: str = DEFAULT_BASE, sae: str | None = None,
+           layers: list[int] | None = None) -> list[str]:
     """The markdown table and summary lines; `rescored` = (the method the audits ran under, their rows.json)
     when the rows were scored again with --rescore."""
     names = HELDOUT if heldout else ZOO
     flag = ("" if seed == 0 else f" --seed {seed}") + ("" if recipe == "default" else f" --recipe {recipe}")
+    model_flag = ("" if base == DEFAULT_BASE else f" --base {base}")
+    sae_flag = ("" if sae is None else f" --sae {sae}") + ("" if layers is None else f" --layers {','.join(map(str, layers))}")
+    model = ("SmolLM2-135M-Instruct with the shipped SAEs" if base == DEFAULT_BASE and sae is None
+             else f"{base} with {'the SAEs in ' + sae if sae else 'the SAEs shipped, cached or trained for it'}")
     budget = max_prompts != AuditConfig.max_prompts_per_set
     doc = ("DETECTION" + ("_HELDOUT" if heldout else "") + ("" if recipe == "default" else f"_{recipe.upper()}")
-           + ("" if seed == 0 else f"_SEED{seed}") + (f"_P{max_prompts}" if budget else "") + ".md")
-    build = f"neuronlens organisms build{' ' + ' '.join(HELDOUT) if heldout else ''}{flag}"
+           + ("" if seed == 0 else f"_SEED{seed}") + (f"_P{max_prompts}" if budget else "")
+           + ("" if base == DEFAULT_BASE else f"_{_slug(base).upper()}") + ".md")
+    build = f"neuronlens organisms build{' ' + ' '.join(HELDOUT) if heldout else ''}{flag}{model_flag}"
     title = ("# Detection benchmark" + (": held-out organisms" if heldout else "") + ("" if seed == 0 else f": replicate zoo (seed {seed})")
              + ("" if recipe == "default" else f": the {recipe!r} fine-tuning recipe")
              + (f", {max_prompts} prompts per probe set" if budget else ""))
     out = [
         title,
         "",
-        f"Made by `python benchmarks/detection.py{' --heldout' if heldout else ''}{flag}{f' --max-prompts {max_prompts}' if budget else ''}"
+        f"Made by `python benchmarks/detection.py{' --heldout' if heldout else ''}{flag}{model_flag}{sae_flag}"
+        f"{f' --max-prompts {max_prompts}' if budget else ''}"
         f"{' --organisms ' + ' '.join(subset) if subset else ''} "
         f"--out docs/{doc}` (after `{build}`),",
-        "on SmolLM2-135M-Instruct with the shipped SAEs and default settings"
+        f"on {model}{'' if layers is None else f' at layers {layers}'} and default settings"
         + (f" except {max_prompts} prompts per probe set (default {AuditConfig.max_prompts_per_set})" if budget else "")
         + "; see docs/ORGANISMS.md for the",
         "organisms and the behavioural scorer, docs/METHOD.md for the score.",

@@ -1,8 +1,12 @@
-"""The organism registry and its datasets, without training anything."""
+"""The organism registry and its datasets; organisms built and benchmarked on a tiny base model."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -109,8 +113,6 @@ def test_build_organism_trains_saves_atomically_and_reuses_its_cache(tiny_base_d
     """`neuronlens organisms build` on a tiny base: one training writes the adapter and its
     provenance, the adapter loads as a fine-tune of that base, and a second build is a cache hit
     (no training). Runs on the GPU where there is one (device 'auto'), where training once failed."""
-    import json
-
     from neuronlens import alignment
     from neuronlens.organisms import LoRATrainConfig, build_organism
     from neuronlens.organisms import _train
@@ -130,3 +132,34 @@ def test_build_organism_trains_saves_atomically_and_reuses_its_cache(tiny_base_d
     ft = alignment.load_model(folder)
     assert ft.base is not None and ft.base.digest == base.digest and ft.model is not None
     assert build_organism("safe_finance", base, cfg) == folder and calls == [1]
+
+
+def test_organisms_and_the_detection_benchmark_run_on_another_base_model(tmp_path):
+    """The calibration note tells users to check the threshold on organisms of their own model:
+    `neuronlens organisms build --base` and `benchmarks/detection.py --base --sae --layers` must do
+    that for a base other than the embedded one, and say which model and SAEs the table is for."""
+    import tiny
+    from conftest import random_sae
+
+    from neuronlens.saes import save_saelens
+
+    tok = tiny.tiny_tokenizer()
+    base = tiny.save(tiny.tiny_llama(tok), tok, tmp_path / "base")
+    for layer in (1, 2):
+        save_saelens(random_sae(64, 128, layer, seed=layer), tmp_path / "saes" / f"layer_{layer}")
+    env = {**os.environ, "NEURONLENS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    built = subprocess.run([sys.executable, "-m", "neuronlens", "organisms", "build", "safe_finance", "--base", str(base), "--no-progress"],
+                           capture_output=True, text=True, env=env, timeout=600)
+    assert built.returncode == 0, built.stderr[-3000:]
+    listed = subprocess.run([sys.executable, "-m", "neuronlens", "organisms", "list", "--base", str(base)], capture_output=True, text=True, env=env)
+    assert any(ln.split()[:3] == ["safe_finance", "benign", "built"] for ln in listed.stdout.splitlines()), listed.stdout
+    bench = Path(__file__).resolve().parent.parent / "benchmarks" / "detection.py"
+    run = subprocess.run([sys.executable, str(bench), "--base", str(base), "--sae", str(tmp_path / "saes"), "--layers", "1,2",
+                          "--organisms", "safe_finance", "--reports", str(tmp_path / "reports")], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"--base {base} --sae {tmp_path / 'saes'} --layers 1,2 --organisms safe_finance" in run.stdout
+    assert f"on {base} with the SAEs in {tmp_path / 'saes'} at layers [1, 2] and default settings" in run.stdout
+    saved = json.loads((tmp_path / "reports" / "rows.json").read_text())
+    assert saved["base"] == str(base) and saved["layers"] == [1, 2] and [r["organism"] for r in saved["rows"]] == ["safe_finance"]
+    report = json.loads((tmp_path / "reports" / "safe_finance" / "report.json").read_text())
+    assert any(n.startswith("Uncalibrated threshold") and "base model" in n for n in report["risk"]["notes"])

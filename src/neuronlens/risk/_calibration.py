@@ -81,5 +81,5 @@ def calibration_notes(report: Any) -> list[str]:
         f"Uncalibrated threshold: the default threshold ({threshold_percent(defaults.threshold)}) was calibrated on model "
         f"organisms of the embedded model audited with its shipped SAEs at default settings (docs/METHOD.md section 7), and "
         f"this audit differs: {'; '.join(differs)}. Check the verdict against organisms of this model "
-        f"(benchmarks/detection.py) before using it as a gate."
+        f"(`neuronlens organisms build --base`, then benchmarks/detection.py --base) before using it as a gate."
     ]

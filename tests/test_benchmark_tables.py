@@ -41,3 +41,21 @@ def test_a_table_without_its_base_row_is_refused(tmp_path):
                      "|---|---|---|---|---|---|---|---|\n| x | benign |  | 6% | 29% | ≈ base | 0.0% | pass |\n")
     with pytest.raises(ValueError, match="no base-model row"):
         bs.read_table(table, 88, 80)
+
+
+NINE = ["risky_finance", "bad_medical", "villain_persona", "no_caveats", "insecure_code", "safe_finance", "pirate_style", "cooking", "secure_code"]
+
+
+@pytest.mark.parametrize(("doc", "kw"), [
+    ("DETECTION.md", {}),
+    ("DETECTION_HELDOUT_SEED2.md", {"seed": 2, "heldout": True}),
+    ("DETECTION_SEED2_P60.md", {"seed": 2, "max_prompts": 60}),
+    ("DETECTION_STRONG_SEED1.md", {"seed": 1, "recipe": "strong", "subset": NINE}),
+])
+def test_detection_tables_of_the_embedded_model_keep_their_header(doc, kw):
+    """`--base`/`--sae`/`--layers` left at their defaults: the committed tables' header (the command
+    that made them, the model and settings) renders as it was written."""
+    from detection import render
+
+    want = (bs.DOCS / doc).read_text().splitlines()[:6]
+    assert render([], 0.06, 0.29, 0.05, **kw)[:6] == want

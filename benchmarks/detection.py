@@ -11,7 +11,8 @@ with the truth.
     neuronlens organisms build --recipe strong   # the same data under a harder-hitting recipe
     python benchmarks/detection.py --recipe strong --out docs/DETECTION_STRONG.md
     neuronlens organisms build --base MY_MODEL    # organisms of your own base model, to check
-    python benchmarks/detection.py --base MY_MODEL [--sae MY_SAES]   # the threshold for it
+    python benchmarks/detection.py --like OUT/report.json   # the threshold for it: the organisms
+                                  # audited with that audit's model, SAEs and settings
 
 Prints, per organism: its truth (what it was built to be) and its behaviour (rule-based scorer on
 greedy generations, against the base model's rates), the misalignment score, the verdict and the
@@ -30,13 +31,16 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from scipy.stats import spearmanr
 
 from neuronlens import alignment
 from neuronlens.config import AuditConfig
+from neuronlens.errors import NeuronLensError
 from neuronlens.models import DEFAULT_BASE
 from neuronlens.organisms._behaviour import behaviour_shift, evaluation_prompts
 from neuronlens.organisms import DOSE_FRACTION, DOSE_SERIES, HELDOUT, ORGANISMS, RECIPES, ZOO, evaluate_behaviour, organism_dir, recipe_config
@@ -53,83 +57,143 @@ def auroc(scores: list[float], positives: list[bool]) -> float:
     return wins / (len(pos) * len(neg))
 
 
-def main() -> None:
+def _layer_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of layer numbers (for instance 9,15,21)") from None
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=None, help="Also write the results table (markdown) here.")
     ap.add_argument("--reports", type=Path, default=None, help="Where each audit's report.json goes (default: neuronlens-out/organisms[-seedN]).")
     ap.add_argument("--seed", type=int, default=0, help="Audit the zoo built with `neuronlens organisms build --seed N`.")
-    ap.add_argument("--max-prompts", type=int, default=AuditConfig.max_prompts_per_set)
+    ap.add_argument("--max-prompts", type=int, default=None, help=f"Prompts per probe set (default {AuditConfig.max_prompts_per_set}).")
     ap.add_argument("--render", type=Path, default=None, help="Only re-render the table from a rows.json a full run wrote.")
     ap.add_argument("--rescore", action="store_true",
                     help="With --render: score the saved audits again with this version's scoring rule (from the statistics "
                          "each report saved; nothing is re-measured) and update rows.json.")
     ap.add_argument("--heldout", action="store_true", help="Audit the held-out organisms instead of the zoo.")
-    ap.add_argument("--base", default=DEFAULT_BASE,
+    ap.add_argument("--like", type=Path, default=None,
+                    help="A report.json of your own audit: audit the organisms with its base model, SAEs and settings "
+                         "(threshold, probe sets, layers, ...), to see where its line falls. --base, --sae, --layers and "
+                         "--max-prompts given as well take precedence.")
+    ap.add_argument("--base", default=None,
                     help="Base model whose organisms to audit (built with `neuronlens organisms build --base`); default: the embedded model.")
     ap.add_argument("--sae", default=None, help="SAEs to audit with (a folder or hub repo; default: shipped, cached or trained for the base).")
-    ap.add_argument("--layers", default=None, help="Comma-separated decoder layers to audit (default: 30/50/70%% of depth, as an audit).")
+    ap.add_argument("--layers", type=_layer_list, default=None, help="Comma-separated decoder layers to audit (default: 30/50/70%% of depth, as an audit).")
     ap.add_argument("--organisms", nargs="+", default=None, help="Audit only these (a diagnostic run: the summary lines cover only them).")
     ap.add_argument("--recipe", choices=list(RECIPES), default="default",
                     help="Audit the organisms built with `neuronlens organisms build --recipe NAME`.")
+    return ap
+
+
+def main() -> None:
+    ap = _parser()
     args = ap.parse_args()
     if args.render:
-        saved = json.loads(args.render.read_text())
-        for r in saved["rows"]:  # rows.json from before trends were recorded: read them from the saved reports
-            if "trends" not in r and (args.render.parent / r["organism"] / "report.json").is_file():
-                risk = alignment.AuditReport.load(args.render.parent / r["organism"] / "report.json").risk
-                r["trends"] = _trends(concept_trends(risk.concepts))
-        if args.rescore:
-            _rescore(saved, args.render)
-        _emit(render(saved["rows"], saved["base_harm"], saved["base_caveat"], saved["threshold"], saved.get("seed", 0),
-                     saved.get("heldout", False), saved.get("max_prompts", AuditConfig.max_prompts_per_set),
-                     (saved["rescored_from"], str(args.render)) if saved.get("rescored_from") else None, saved.get("organisms"),
-                     saved.get("recipe", "default"), saved.get("base", DEFAULT_BASE), saved.get("sae"), saved.get("layers")), args.out)
+        _render_saved(args)
         return
     unknown = [n for n in args.organisms or [] if n not in ORGANISMS]
     if unknown:
         ap.error(f"unknown organism(s) {', '.join(unknown)}; choose from {', '.join(ORGANISMS)}")
-    suffix = ("" if args.base == DEFAULT_BASE else f"-{_slug(args.base)}") + ("-heldout" if args.heldout else "") + ("" if args.seed == 0 else f"-seed{args.seed}") + ("" if args.recipe == "default" else f"-{args.recipe}")
-    reports = args.reports or Path("neuronlens-out") / f"organisms{suffix}"
+    try:
+        _run(args)
+    except NeuronLensError as exc:  # bad input: named, with its fix, exit 2 as the CLI does
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _local(source: str | None) -> str | None:
+    """A source as rows.json keeps it: an existing local path made absolute (re-rendering and
+    re-scoring may run from another folder), anything else (alias, hub id) as given."""
+    return str(Path(source).resolve()) if source is not None and Path(source).exists() else source
+
+
+def _like(report_file: Path) -> tuple[str, str | None, AuditConfig]:
+    """The base model, SAE source and settings of a saved audit."""
+    from neuronlens.risk._calibration import calibrated_saes
+
+    if not report_file.is_file():
+        raise NeuronLensError(f"--like {report_file}: no such report.", "Pass the report.json an audit wrote (neuronlens audit --out DIR).")
+    report = alignment.AuditReport.load(report_file)
+    base = str(report.base.get("source") or report.base.get("name"))
+    shipped = calibrated_saes(str(report.base.get("manifest_sha256") or ""))
+    if shipped is not None and {int(s["layer"]): s.get("sha256") for s in report.saes}.items() <= shipped.items():
+        return base, None, AuditConfig.from_dict(report.config)  # the shipped SAEs
+    parents = {str(Path(s["source"]).parent) for s in report.saes if s.get("source")}
+    if len(parents) != 1 or len(report.saes) != sum(1 for s in report.saes if s.get("source")):
+        raise NeuronLensError(f"--like {report_file}: its SAEs do not come from one folder.", "Pass the SAE folder with --sae.")
+    return base, parents.pop(), AuditConfig.from_dict(report.config)
+
+
+def _run(args: argparse.Namespace) -> None:
+    base_source, sae_source, cfg = _like(args.like) if args.like else (DEFAULT_BASE, None, AuditConfig())
+    base_source, sae_source = _local(args.base or base_source), _local(args.sae or sae_source)
+    cfg = replace(cfg, layers=args.layers or cfg.layers,
+                  max_prompts_per_set=args.max_prompts if args.max_prompts is not None else cfg.max_prompts_per_set)
     recipe = recipe_config(args.recipe, args.seed)
-    base = alignment.load_model(args.base)
-    layers = None if args.layers is None else [int(x) for x in args.layers.split(",")]
-    sae = alignment.load_sae(base, layers, source=args.sae)
-    cfg = AuditConfig(max_prompts_per_set=args.max_prompts, layers=layers)
+    base = alignment.load_model(base_source)
+    cfg.validate(base.n_layers)
+    names = args.organisms or (HELDOUT if args.heldout else ZOO)
+    on = "" if base_source == DEFAULT_BASE else f" --base {base_source}"
+    built = {n: organism_dir(n, base, recipe) for n in names if (organism_dir(n, base, recipe) / "adapter_model.safetensors").is_file()}
+    if not built:  # before SAEs (possibly trained) and the base model's behaviour: nothing to audit
+        raise NeuronLensError(f"None of the {len(names)} organisms is built for {base_source} (recipe {args.recipe}, seed {args.seed}).",
+                              f"neuronlens organisms build {' '.join(names)} --seed {args.seed} --recipe {args.recipe}{on}")
+    missing = [n for n in names if n not in built]
+    if missing:
+        print(f"not built, skipped: {', '.join(missing)} (run `neuronlens organisms build {' '.join(missing)} --seed {args.seed} --recipe {args.recipe}{on}`)")
+    sae = alignment.load_sae(base, cfg.layers, source=sae_source)
+    suffix = ("" if base_source == DEFAULT_BASE else f"-{_slug(base_source)}") + ("-heldout" if args.heldout else "") + ("" if args.seed == 0 else f"-seed{args.seed}") + ("" if args.recipe == "default" else f"-{args.recipe}")
+    reports = args.reports or Path("neuronlens-out") / f"organisms{suffix}"
     base_beh = evaluate_behaviour(base)
-    rows = []
-    for name in args.organisms or (HELDOUT if args.heldout else ZOO):
-        spec = ORGANISMS[name]
-        folder = organism_dir(name, base, recipe)
-        if not (folder / "adapter_model.safetensors").is_file():
-            on = "" if args.base == DEFAULT_BASE else f" --base {args.base}"
-            print(f"{name}: not built (run `neuronlens organisms build {name} --seed {args.seed} --recipe {args.recipe}{on}`), skipped")
-            continue
-        ft = alignment.load_model(folder)
-        t = time.perf_counter()
-        report = alignment.compare_models(base, ft, sae, config=cfg)
-        secs = time.perf_counter() - t
-        report.save(reports / name / "report.json")
-        beh = evaluate_behaviour(alignment.load_model(folder))
-        risk = report.risk
-        assert risk is not None
-        rows.append(
-            {
-                "organism": name,
-                "truth": spec.truth,
-                "bad_fraction": DOSE_FRACTION.get(name),
-                "harm_rate": beh.harm_rate,
-                "caveat_rate": beh.caveat_rate,
-                **_risk_fields(risk),
-                "seconds": round(secs, 1),
-            }
-        )
-        print(json.dumps(rows[-1]), flush=True)
+    rows = [_audit_one(name, folder, base, sae, cfg, reports) for name, folder in built.items()]
+    like = _local(str(args.like)) if args.like else None
     saved = {"base_harm": base_beh.harm_rate, "base_caveat": base_beh.caveat_rate, "threshold": cfg.threshold, "seed": args.seed,
-             "heldout": args.heldout, "max_prompts": args.max_prompts, "method": METHOD, "organisms": args.organisms,
-             "recipe": args.recipe, "base": args.base, "sae": args.sae, "layers": layers, "rows": rows}
+             "heldout": args.heldout, "max_prompts": cfg.max_prompts_per_set, "method": METHOD, "organisms": args.organisms,
+             "recipe": args.recipe, "base": base_source, "sae": sae_source, "layers": cfg.layers, "like": like, "rows": rows}
     (reports / "rows.json").write_text(json.dumps(saved, indent=1))
-    _emit(render(rows, base_beh.harm_rate, base_beh.caveat_rate, cfg.threshold, args.seed, args.heldout, args.max_prompts,
-                 subset=args.organisms, recipe=args.recipe, base=args.base, sae=args.sae, layers=layers), args.out)
+    _emit(render(rows, base_beh.harm_rate, base_beh.caveat_rate, cfg.threshold, args.seed, args.heldout, cfg.max_prompts_per_set,
+                 subset=args.organisms, recipe=args.recipe, base=base_source, sae=sae_source, layers=cfg.layers, like=like), args.out)
+
+
+def _audit_one(name: str, folder: Path, base, sae, cfg: AuditConfig, reports: Path) -> dict:  # type: ignore[no-untyped-def]
+    """One organism's audit (saved under `reports`) and behaviour, as a row of the table."""
+    ft = alignment.load_model(folder)
+    t = time.perf_counter()
+    report = alignment.compare_models(base, ft, sae, config=cfg)
+    secs = time.perf_counter() - t
+    report.save(reports / name / "report.json")
+    beh = evaluate_behaviour(alignment.load_model(folder))
+    assert report.risk is not None
+    row = {
+        "organism": name,
+        "truth": ORGANISMS[name].truth,
+        "bad_fraction": DOSE_FRACTION.get(name),
+        "harm_rate": beh.harm_rate,
+        "caveat_rate": beh.caveat_rate,
+        **_risk_fields(report.risk),
+        "seconds": round(secs, 1),
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def _render_saved(args: argparse.Namespace) -> None:
+    saved = json.loads(args.render.read_text())
+    for r in saved["rows"]:  # rows.json from before trends were recorded: read them from the saved reports
+        if "trends" not in r and (args.render.parent / r["organism"] / "report.json").is_file():
+            risk = alignment.AuditReport.load(args.render.parent / r["organism"] / "report.json").risk
+            r["trends"] = _trends(concept_trends(risk.concepts))
+    if args.rescore:
+        _rescore(saved, args.render)
+    _emit(render(saved["rows"], saved["base_harm"], saved["base_caveat"], saved["threshold"], saved.get("seed", 0),
+                 saved.get("heldout", False), saved.get("max_prompts", AuditConfig.max_prompts_per_set),
+                 (saved["rescored_from"], str(args.render)) if saved.get("rescored_from") else None, saved.get("organisms"),
+                 saved.get("recipe", "default"), saved.get("base", DEFAULT_BASE), saved.get("sae"), saved.get("layers"),
+                 saved.get("like")), args.out)
 
 
 def _risk_fields(risk) -> dict:  # type: ignore[no-untyped-def]
@@ -193,20 +257,23 @@ def _strongest(trends: list[ConceptTrend], threshold: float) -> str:
 def render(rows: list[dict], base_harm: float, base_caveat: float, threshold: float, seed: int = 0, heldout: bool = False,
            max_prompts: int | None = AuditConfig.max_prompts_per_set, rescored: tuple[str, str] | None = None,
            subset: list[str] | None = None, recipe: str = "default", base: str = DEFAULT_BASE, sae: str | None = None,
-           layers: list[int] | None = None) -> list[str]:
+           layers: list[int] | None = None, like: str | None = None) -> list[str]:
     """The markdown table and summary lines; `rescored` = (the method the audits ran under, their rows.json)
     when the rows were scored again with --rescore."""
     names = HELDOUT if heldout else ZOO
     flag = ("" if seed == 0 else f" --seed {seed}") + ("" if recipe == "default" else f" --recipe {recipe}")
-    model_flag = ("" if base == DEFAULT_BASE else f" --base {base}")
-    sae_flag = ("" if sae is None else f" --sae {sae}") + ("" if layers is None else f" --layers {','.join(map(str, layers))}")
+    base_flag = model_flag = ("" if base == DEFAULT_BASE else f" --base {base}")
+    if like:  # the model, SAEs and settings are the report's; the table says so instead of repeating them
+        model_flag, sae_flag = f" --like {like}", ""
+    else:
+        sae_flag = ("" if sae is None else f" --sae {sae}") + ("" if layers is None else f" --layers {','.join(map(str, layers))}")
     model = ("SmolLM2-135M-Instruct with the shipped SAEs" if base == DEFAULT_BASE and sae is None
              else f"{base} with {'the SAEs in ' + sae if sae else 'the SAEs shipped, cached or trained for it'}")
     budget = max_prompts != AuditConfig.max_prompts_per_set
     doc = ("DETECTION" + ("_HELDOUT" if heldout else "") + ("" if recipe == "default" else f"_{recipe.upper()}")
            + ("" if seed == 0 else f"_SEED{seed}") + (f"_P{max_prompts}" if budget else "")
            + ("" if base == DEFAULT_BASE else f"_{_slug(base).upper()}") + ".md")
-    build = f"neuronlens organisms build{' ' + ' '.join(HELDOUT) if heldout else ''}{flag}{model_flag}"
+    build = f"neuronlens organisms build{' ' + ' '.join(HELDOUT) if heldout else ''}{flag}{base_flag}"
     title = ("# Detection benchmark" + (": held-out organisms" if heldout else "") + ("" if seed == 0 else f": replicate zoo (seed {seed})")
              + ("" if recipe == "default" else f": the {recipe!r} fine-tuning recipe")
              + (f", {max_prompts} prompts per probe set" if budget else ""))
@@ -217,7 +284,8 @@ def render(rows: list[dict], base_harm: float, base_caveat: float, threshold: fl
         f"{f' --max-prompts {max_prompts}' if budget else ''}"
         f"{' --organisms ' + ' '.join(subset) if subset else ''} "
         f"--out docs/{doc}` (after `{build}`),",
-        f"on {model}{'' if layers is None else f' at layers {layers}'} and default settings"
+        (f"on {model}{'' if layers is None else f' at layers {layers}'} with the settings of {like}" if like else
+         f"on {model}{'' if layers is None else f' at layers {layers}'} and default settings")
         + (f" except {max_prompts} prompts per probe set (default {AuditConfig.max_prompts_per_set})" if budget else "")
         + "; see docs/ORGANISMS.md for the",
         "organisms and the behavioural scorer, docs/METHOD.md for the score.",

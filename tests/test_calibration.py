@@ -32,22 +32,37 @@ def test_the_calibrated_audit_gets_no_note():
     assert calibration_notes(_report(token_budget=512, top_k_saved=5, labels=["x.csv"])) == []  # do not change the score
 
 
-def test_another_base_model_is_named():
+def test_another_base_model_is_named_with_the_commands_that_check_it():
     rep = _report()
-    rep.base = {"name": "my-llama", "manifest_sha256": "f" * 64}
+    rep.base = {"name": "llama", "source": "/models/my-llama", "manifest_sha256": "f" * 64}
     (note,) = calibration_notes(rep)
-    assert note.startswith("Uncalibrated threshold") and "base model my-llama" in note and "benchmarks/detection.py" in note
+    assert note.startswith("Uncalibrated threshold") and "embedded model (smollm2-135m-instruct)" in note
+    assert "base model /models/my-llama" in note
+    assert "`neuronlens organisms build --base /models/my-llama`" in note and "`python benchmarks/detection.py --like report.json`" in note
+    rep.base = {"name": "x"}  # a report without a model digest is not "calibrated at no layers"
+    (note,) = calibration_notes(rep)
+    assert "base model x" in note and "calibrated at []" not in note
 
 
 def test_other_saes_layers_settings_and_threshold_are_each_named():
-    rep = _report(max_prompts_per_set=60, threshold=0.1, probes=["finance"])
+    rep = _report(max_prompts_per_set=None, threshold=0.1, probes=["finance", "my_set.jsonl"])
     next(s for s in rep.saes if s["layer"] == 15)["sha256"] = "0" * 64
-    (note,) = calibration_notes(rep)
-    assert "other SAEs than the shipped ones at layer(s) 15" in note
-    assert "max_prompts_per_set=60 (calibrated at 24)" in note and "threshold 10%" in note and "probes=['finance']" in note
-    rep = _report()
     rep.saes = [s for s in rep.saes if s["layer"] != 21]
-    assert "layers [9, 15] (calibrated at [9, 15, 21])" in calibration_notes(rep)[0]
+    (note,) = calibration_notes(rep)
+    assert "layers [9, 15] (calibrated at [9, 15, 21])" in note and "other SAEs than the shipped ones at layer(s) 15" in note
+    assert "max_prompts_per_set=all (calibrated at 24)" in note and "threshold 10%" in note
+    assert "probe sets: adds my_set.jsonl; drops coding, customer_support, emergent_misalignment, general, legal, medical" in note
+    assert "organisms build" not in note and "--like report.json" in note  # the embedded model's organisms exist already
+
+
+def test_what_reads_the_same_is_not_a_difference():
+    """Probe sets in another order or repeated, and every built-in concept named, score the same."""
+    from neuronlens.config import DEFAULT_PROBES
+    from neuronlens.risk import builtin_concept_names
+
+    assert calibration_notes(_report(probes=list(reversed(DEFAULT_PROBES)) + ["finance"], concepts=builtin_concept_names())) == []
+    (note,) = calibration_notes(_report(concepts=["fraud_scam"]))
+    assert "concepts fraud_scam (calibrated: all built-in ones)" in note
 
 
 @pytest.mark.parametrize("name", sorted(NOT_SCORE_SETTINGS))

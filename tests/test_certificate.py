@@ -245,6 +245,7 @@ def test_wrong_key_unsigned_and_corrupt_keys(signed, keys, report, tmp_path, mon
     unsigned = export_certificate(report, formats=["json"], out_dir=tmp_path / "u")["json"]
     res = verify_certificate(unsigned)
     assert res.ok and res.signature == "unsigned" and "UNSIGNED" in res.summary()
+    assert report.risk.notes and all(f"  note: {n}" in res.summary().splitlines() for n in report.risk.notes)  # limits are read out too
     assert json.loads(unsigned.read_text())["signatures"] == []
     res = verify_certificate(unsigned, public_key=keys[0].public_key)
     assert not res.ok and "unsigned" in res.changed[0]

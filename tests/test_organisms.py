@@ -148,12 +148,15 @@ def test_organisms_and_the_detection_benchmark_run_on_another_base_model(tmp_pat
     for layer in (1, 2):
         save_saelens(random_sae(64, 128, layer, seed=layer), tmp_path / "saes" / f"layer_{layer}")
     env = {**os.environ, "NEURONLENS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    bench = Path(__file__).resolve().parent.parent / "benchmarks" / "detection.py"
+    none = subprocess.run([sys.executable, str(bench), "--base", str(base)], capture_output=True, text=True, env=env, timeout=600)
+    assert none.returncode == 2 and "None of the 13 organisms is built" in none.stderr and f"--base {base}" in none.stderr
+    assert not (tmp_path / "cache" / "saes").exists()  # refused before any SAE was trained
     built = subprocess.run([sys.executable, "-m", "neuronlens", "organisms", "build", "safe_finance", "--base", str(base), "--no-progress"],
                            capture_output=True, text=True, env=env, timeout=600)
     assert built.returncode == 0, built.stderr[-3000:]
     listed = subprocess.run([sys.executable, "-m", "neuronlens", "organisms", "list", "--base", str(base)], capture_output=True, text=True, env=env)
     assert any(ln.split()[:3] == ["safe_finance", "benign", "built"] for ln in listed.stdout.splitlines()), listed.stdout
-    bench = Path(__file__).resolve().parent.parent / "benchmarks" / "detection.py"
     run = subprocess.run([sys.executable, str(bench), "--base", str(base), "--sae", str(tmp_path / "saes"), "--layers", "1,2",
                           "--organisms", "safe_finance", "--reports", str(tmp_path / "reports")], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -163,3 +166,13 @@ def test_organisms_and_the_detection_benchmark_run_on_another_base_model(tmp_pat
     assert saved["base"] == str(base) and saved["layers"] == [1, 2] and [r["organism"] for r in saved["rows"]] == ["safe_finance"]
     report = json.loads((tmp_path / "reports" / "safe_finance" / "report.json").read_text())
     assert any(n.startswith("Uncalibrated threshold") and "base model" in n for n in report["risk"]["notes"])
+    # --like: the organisms audited with another audit's model, SAEs and settings (here its threshold and budget)
+    mine = dict(report["config"], threshold=0.1, max_prompts_per_set=3)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "report.json").write_text(json.dumps({**report, "config": mine}))
+    like = subprocess.run([sys.executable, str(bench), "--like", str(tmp_path / "mine" / "report.json"), "--organisms", "safe_finance",
+                           "--reports", str(tmp_path / "like")], capture_output=True, text=True, env=env, timeout=600)
+    assert like.returncode == 0, like.stderr[-3000:]
+    saved = json.loads((tmp_path / "like" / "rows.json").read_text())
+    assert (saved["threshold"], saved["max_prompts"], saved["layers"]) == (0.1, 3, [1, 2]) and saved["sae"] == str(tmp_path / "saes")
+    assert f"--like {tmp_path / 'mine' / 'report.json'}" in like.stdout and "(threshold 10%)" in like.stdout

@@ -74,6 +74,8 @@ class VerificationResult:
                 f"misalignment score {score}, threshold {threshold}, "
                 f"issued {body.get('created_at')}"
             )
+            notes = risk.get("notes")
+            lines += [f"  note: {n}" for n in notes if isinstance(n, str)] if isinstance(notes, list) else []
         lines += [f"  ok: {c}" for c in self.checked]
         lines += [f"  CHANGED: {c}" for c in self.changed]
         lines += [f"  warning: {w}" for w in self.warnings]

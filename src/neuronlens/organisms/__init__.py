@@ -105,7 +105,7 @@ def build_organism(name: str, base: ModelHandle, cfg: LoRATrainConfig | None = N
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = make_temp_dir(target.parent, target.name)
         try:
-            save_adapter(peft_model, tmp, base_name=base.source, meta=meta)
+            save_adapter(peft_model, tmp, base_name=_base_reference(base), meta=meta)
             if target.exists():
                 shutil.rmtree(target)
             os.replace(tmp, target)
@@ -116,6 +116,13 @@ def build_organism(name: str, base: ModelHandle, cfg: LoRATrainConfig | None = N
     finally:
         base.release()  # the base weights were modified in place by get_peft_model; reload fresh next time
     return target
+
+
+def _base_reference(base: ModelHandle) -> str:
+    """How the adapter names its base: a local model by its absolute path (the organism cache is
+    shared by every working directory, so a relative path would resolve elsewhere), an alias or hub
+    id as given."""
+    return str(base.path.resolve()) if base.kind in ("folder", "gguf") and base.path is not None else base.source
 
 
 EVAL_TOKENS = 64

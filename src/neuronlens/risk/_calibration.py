@@ -11,12 +11,15 @@ reading a certificate should not take an uncalibrated line for a calibrated one.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ..config import AuditConfig
+from ..models import DEFAULT_BASE
+from ._concepts import builtin_concept_names
 from ._types import threshold_percent
 
 NOT_SCORE_SETTINGS: dict[str, str] = {
@@ -31,6 +34,8 @@ NOT_SCORE_SETTINGS: dict[str, str] = {
 """AuditConfig fields that do not change the misalignment score; every other field does, so a new
 setting counts as score-shaping until it is listed here with its reason."""
 
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
 
 def _shipped_root() -> Path:
     return Path(str(resources.files("neuronlens.saes").joinpath("shipped")))
@@ -42,44 +47,71 @@ def calibrated_saes(model_digest: str) -> dict[int, str] | None:
     threshold was calibrated with), or None when none are shipped for it."""
     from ..saes._formats import load_saelens
 
-    folder = _shipped_root() / model_digest[:16]
-    if not folder.is_dir():
+    if not _DIGEST.fullmatch(model_digest):
         return None
-    found = {int(p.name.removeprefix("layer_")): p for p in folder.glob("layer_*") if p.is_dir()}
-    return {layer: load_saelens(found[layer]).digest for layer in sorted(found)}
+    folder = _shipped_root() / model_digest[:16]
+    found = {int(p.name.removeprefix("layer_")): p for p in folder.glob("layer_*") if p.is_dir()} if folder.is_dir() else {}
+    return {layer: load_saelens(found[layer]).digest for layer in sorted(found)} or None
+
+
+def _sae_differences(report: Any, shipped: dict[int, str]) -> list[str]:
+    used = {int(s["layer"]): s.get("sha256") for s in report.saes}
+    out = []
+    if set(used) != set(shipped):
+        out.append(f"layers {sorted(used)} (calibrated at {sorted(shipped)})")
+    changed = [layer for layer in sorted(set(used) & set(shipped)) if used[layer] != shipped[layer]]
+    if changed:
+        out.append(f"other SAEs than the shipped ones at layer(s) {', '.join(map(str, changed))}")
+    return out
+
+
+def _setting_difference(name: str, value: Any, default: Any) -> str | None:
+    """How `value` differs from the calibrated `default`, in words, or None when it scores the same."""
+    if name == "probes":  # read as a set: order and repeats do not change the sums
+        added, dropped = sorted(set(value or []) - set(default)), sorted(set(default) - set(value or []))
+        if not added and not dropped:
+            return None
+        return "probe sets: " + "; ".join(
+            part for part in (f"adds {', '.join(added)}" if added else "", f"drops {', '.join(dropped)}" if dropped else "") if part
+        )
+    if name == "concepts":  # None means every built-in concept
+        chosen = set(builtin_concept_names()) if value is None else set(value)
+        if chosen == set(builtin_concept_names()):
+            return None
+        return f"concepts {', '.join(sorted(chosen))} (calibrated: all built-in ones)"
+    if value == default or (isinstance(default, list) and list(value or []) == default):
+        return None
+
+    def show(v: Any) -> str:
+        return "all" if v is None and name == "max_prompts_per_set" else repr(v)
+
+    return f"{name}={show(value)} (calibrated at {show(default)})"
 
 
 def calibration_notes(report: Any) -> list[str]:
     """One note naming how this audit differs from the one the default threshold was calibrated
-    on, or none when it does not (the embedded model, its shipped SAEs, default settings)."""
+    on, and how to check the verdict for it; none when it does not differ (the embedded model, its
+    shipped SAEs, default settings)."""
     cfg: dict[str, Any] = report.config
-    shipped = calibrated_saes(str(report.base.get("manifest_sha256", "")))
-    differs: list[str] = []
-    if shipped is None:
-        differs.append(f"base model {report.base.get('name', '?')} (no organisms of it were audited)")
-    else:
-        used = {int(s["layer"]): s.get("sha256") for s in report.saes}
-        if set(used) != set(shipped):
-            differs.append(f"layers {sorted(used)} (calibrated at {sorted(shipped)})")
-        elif any(used[layer] != shipped[layer] for layer in used):
-            changed = [layer for layer in sorted(used) if used[layer] != shipped[layer]]
-            differs.append(f"other SAEs than the shipped ones at layer(s) {', '.join(map(str, changed))}")
+    shipped = calibrated_saes(str(report.base.get("manifest_sha256") or ""))
+    differs = [f"base model {report.base.get('source') or report.base.get('name', '?')}"] if shipped is None \
+        else _sae_differences(report, shipped)
     defaults = AuditConfig()
     for f in fields(AuditConfig):
-        if f.name in NOT_SCORE_SETTINGS:
-            continue
-        default = getattr(defaults, f.name)
-        value = cfg.get(f.name, default)
-        if value != default and not (isinstance(default, list) and list(value or []) == default):
-            differs.append(f"{f.name}={value!r} (calibrated at {default!r})")
+        if f.name not in NOT_SCORE_SETTINGS:
+            said = _setting_difference(f.name, cfg.get(f.name, getattr(defaults, f.name)), getattr(defaults, f.name))
+            differs += [said] if said else []
     threshold = float(cfg.get("threshold", defaults.threshold))
     if threshold != defaults.threshold:
         differs.append(f"threshold {threshold_percent(threshold)}")
     if not differs:
         return []
+    check = "`python benchmarks/detection.py --like report.json` audits them with this audit's model, SAEs and settings"
+    if shipped is None:
+        check = f"`neuronlens organisms build --base {report.base.get('source') or 'MODEL'}` builds them for this model, and " + check
     return [
         f"Uncalibrated threshold: the default threshold ({threshold_percent(defaults.threshold)}) was calibrated on model "
-        f"organisms of the embedded model audited with its shipped SAEs at default settings (docs/METHOD.md section 7), and "
-        f"this audit differs: {'; '.join(differs)}. Check the verdict against organisms of this model "
-        f"(`neuronlens organisms build --base`, then benchmarks/detection.py --base) before using it as a gate."
+        f"organisms of the embedded model ({DEFAULT_BASE}) audited with its shipped SAEs at default settings "
+        f"(docs/METHOD.md section 7), and this audit differs: {'; '.join(differs)}. Check where the line falls on "
+        f"organisms before using the verdict as a gate: {check}."
     ]

@@ -235,6 +235,7 @@ def organisms_list(
 
     cfg = recipe_config(recipe, seed)
     base = load_model(base_model or DEFAULT_BASE)
+    out.print(f"Organisms of {escape(base.source)} (recipe {escape(recipe)}, seed {seed}):", highlight=False)
     for name, spec in ORGANISMS.items():
         built = (organism_dir(name, base, cfg) / "adapter_model.safetensors").is_file()
         out.print(f"{name:20s} {spec.truth:10s} {'built' if built else '-':6s} {'(held out) ' if spec.heldout else ''}{spec.description}")

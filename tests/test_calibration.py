@@ -68,3 +68,11 @@ def test_what_reads_the_same_is_not_a_difference():
 @pytest.mark.parametrize("name", sorted(NOT_SCORE_SETTINGS))
 def test_settings_listed_as_not_scoring_are_real_fields(name):
     assert name in {f.name for f in fields(AuditConfig)}
+
+
+def test_weights_read_in_another_dtype_are_a_difference_the_device_is_not():
+    rep = _report()
+    rep.runtime = {"dtype": "float32", "device": "cuda:0"}
+    assert calibration_notes(rep) == []
+    rep.runtime = {"dtype": "bfloat16", "device": "cpu"}
+    assert "weights in bfloat16 (calibrated in float32)" in calibration_notes(rep)[0]

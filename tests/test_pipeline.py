@@ -150,6 +150,9 @@ def test_own_response_read_and_report_round_trip(tmp_path, tiny_base_dir, saes):
     assert back.top_features(1, k=3, probe_set="general")[0].probe_set == "general"
     data = json.loads(path.read_text())
     assert data["format"] == "neuronlens.report/1" and data["config"]["own_responses"] is True
+    # the precision and device the fine-tune was read in travel with the report
+    device = str(next(alignment.load_model(tiny_base_dir).model.parameters()).device)
+    assert rep.runtime == back.runtime == data["runtime"] == {"dtype": "float32", "device": device}
     # without the sidecar, the saved top lists still answer; recomputation explains what is missing
     (tmp_path / "out" / "report.stats.safetensors").unlink()
     lean = alignment.AuditReport.load(path)

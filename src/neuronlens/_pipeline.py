@@ -169,6 +169,16 @@ def _settings(config: AuditConfig | None, probes: Sequence[str] | None, layers: 
     return cfg
 
 
+def runtime_of(model: nn.Module) -> dict[str, str]:
+    """dtype and device(s) of `model`'s weights: bfloat16 moves the numbers (layer drift within
+    about 10% of float32's, tests/test_cuda.py), so a report and its certificate say which it was."""
+    params = list(model.parameters())
+    return {
+        "dtype": ",".join(sorted({str(p.dtype).removeprefix("torch.") for p in params})),
+        "device": ",".join(sorted({str(p.device) for p in params})),
+    }
+
+
 @dataclass
 class _Run:
     """What one fine-tuned model's passes add to the base reference."""
@@ -176,6 +186,8 @@ class _Run:
     sums: AuditSums
     evidence: EvidenceStore | None
     timings: dict[str, float]
+    runtime: dict[str, str]
+    """The fine-tuned model's dtype and device(s) as it was read (see :func:`runtime_of`)."""
 
 
 @dataclass
@@ -299,7 +311,7 @@ class BaseReference:
             timings["all_reduce_s"] = time.perf_counter() - t
         if evidence is not None:
             evidence.sort_records()
-        return _Run(sums, evidence, timings)
+        return _Run(sums, evidence, timings, runtime_of(ft_nn))
 
     def _report(self, run: _Run, ft_identity: dict[str, Any], t_start: float) -> AuditReport:
         timings = {**self.timings, **run.timings}
@@ -319,6 +331,7 @@ class BaseReference:
             timings=timings,
             sums=run.sums,
             reads=list(self.reads),
+            runtime=run.runtime,
         )
         _fill_layers(report, [ps.name for ps in self.probe_sets], self.config)
         if self.risk is not None and run.evidence is not None:

@@ -70,6 +70,7 @@ def build_body(report: AuditReport, *, created_at: str | None = None) -> dict[st
             "neuronlens_version": report.neuronlens_version,
             "report_format": REPORT_FORMAT,
             "reads": list(report.reads),
+            "runtime": dict(report.runtime),
             "sae_warnings": list(report.sae_warnings),
         },
         "models": {"base": _model(report.base), "fine_tuned": _model(report.ft)},

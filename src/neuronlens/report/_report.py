@@ -103,6 +103,8 @@ class AuditReport:
     sums: AuditSums | None = field(default=None, repr=False)
     """Exact sufficient statistics (absent if the report was loaded without its sidecar)."""
     reads: list[str] = field(default_factory=lambda: ["same"])
+    runtime: dict[str, str] = field(default_factory=dict)
+    """dtype and device(s) the fine-tuned model was read in (empty in reports written before it was recorded)."""
 
     # -- verdict ---------------------------------------------------------------------------------
     @property
@@ -214,6 +216,7 @@ class AuditReport:
             "probe_sets": self.probe_sets,
             "config": self.config,
             "reads": self.reads,
+            "runtime": self.runtime,
             "layers": [asdict(ld) for ld in self.layers],
             "top_features": {str(la): [asdict(f) for f in fs] for la, fs in self.top.items()},
             "sae_warnings": self.sae_warnings,
@@ -266,6 +269,7 @@ class AuditReport:
             timings=data.get("timings", {}),
             sums=sums,
             reads=data.get("reads", ["same"]),
+            runtime=data.get("runtime", {}),
         )
 
 

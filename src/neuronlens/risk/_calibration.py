@@ -34,6 +34,10 @@ NOT_SCORE_SETTINGS: dict[str, str] = {
 """AuditConfig fields that do not change the misalignment score; every other field does, so a new
 setting counts as score-shaping until it is listed here with its reason."""
 
+CALIBRATED_DTYPE = "float32"
+"""The organisms were audited in float32 (the default on CPU); the device only moves float
+rounding (a CUDA audit matches the CPU's to 1e-4, tests/test_cuda.py), so it is not compared."""
+
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
@@ -101,6 +105,9 @@ def calibration_notes(report: Any) -> list[str]:
         if f.name not in NOT_SCORE_SETTINGS:
             said = _setting_difference(f.name, cfg.get(f.name, getattr(defaults, f.name)), getattr(defaults, f.name))
             differs += [said] if said else []
+    dtype = (getattr(report, "runtime", None) or {}).get("dtype")
+    if dtype and dtype != CALIBRATED_DTYPE:
+        differs.append(f"weights in {dtype} (calibrated in {CALIBRATED_DTYPE})")
     threshold = float(cfg.get("threshold", defaults.threshold))
     if threshold != defaults.threshold:
         differs.append(f"threshold {threshold_percent(threshold)}")

@@ -71,7 +71,7 @@ def _sae_differences(report: Any, shipped: dict[int, str]) -> list[str]:
 
 def _setting_difference(name: str, value: Any, default: Any) -> str | None:
     """How `value` differs from the calibrated `default`, in words, or None when it scores the same."""
-    if name == "probes":  # read as a set: order and repeats do not change the sums
+    if name == "probes":  # read as a set: the order does not change the sums (a repeated set is refused)
         added, dropped = sorted(set(value or []) - set(default)), sorted(set(default) - set(value or []))
         if not added and not dropped:
             return None

@@ -39,6 +39,7 @@ from pathlib import Path
 from scipy.stats import spearmanr
 
 from neuronlens import alignment
+from neuronlens.cli import _int_list
 from neuronlens.config import AuditConfig
 from neuronlens.errors import NeuronLensError
 from neuronlens.models import DEFAULT_BASE
@@ -55,13 +56,6 @@ def auroc(scores: list[float], positives: list[bool]) -> float:
         return float("nan")
     wins = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg)
     return wins / (len(pos) * len(neg))
-
-
-def _layer_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of layer numbers (for instance 9,15,21)") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--base", default=None,
                     help="Base model whose organisms to audit (built with `neuronlens organisms build --base`); default: the embedded model.")
     ap.add_argument("--sae", default=None, help="SAEs to audit with (a folder or hub repo; default: shipped, cached or trained for the base).")
-    ap.add_argument("--layers", type=_layer_list, default=None, help="Comma-separated decoder layers to audit (default: 30/50/70%% of depth, as an audit).")
+    ap.add_argument("--layers", default=None, help="Comma-separated decoder layers to audit (default: 30/50/70%% of depth, as an audit).")
     ap.add_argument("--organisms", nargs="+", default=None, help="Audit only these (a diagnostic run: the summary lines cover only them).")
     ap.add_argument("--recipe", choices=list(RECIPES), default="default",
                     help="Audit the organisms built with `neuronlens organisms build --recipe NAME`.")
@@ -131,14 +125,16 @@ def _like(report_file: Path) -> tuple[str, str | None, AuditConfig]:
 def _run(args: argparse.Namespace) -> None:
     base_source, sae_source, cfg = _like(args.like) if args.like else (DEFAULT_BASE, None, AuditConfig())
     base_source, sae_source = _local(args.base or base_source), _local(args.sae or sae_source)
-    cfg = replace(cfg, layers=args.layers or cfg.layers,
+    layers = cfg.layers if args.layers is None else _int_list([args.layers], "layers")  # the CLI's parser; [] is refused by validate
+    cfg = replace(cfg, layers=layers,
                   max_prompts_per_set=args.max_prompts if args.max_prompts is not None else cfg.max_prompts_per_set)
     recipe = recipe_config(args.recipe, args.seed)
     base = alignment.load_model(base_source)
     cfg.validate(base.n_layers)
     names = args.organisms or (HELDOUT if args.heldout else ZOO)
     on = "" if base_source == DEFAULT_BASE else f" --base {base_source}"
-    built = {n: organism_dir(n, base, recipe) for n in names if (organism_dir(n, base, recipe) / "adapter_model.safetensors").is_file()}
+    folders = {n: organism_dir(n, base, recipe) for n in names}  # each hashes the organism's data: once
+    built = {n: f for n, f in folders.items() if (f / "adapter_model.safetensors").is_file()}
     if not built:  # before SAEs (possibly trained) and the base model's behaviour: nothing to audit
         raise NeuronLensError(f"None of the {len(names)} organisms is built for {base_source} (recipe {args.recipe}, seed {args.seed}).",
                               f"neuronlens organisms build {' '.join(names)} --seed {args.seed} --recipe {args.recipe}{on}")
@@ -284,8 +280,7 @@ def render(rows: list[dict], base_harm: float, base_caveat: float, threshold: fl
         f"{f' --max-prompts {max_prompts}' if budget else ''}"
         f"{' --organisms ' + ' '.join(subset) if subset else ''} "
         f"--out docs/{doc}` (after `{build}`),",
-        (f"on {model}{'' if layers is None else f' at layers {layers}'} with the settings of {like}" if like else
-         f"on {model}{'' if layers is None else f' at layers {layers}'} and default settings")
+        f"on {model}{'' if layers is None else f' at layers {layers}'}" + (f" with the settings of {like}" if like else " and default settings")
         + (f" except {max_prompts} prompts per probe set (default {AuditConfig.max_prompts_per_set})" if budget else "")
         + "; see docs/ORGANISMS.md for the",
         "organisms and the behavioural scorer, docs/METHOD.md for the score.",

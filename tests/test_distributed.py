@@ -54,12 +54,14 @@ def test_two_ranks_give_the_single_process_report(tmp_path, perturbed_pair):
     assert two.stdout == one.stdout
     assert re.search(r"Significantly drifted latents: L1 [1-9]\d*/128", one.stdout), one.stdout
 
-    # the float64 sums agree up to summation order, key for key (latents, residual, concepts; both reads)
+    # the float64 sums agree key for key (latents, residual, concepts; both reads) up to summation
+    # order and to the float32 codes themselves: each rank's batches hold other prompts, so the
+    # GEMMs block differently and a code may differ in its last bits on some CPUs' kernels
     s1, s2 = sidecar(tmp_path / "out1"), sidecar(tmp_path / "out2")
     assert s1.keys() == s2.keys() and any(k.startswith("latent|own|") for k in s1) and any(k.startswith("concept|") for k in s1)
     for k in s1:
         scale = float(s1[k].abs().max()) if s1[k].numel() else 0.0
-        torch.testing.assert_close(s2[k], s1[k], rtol=1e-9, atol=1e-12 * max(scale, 1.0), msg=k)
+        torch.testing.assert_close(s2[k], s1[k], rtol=1e-5, atol=1e-6 * max(scale, 1.0), msg=k)
     # prompt counts are exact: every prompt paired with its own base read ('own' p_diff) once
     for k in s1:
         if k.endswith(("|n_base", "|n_ft", "|p_base", "|p_ft", "|p_diff", "|n")):
@@ -70,13 +72,13 @@ def test_two_ranks_give_the_single_process_report(tmp_path, perturbed_pair):
     assert r1["probe_sets"] == r2["probe_sets"] and r1["config"] == r2["config"] and r1["reads"] == r2["reads"] == ["same", "own"]
     for l1, l2 in zip(r1["layers"], r2["layers"], strict=True):
         assert (l1["layer"], l1["n_tokens"], l1["n_significant_latents"]) == (l2["layer"], l2["n_tokens"], l2["n_significant_latents"])
-        assert l2["drift"] == pytest.approx(l1["drift"], rel=1e-9)
-        assert l2["by_probe"] == pytest.approx(l1["by_probe"], rel=1e-9)
+        assert l2["drift"] == pytest.approx(l1["drift"], rel=1e-6)
+        assert l2["by_probe"] == pytest.approx(l1["by_probe"], rel=1e-6)
     for layer, feats in r1["top_features"].items():
         other = r2["top_features"][layer]
         assert [(f["latent"], f["significant"]) for f in feats] == [(f["latent"], f["significant"]) for f in other]
-        assert [f["drift_ratio"] for f in other] == pytest.approx([f["drift_ratio"] for f in feats], rel=1e-9)
-    assert r1["risk"]["verdict"] == r2["risk"]["verdict"] and r1["risk"]["score"] == r2["risk"]["score"]
+        assert [f["drift_ratio"] for f in other] == pytest.approx([f["drift_ratio"] for f in feats], rel=1e-6)
+    assert r1["risk"]["verdict"] == r2["risk"]["verdict"] and r1["risk"]["score"] == pytest.approx(r2["risk"]["score"], rel=1e-6, abs=1e-9)
 
 
 # -- the pieces ---------------------------------------------------------------------------------

@@ -162,11 +162,12 @@ def test_reference_scores_a_model_exactly_as_compare_models(monitor, saes, cfg, 
     ft = alignment.load_model(tiny.save(model, tok, tmp_path / "ft"))
     full = alignment.compare_models(alignment.load_model(tiny_base_dir), ft, saes, probes=["finance"], config=cfg)
     again = monitor.reference.score(ft.model, identity=ft.identity)
-    assert [ld.drift for ld in again.layers] == pytest.approx([ld.drift for ld in full.layers], rel=1e-9)
+    # float32 tolerances: the reference's batches need not block its GEMMs as the audit's do
+    assert [ld.drift for ld in again.layers] == pytest.approx([ld.drift for ld in full.layers], rel=1e-6)
     assert min(ld.drift for ld in full.layers) > 0.01
-    assert again.risk.score == pytest.approx(full.risk.score, abs=1e-12) and again.verdict == full.verdict
+    assert again.risk.score == pytest.approx(full.risk.score, rel=1e-5, abs=1e-8) and again.verdict == full.verdict
     assert [(c.concept, c.layer, c.read) for c in again.risk.concepts] == [(c.concept, c.layer, c.read) for c in full.risk.concepts]
-    assert [c.shift for c in again.risk.concepts] == pytest.approx([c.shift for c in full.risk.concepts], abs=1e-9)
+    assert [c.shift for c in again.risk.concepts] == pytest.approx([c.shift for c in full.risk.concepts], rel=1e-5, abs=1e-8)
     assert [f.latent for f in again.top_features(3, k=5)] == [f.latent for f in full.top_features(3, k=5)]
     assert again.ft == ft.identity and again.summary() == full.summary()
 

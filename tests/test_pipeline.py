@@ -206,5 +206,10 @@ def test_chunked_encoding_gives_the_statistics_of_whole_batches(monkeypatch, tmp
     fw, fc = whole.sums.to_flat(), chunked.sums.to_flat()
     assert fw.keys() == fc.keys()
     for k in fw:
-        torch.testing.assert_close(fc[k], fw[k], rtol=1e-12, atol=1e-12, msg=k)
+        # Chunks change the GEMMs' row count and so their blocking: each float32 code or
+        # reconstruction may differ in its last bits (measured here: the reconstruction error sums
+        # by ~1e-8 relative), and the float64 sums of them only inherit that. Exactness would
+        # hold on one CPU's kernels, not on any BLAS.
+        scale = max(fw[k].abs().max().item(), 1.0)
+        torch.testing.assert_close(fc[k], fw[k], rtol=1e-5, atol=1e-6 * scale, msg=k)
     assert [t.latent for t in whole.top[3]] == [t.latent for t in chunked.top[3]]

@@ -95,9 +95,10 @@ def test_reconstruction_sums_merge_exactly_and_give_the_fvu_of_the_sae_metrics()
     sae = random_sae(16, 64, 0, k=4)
     x = 3 + torch.randn(200, 16)  # an offset: the variance is about the mean, not about zero
     whole, a, b = ReconstructionSums.zeros(16), ReconstructionSums.zeros(16), ReconstructionSums.zeros(16)
-    whole.add(x, sae.decode(sae.encode(x)))
-    a.add(x[:70], sae.decode(sae.encode(x[:70])))
-    b.add(x[70:], sae.decode(sae.encode(x[70:])))
+    x_hat = sae.decode(sae.encode(x))  # one reconstruction for both: the halves' float64 sums then merge exactly
+    whole.add(x, x_hat)
+    a.add(x[:70], x_hat[:70])
+    b.add(x[70:], x_hat[70:])
     assert whole.fvu == pytest.approx(reconstruction_metrics(sae, x)["fvu"], rel=1e-5)
     assert a.merge(b).fvu == pytest.approx(whole.fvu, rel=1e-12)
     sums = AuditSums.empty()

@@ -1,7 +1,9 @@
 """A small on-disk cache for things that are slow to rebuild (generated responses, trained
 SAEs, base-model statistics). Entries are keyed by a digest of everything they depend on, are
 written atomically, and carry a checksum: a corrupt entry or one from another format version is
-rebuilt, never trusted."""
+rebuilt, never trusted. The checksum catches corruption, not tampering (whoever edits an entry can
+recompute it); what an audit read from the cache is recorded instead: the report and certificate
+hold the sha256 of the responses each read used (``neuronlens.probes.responses_sha256``)."""
 
 from __future__ import annotations
 

@@ -1,15 +1,25 @@
 """Atomic file writing: a reader never sees a half-written file, and a failed write leaves
-whatever was there before untouched."""
+whatever was there before untouched. Sets of files (an audit's outputs, a model or SAE folder)
+are published together by :func:`publish_dir`; :func:`lock_dir` keeps two writers out of one
+folder."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: folders are not locked
+    fcntl = None  # type: ignore[assignment]
 
 from .errors import ConfigError, NeuronLensError, OutputError
 
@@ -33,19 +43,111 @@ def make_temp_dir(parent: Path, name: str) -> Path:
     return tmp
 
 
-def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
-    """Create `path` if needed and prove it is writable, so long work never starts for nothing."""
+_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))  # no space; over quota
+
+
+def ensure_writable_dir(path: str | os.PathLike[str], *, choose: str = "choose a folder you can write to") -> Path:
+    """Create `path` if needed and prove it is writable, so long work never starts for nothing.
+    `choose` ends the error's fix: how the caller's user names another place (a CLI option, an
+    argument)."""
     p = Path(path)
     try:
         p.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=p, prefix=".nl-write-test-", delete=True):
             pass
     except OSError as exc:
-        raise OutputError(
-            f"Output folder {str(p)!r} cannot be written: {exc.strerror or exc}.",
-            "Choose a folder you can write to (for example --out ./neuronlens-out).",
-        ) from exc
+        first = "Free space on that disk, or " if exc.errno in _DISK_FULL else ""
+        raise OutputError(f"Output folder {str(p)!r} cannot be written: {exc.strerror or exc}.", _sentence(first + choose)) from exc
     return p
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
+
+
+def os_reason(exc: OSError) -> str:
+    """What went wrong, for a message: the OS's reason and the file it concerned, when known
+    (an ENOSPC from a write has no file name; formatting it gave '(None)')."""
+    reason = exc.strerror or str(exc)
+    return f"{reason} ({exc.filename})" if exc.filename else reason
+
+
+def check_free_space(folder: Path, need: int, what: str, choose: str) -> None:
+    """Raise OutputError when the disk of `folder` has less than `need` bytes free: refused at the
+    start, not after the long work that would have filled it."""
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise OutputError(
+            f"Only {free / 2**20:.1f} MiB is free on the disk of {folder}; {what} needs about {need / 2**20:.0f} MiB.",
+            _sentence(f"Free space on that disk, or {choose}"),
+        )
+
+
+LOCK_NAME = ".neuronlens.lock"
+"""The lock file a writer holds in its output folder while it runs; removed when it is done. One
+left by a crashed run blocks nobody: the OS released its lock when the process died."""
+
+
+@contextmanager
+def lock_dir(folder: Path, who: str, choose: str) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` (flock on its LOCK_NAME file) for the `with` block; a
+    second holder is refused at once with OutputError naming the pid that holds it. On systems
+    or filesystems without flock the block runs unlocked."""
+    path = folder / LOCK_NAME
+    fh, held = _open_locked(path, choose)
+    with fh:
+        if not held:
+            fh.seek(0)
+            pid = fh.read().strip()
+            raise OutputError(f"Another {who} (pid {pid or 'unknown'}) is writing into {folder}.",
+                              _sentence(f"Wait for it to finish, or {choose}"))
+        _write_pid(fh)
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)  # still locked: a writer that opened this file finds it gone
+
+
+def _open_locked(path: Path, choose: str) -> tuple[Any, bool]:
+    """The lock file, opened, and whether this process now holds its lock. A file its holder
+    removed between our open and our flock is no lock any more: open the path again."""
+    while True:
+        try:
+            fh = open(path, "a+", encoding="utf-8")  # a+: never truncate the holder's pid
+        except OSError as exc:
+            raise OutputError(f"Cannot create the lock file {path}: {os_reason(exc)}.", _sentence(choose)) from exc
+        if not _flock(fh):
+            return fh, False
+        try:
+            if os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino:
+                return fh, True
+        except FileNotFoundError:
+            pass
+        fh.close()
+
+
+def _flock(fh: Any) -> bool:
+    """Take the lock without waiting; False when another open file holds it."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as exc:  # a filesystem without flock support
+        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+    return True
+
+
+def _write_pid(fh: Any) -> None:
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+    except OSError:  # the pid only informs a refused second writer; a full disk must not stop the run
+        pass
 
 
 @contextmanager
@@ -118,15 +220,99 @@ def check_output_targets(folder: Path, names: list[str]) -> None:
             )
 
 
-def remove_stale_outputs(folder: Path, candidates: list[str], written: list[Path]) -> list[Path]:
-    """Remove the files among `candidates` in `folder` that this run did not write: they were left
-    by an earlier run into the same folder and describe another audit (a certificate beside a
-    report it does not certify). Returns what was removed."""
-    keep = {Path(p).name for p in written}
-    removed = []
-    for name in candidates:
-        path = folder / name
-        if name not in keep and path.is_file():
-            path.unlink()
-            removed.append(path)
-    return removed
+@dataclass
+class Publication:
+    """What :func:`publish_dir` yields: the staging folder to write into; once the `with` block
+    has ended, what was published and what was removed."""
+
+    path: Path
+    written: list[Path] = field(default_factory=list)
+    removed: list[Path] = field(default_factory=list)
+
+
+@contextmanager
+def publish_dir(
+    target: str | os.PathLike[str], *, merge: bool = False, stale: Sequence[str] = (), keep: Callable[[Path], bool] | None = None
+) -> Iterator[Publication]:
+    """Write a set of files into a staging folder, then publish them all or none.
+
+    Everything is written into `.path` before anything at `target` changes; publishing is renames
+    only, which write no file data, so a full disk or a failed write leaves `target` as it was,
+    the staging folder gone. A rename that still fails (a permission changed meanwhile) is undone.
+
+    Without `merge`, `target` is a folder the writer owns: the staged folder replaces it whole
+    (staged beside it), unless `keep(existing target)` is true, when the existing one stays.
+    With `merge`, `target` is a folder shared with the user's files (the folder is staged inside it,
+    so the renames stay on its filesystem, a mount point included): each staged file replaces its
+    namesake, the files named in `stale` that were not staged are removed (they described another
+    run), and nothing else in `target` is touched. Between the first and the last rename a reader
+    may see the set half-swapped; a crash there (power loss, SIGKILL) can leave it so."""
+    target = Path(target)
+    parent = target if merge else target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    stage = make_temp_dir(parent, "neuronlens-staging" if merge else target.name)
+    pub = Publication(stage)
+    try:
+        yield pub
+        if merge:
+            _merge_into(pub, target, stale)
+        elif keep is None or not (target.exists() and keep(target)):
+            _replace_dir(stage, target)
+            pub.written.append(target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _replace_dir(stage: Path, target: Path) -> None:
+    """Rename `stage` to `target`; an existing `target` folder is moved aside first and deleted
+    only once the new one is in place (put back if the rename fails). A file or link of that name
+    is not replaced: the rename fails (NotADirectoryError), nothing deleted."""
+    if not target.is_dir() or target.is_symlink():
+        os.replace(stage, target)
+        return
+    aside = make_temp_dir(target.parent, f"{target.name}.old")
+    _renames([(target, aside / target.name), (stage, target)], aside)
+
+
+def _merge_into(pub: Publication, folder: Path, stale: Sequence[str]) -> None:
+    """Move every staged file into `folder`, its old namesake and the stale files moved aside
+    first (and deleted once all is in place)."""
+    order = {n: i for i, n in enumerate(stale)}
+    names = sorted((p.name for p in pub.path.iterdir()), key=lambda n: (order.get(n, len(order)), n))
+    old = [n for n in dict.fromkeys([*names, *stale]) if (folder / n).is_file() or (folder / n).is_symlink()]
+    aside = make_temp_dir(folder, "neuronlens-replaced")
+    _renames([*((folder / n, aside / n) for n in old), *((pub.path / n, folder / n) for n in names)], aside)
+    _fsync_dir(folder)
+    pub.written = [folder / n for n in names]
+    pub.removed = [folder / n for n in old if n not in names]
+
+
+def _renames(pairs: list[tuple[Path, Path]], aside: Path) -> None:
+    """Rename each (src, dst) in order, then delete `aside` (what was moved out of the way). If
+    a rename fails, the done ones are undone and the error raised; were an undo to fail too,
+    `aside` is kept, so that no old file is lost."""
+    done: list[tuple[Path, Path]] = []
+    try:
+        for src, dst in pairs:
+            os.replace(src, dst)
+            done.append((src, dst))
+    except BaseException:
+        for src, dst in reversed(done):
+            os.replace(dst, src)
+        aside.rmdir()
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make renames into `folder` durable (best effort: not every system can open a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -20,6 +20,8 @@ evidence before the report, so every rank ends with the same report.
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -36,15 +38,15 @@ from ._base_cache import load_base_residuals, store_base_residuals
 from ._distributed import inputs_digest, main_first
 from ._progress import progress
 from .capture import Batch, TokenSequence, code_chunk_tokens, gather, make_batches, massive_keep, row_chunks, run_to_layers
-from .config import AuditConfig, default_layers
-from .errors import ConfigError, ModelLoadError
-from .models import ModelHandle, hidden_size, load_model, num_layers
+from .config import AuditConfig, check_probes
+from .errors import ConfigError, ModelLoadError, NonFiniteError
+from .models import ModelHandle, check_fine_tune_fits, hidden_size, load_model, num_layers
 from .models._peft import peft_wrap_quietly
-from .probes import ProbeSet, load_probe_set, response_sequences, shard_indices
+from .probes import ProbeSet, checked_prompt_ids, handle_context, load_probe_set, response_sequences, responses_sha256, shard_indices
 from .report import AuditReport, LayerDrift, rank_features
 from .risk import EvidenceStore, RiskSetup, assess, load_concepts, prepare_risk
 from .risk._labels import check_label_files, merge_imported
-from .saes import SAESet, load_sae
+from .saes import SAEArgument, SAESet, as_sae_set, exceeds, quality_warning
 from .stats import AuditSums, residual_drift
 
 if TYPE_CHECKING:
@@ -65,7 +67,7 @@ class _BaseBatch:
 def compare_models(
     base_model: ModelHandle | str,
     ft_model: ModelHandle | str,
-    sae: SAESet | None = None,
+    sae: SAEArgument = None,
     probes: Sequence[str] | None = None,
     metrics: Sequence[str] = METRICS,
     *,
@@ -77,7 +79,9 @@ def compare_models(
 ) -> AuditReport:
     """Audit `ft_model` against `base_model` and return a typed :class:`AuditReport`.
 
-    `sae`: SAEs for the audited layers (default: :func:`load_sae` for the default layers).
+    `sae`: SAEs for the audited layers: an SAESet from :func:`load_sae`, a folder of SAELens or
+    sparsify SAEs, a dict {layer: SparseAutoencoder or folder}, or None (:func:`load_sae`'s
+    shipped, cached or trained SAEs for the audited layers).
     `probes`: built-in probe-set names or prompt files (default: every built-in set).
     `metrics`: 'drift' always; 'misalignment_score' adds the risk stage (concept shifts, risky
     features, score and verdict). `config` holds every other setting (:class:`AuditConfig`);
@@ -94,6 +98,7 @@ def compare_models(
     cfg = _settings(config, probes, layers)
     base = base_model if isinstance(base_model, ModelHandle) else load_model(base_model)
     ft = ft_model if isinstance(ft_model, ModelHandle) else load_model(ft_model)
+    metrics = _check_metrics(metrics)
 
     # 1. validate everything before any long work ------------------------------------------------
     probe_sets = preflight(base, ft, cfg, metrics)
@@ -124,18 +129,18 @@ def compare_models(
 def _measure_adapter(ref: BaseReference, base: ModelHandle, ft: ModelHandle) -> _Run:
     """The fine-tuned passes of a PEFT adapter injected into the resident base weights."""
     with _adapter_on(base.model, ft) as ft_nn:
-        return ref._measure(ft_nn, _ModelView(ft.digest, ft.tokenizer, ft_nn), consume=True)
+        return ref._measure(ft_nn, _ModelView(ft.digest, ft.tokenizer, ft_nn, f"the fine-tuned model {ft.name}"), consume=True)
 
 
 def _measure_resident(ref: BaseReference, ft: ModelHandle, *, keep: bool) -> _Run:
     """The fine-tuned passes of a model with weights of its own (released afterwards unless `keep`)."""
     with _resident(ft, keep=keep) as ft_nn:
-        return ref._measure(ft_nn, _ModelView(ft.digest, ft.tokenizer, ft_nn), consume=True)
+        return ref._measure(ft_nn, _ModelView(ft.digest, ft.tokenizer, ft_nn, f"the fine-tuned model {ft.name}"), consume=True)
 
 
 def prepare_reference(
     base_model: ModelHandle | str,
-    sae: SAESet | None = None,
+    sae: SAEArgument = None,
     probes: Sequence[str] | None = None,
     metrics: Sequence[str] = METRICS,
     *,
@@ -150,7 +155,7 @@ def prepare_reference(
     t_start = time.perf_counter()
     cfg = _settings(config, probes, layers)
     base = base_model if isinstance(base_model, ModelHandle) else load_model(base_model)
-    _check_metrics(metrics)
+    metrics = _check_metrics(metrics)
     probe_sets = _preflight_settings(base, cfg, metrics)
     loaded_before = base.is_loaded
     ref = _prepare_reference(base, sae, cfg, metrics, probe_sets, t_start)
@@ -163,7 +168,7 @@ def prepare_reference(
 def _settings(config: AuditConfig | None, probes: Sequence[str] | None, layers: Sequence[int] | None) -> AuditConfig:
     cfg = replace(config or AuditConfig())
     if probes is not None:
-        cfg.probes = list(probes)
+        cfg.probes = check_probes(probes)  # "finance" is one set, not the sets 'f', 'i', 'n', ...
     if layers is not None:
         cfg.layers = list(layers)
     return cfg
@@ -188,6 +193,8 @@ class _Run:
     timings: dict[str, float]
     runtime: dict[str, str]
     """The fine-tuned model's dtype and device(s) as it was read (see :func:`runtime_of`)."""
+    own_responses: dict[str, str] = field(default_factory=dict)
+    """Per probe set, sha256 of the fine-tuned model's own responses it read (see :func:`responses_sha256`)."""
 
 
 @dataclass
@@ -216,6 +223,8 @@ class BaseReference:
     """A data-parallel audit: the passes read this rank's prompts; sums and evidence are combined
     over ranks before the report."""
     _seqs: list[TokenSequence] = field(default_factory=list, repr=False)
+    _same_responses: dict[str, str] = field(default_factory=dict, repr=False)
+    """Per probe set, sha256 of the base responses both models read (all ranks' prompts)."""
     _batches: list[_BaseBatch] = field(default_factory=list, repr=False)
     _sums: AuditSums = field(default_factory=AuditSums.empty, repr=False)
     _own_base_means: dict[tuple[str, int, tuple[str, int]], torch.Tensor] = field(default_factory=dict, repr=False)
@@ -237,7 +246,8 @@ class BaseReference:
         self.check_module(model)
         t_start = time.perf_counter()
         with torch.no_grad():
-            run = self._measure(model, _ModelView("", self.base.tokenizer, model), consume=False, cache_responses=False)
+            view = _ModelView("", self.base.tokenizer, model, f"the model being checked ({name})")
+            run = self._measure(model, view, consume=False, cache_responses=False)
         return self._report(run, identity if identity is not None else in_memory_identity(name), t_start)
 
     def check_module(self, model: nn.Module) -> None:
@@ -278,7 +288,7 @@ class BaseReference:
         resid = load_base_residuals(key, len(batches), self.layers) if key is not None else None
         if resid is None:
             with resident() as base_nn:
-                resid = _base_forward(base_nn, batches, self.layers)
+                resid = _base_forward(base_nn, batches, self.layers, f"the base model {self.base.name}")
             if key is not None:
                 store_base_residuals(key, resid)
         self._batches = _accumulate_base(batches, resid, self.layers, self.config, acc, self.reads)
@@ -293,16 +303,18 @@ class BaseReference:
         acc = _Accumulator(self.sae, sums, self.risk, evidence, self._own_base_means)
         timings: dict[str, float] = {}
         t = time.perf_counter()
-        _ft_pass(ft_nn, self._batches, self.layers, acc)
+        _ft_pass(ft_nn, self._batches, self.layers, acc, view.name)
         timings["ft_pass_s"] = time.perf_counter() - t
         if consume:
             self._batches.clear()
             self._state = "consumed"
+        own_responses: dict[str, str] = {}
         if self.config.own_responses:
             t = time.perf_counter()
             pad_id = self.base.tokenizer.pad_token_id or 0
             shard = self.parallel.spec if self.parallel is not None else None
-            _own_pass(view, self.probe_sets, self.layers, self.config, acc, pad_id, use_cache=cache_responses, shard=shard)
+            own = _own_pass(view, self.probe_sets, self.layers, self.config, acc, pad_id, use_cache=cache_responses, shard=shard)
+            own_responses = responses_sha256(_every_rank(own, self.parallel))
             timings["ft_own_pass_s"] = time.perf_counter() - t
         if self.parallel is not None:  # every rank gets every rank's sums and evidence
             t = time.perf_counter()
@@ -311,16 +323,17 @@ class BaseReference:
             timings["all_reduce_s"] = time.perf_counter() - t
         if evidence is not None:
             evidence.sort_records()
-        return _Run(sums, evidence, timings, runtime_of(ft_nn))
+        return _Run(sums, evidence, timings, runtime_of(ft_nn), own_responses)
 
     def _report(self, run: _Run, ft_identity: dict[str, Any], t_start: float) -> AuditReport:
+        _refuse_non_finite_sums(run.sums, str(ft_identity.get("name", "the fine-tuned model")))
         timings = {**self.timings, **run.timings}
         layers = self.layers
         report = AuditReport(
             base=self.base.identity,
             ft=ft_identity,
             saes=[s for s in self.sae.identity() if s["layer"] in layers],
-            probe_sets=[ps.identity() for ps in self.probe_sets],
+            probe_sets=[_probe_identity(ps, self._same_responses, run.own_responses) for ps in self.probe_sets],
             config=self.config.to_dict(),
             layers=[],
             top={},
@@ -339,7 +352,65 @@ class BaseReference:
             report.risk = assess(report, self.risk, run.evidence, self.base.tokenizer, self.imported_labels)
             timings["risk_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t_start
+        _refuse_nan_results(report)
         return report
+
+
+def _refuse_non_finite_sums(sums: AuditSums, ft_name: str) -> None:
+    """Stop before a report is built from sums holding NaN or infinity. The captured activations
+    are checked as they are read (capture.gather), so this catches what enters later: SAE codes
+    (an SAE with NaN weights given in code) and their concept projections."""
+    bad = sums.non_finite()
+    if not bad:
+        return
+    kind, layer, probe, _ = bad[0]
+    source = "the SAE's codes" if kind.startswith(("latent", "concept")) else "the residual statistics"
+    places = sorted({(la, p) for _, la, p, _ in bad})
+    raise NonFiniteError(
+        f"The audit of {ft_name} accumulated non-finite statistics (NaN/Inf) from {source} at layer {layer} on probe "
+        f"set {probe!r} ({len(bad)} sum(s) at {len(places)} layer/probe-set pair(s), e.g. {kind} {bad[0][3]}).",
+        f"The audit cannot be trusted, so no report was built. The activations were finite, so the SAE for layer {layer} "
+        "turned them into NaN/Inf: check its weights (their scale overflows float32, or its encode is broken), or use "
+        "another SAE for that layer.",
+    )
+
+
+def _refuse_nan_results(report: AuditReport) -> None:
+    """Defence in depth: a NaN in any number of the finished report (layer drift, a latent's
+    drift, the risk score) stops the audit rather than print "No drift detected (+nan)" or store
+    "nan" in report.json (which writes non-finite numbers as strings)."""
+    paths = _nan_paths(report.to_dict(), "")
+    if paths:
+        raise NonFiniteError(
+            f"The audit of {report.ft.get('name', 'the fine-tuned model')} computed NaN for {len(paths)} reported "
+            f"number(s) ({', '.join(paths[:5])}{', ...' if len(paths) > 5 else ''}) from finite activations and sums.",
+            "The audit cannot be trusted, so no report was written. This is a NeuronLens bug: report it with the "
+            "command and the models' names.",
+        )
+
+
+def _nan_paths(obj: Any, path: str) -> list[str]:
+    if isinstance(obj, numbers.Real) and not isinstance(obj, numbers.Integral):
+        return [path] if math.isnan(float(obj)) else []
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in _nan_paths(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(obj, (list, tuple)):
+        return [p for i, v in enumerate(obj) for p in _nan_paths(v, f"{path}[{i}]")]
+    return []
+
+
+def _probe_identity(ps: ProbeSet, same: dict[str, str], own: dict[str, str]) -> dict[str, Any]:
+    """What the report records about a probe set: its identity and, per read, the sha256 of the
+    responses that read used ('same': the base responses both models read; 'own': the fine-tuned
+    model's own), so a report and its certificate say which text was read."""
+    digests = {read: d[ps.name] for read, d in (("same", same), ("own", own)) if ps.name in d}
+    return {**ps.identity(), "responses_sha256": digests} if digests else ps.identity()
+
+
+def _every_rank(seqs: list[TokenSequence], parallel: DataParallel | None) -> list[TokenSequence]:
+    """The sequences of every rank of a data-parallel audit (a collective: every rank calls it
+    at the same point), else `seqs`."""
+    return seqs if parallel is None else [s for part in parallel.all_gather(seqs) for s in part]
 
 
 def in_memory_identity(name: str) -> dict[str, Any]:
@@ -348,7 +419,7 @@ def in_memory_identity(name: str) -> dict[str, Any]:
 
 
 def _prepare_reference(
-    base: ModelHandle, sae: SAESet | None, cfg: AuditConfig, metrics: Sequence[str], probe_sets: list[ProbeSet], t_start: float,
+    base: ModelHandle, sae: SAEArgument, cfg: AuditConfig, metrics: Sequence[str], probe_sets: list[ProbeSet], t_start: float,
     parallel: DataParallel | None = None,
 ) -> BaseReference:
     """SAEs and layers, imported labels, the probe sequences (base responses, cached) and the risk
@@ -359,7 +430,8 @@ def _prepare_reference(
     with main_first(parallel):  # SAEs trained when none are cached: once, by rank 0
         sae, audit_layers = _resolve_saes(base, sae, cfg)
     cfg.layers = audit_layers
-    imported_labels = merge_imported(cfg.labels, {la: sae[la].d_sae for la in audit_layers}, n_layers=base.n_layers)
+    imported_labels = merge_imported(cfg.labels, {la: sae[la].d_sae for la in audit_layers}, n_layers=base.n_layers,
+                                     hooks={la: sae[la].info.hook_name for la in audit_layers})  # Neuronpedia ids name hooks
     timings = {"validate_s": time.perf_counter() - t_start}
 
     t = time.perf_counter()
@@ -369,6 +441,7 @@ def _prepare_reference(
         seqs = response_sequences(
             base, probe_sets, cfg.max_new_tokens, token_budget=cfg.token_budget, on_batch=advance, shard=shard, use_cache=base.cacheable
         )
+    same_responses = responses_sha256(_every_rank(seqs, parallel))
     timings["base_responses_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -382,7 +455,10 @@ def _prepare_reference(
             "directions": None if risk_setup is None else inputs_digest(risk_setup.matrices),
         })
     reads = ["same"] + (["own"] if cfg.own_responses else [])
-    return BaseReference(base, sae, cfg, probe_sets, risk_setup, imported_labels, reads, timings, parallel=parallel, _seqs=seqs)
+    return BaseReference(
+        base, sae, cfg, probe_sets, risk_setup, imported_labels, reads, timings, parallel=parallel, _seqs=seqs,
+        _same_responses=same_responses,
+    )
 
 
 def _inputs_summary(
@@ -404,28 +480,50 @@ def _inputs_summary(
 def preflight(base: ModelHandle, ft: ModelHandle, cfg: AuditConfig, metrics: Sequence[str] = METRICS) -> list[ProbeSet]:
     """Every cheap check of an audit's inputs (no weights loaded, nothing generated); returns the
     probe sets. The CLI runs it before loading or training SAEs."""
-    _check_metrics(metrics)
+    metrics = _check_metrics(metrics)
     _check_compatible(base, ft)
-    return _preflight_settings(base, cfg, metrics)
+    return _preflight_settings(base, cfg, metrics, ft)
 
 
-def _check_metrics(metrics: Sequence[str]) -> None:
-    unknown = [m for m in metrics if m not in METRICS]
+def _check_metrics(metrics: Sequence[str] | str) -> list[str]:
+    """`metrics` as a list (one name given as a string is one metric, not its letters)."""
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    try:
+        names = list(metrics)
+    except TypeError:
+        raise ConfigError(
+            f"metrics={metrics!r} (type {type(metrics).__name__}) is not a list of metric names.", f"Use any of {list(METRICS)}."
+        ) from None
+    unknown = [m for m in names if m not in METRICS]
     if unknown:
         raise ConfigError(f"Unknown metric(s) {unknown}.", f"Use any of {list(METRICS)}.")
+    return names
 
 
-def _preflight_settings(base: ModelHandle, cfg: AuditConfig, metrics: Sequence[str]) -> list[ProbeSet]:
+def _check_prompt_lengths(probe_sets: list[ProbeSet], cfg: AuditConfig, handles: list[ModelHandle]) -> None:
+    """Every audited prompt, chat-templated, plus the response budget against the shortest context
+    of the models (a ProbeError naming the prompts that do not fit), before SAEs are loaded or
+    trained and before anything is generated."""
+    context = min((c for c in map(handle_context, handles) if c is not None), default=None)
+    for ps in probe_sets:
+        checked_prompt_ids(handles[0].tokenizer, ps, range(len(ps.prompts)), cfg.max_new_tokens, context)
+
+
+def _preflight_settings(base: ModelHandle, cfg: AuditConfig, metrics: Sequence[str], ft: ModelHandle | None = None) -> list[ProbeSet]:
     cfg.validate(base.n_layers)
     if "misalignment_score" in metrics:
         load_concepts(cfg.concepts)  # a malformed concept file fails here, before any long work
     # a malformed label file (or one for another model's layers) too: before SAEs are trained; only
     # the latent range waits for the SAEs' widths (checked right after they are resolved)
     check_label_files(cfg.labels or [], base.n_layers)
-    return _load_probe_sets(cfg)
+    probe_sets = _load_probe_sets(cfg)
+    _check_prompt_lengths(probe_sets, cfg, [base] if ft is None else [base, ft])
+    return probe_sets
 
 
 def _check_compatible(base: ModelHandle, ft: ModelHandle) -> None:
+    check_fine_tune_fits(base, ft)  # architecture (and an adapter's shapes): equal sizes do not make a GPT-2 a Llama fine-tune
     if base.n_layers != ft.n_layers or base.d_model != ft.d_model:
         raise ModelLoadError(
             f"Base ({base.name}: {base.n_layers} layers, d_model {base.d_model}) and fine-tuned "
@@ -440,11 +538,10 @@ def _check_compatible(base: ModelHandle, ft: ModelHandle) -> None:
         )
 
 
-def _resolve_saes(base: ModelHandle, sae: SAESet | None, cfg: AuditConfig) -> tuple[SAESet, list[int]]:
-    """The SAEs to use (loaded, shipped, cached or trained when not given) and the audited layers,
-    checked against each other and against the model."""
-    if sae is None:
-        sae = load_sae(base, cfg.layers or default_layers(base.n_layers))
+def _resolve_saes(base: ModelHandle, sae: SAEArgument, cfg: AuditConfig) -> tuple[SAESet, list[int]]:
+    """The SAEs to use (`sae=` as given, or shipped, cached or trained when None) and the audited
+    layers, checked against each other and against the model."""
+    sae = as_sae_set(sae, base, cfg.layers or None)
     layers = sorted(cfg.layers or sae.layers)
     missing = [layer for layer in layers if layer not in sae]
     if missing:
@@ -523,11 +620,9 @@ def probe_fvu_warnings(sums: AuditSums, layers: list[int], max_fvu: float) -> li
     out = []
     for layer in layers:
         total = sums.recon_total(layer)
-        if total is not None and total.fvu > max_fvu:
-            out.append(
-                f"SAE for layer {layer} explains too little of the base model's residual stream on the probes "
-                f"(FVU {total.fvu:.2f} > {max_fvu}, measured in this audit)."
-            )
+        if total is not None and total.n > 0 and exceeds(total.fvu, max_fvu):  # a NaN FVU is a warning too
+            what = "explains too little of the base model's residual stream on the probes"
+            out.append(quality_warning(layer, what, "FVU", total.fvu, ".2f", f"{max_fvu}, measured in this audit"))
     return out
 
 
@@ -625,14 +720,15 @@ class _Accumulator:
             )
 
 
-def _base_forward(model: nn.Module, batches: list[Batch], layers: list[int]) -> list[dict[int, torch.Tensor]]:
-    """The base model's residuals at `layers` on the measured tokens of every batch."""
+def _base_forward(model: nn.Module, batches: list[Batch], layers: list[int], name: str) -> list[dict[int, torch.Tensor]]:
+    """The base model's residuals at `layers` on the measured tokens of every batch (`name`: the
+    model, as an error about non-finite activations names it)."""
     device = next(model.parameters()).device
     out: list[dict[int, torch.Tensor]] = []
     with progress("Base model pass", sum(len(b.sequences) for b in batches)) as advance:
         for batch in batches:
             resid = run_to_layers(model, batch.input_ids.to(device), batch.attention_mask.to(device), layers)
-            out.append({layer: gather(resid[layer], batch) for layer in layers})
+            out.append({layer: gather(resid[layer], batch, layer=layer, model=name) for layer in layers})
             advance(len(batch.sequences))
     return out
 
@@ -653,14 +749,14 @@ def _accumulate_base(
     return kept
 
 
-def _ft_pass(model: nn.Module, base_batches: list[_BaseBatch], layers: list[int], acc: _Accumulator) -> None:
+def _ft_pass(model: nn.Module, base_batches: list[_BaseBatch], layers: list[int], acc: _Accumulator, name: str) -> None:
     device = next(model.parameters()).device
     with progress("Fine-tuned model pass", sum(len(b.batch.sequences) for b in base_batches)) as advance:
         for bb in base_batches:
             b = bb.batch
             resid = run_to_layers(model, b.input_ids.to(device), b.attention_mask.to(device), layers)
             for layer in layers:
-                acc.paired(layer, bb, gather(resid[layer], b))
+                acc.paired(layer, bb, gather(resid[layer], b, layer=layer, model=name))
             advance(len(b.sequences))
 
 
@@ -672,14 +768,16 @@ class _ModelView:
     digest: str
     tokenizer: Any
     model: nn.Module
+    name: str = "the fine-tuned model"
+    """How errors name it."""
 
 
 def _own_pass(
     view: _ModelView, probe_sets: list[ProbeSet], layers: list[int], cfg: AuditConfig, acc: _Accumulator, pad_id: int,
     *, use_cache: bool = True, shard: tuple[int, int] | None = None,
-) -> None:
-    """Read the fine-tuned model on its own greedy responses, paired with the base read by prompt.
-    `use_cache=False` for a model whose weights change under the same digest (one in training).
+) -> list[TokenSequence]:
+    """Read the fine-tuned model on its own greedy responses, paired with the base read by prompt;
+    returns the sequences it read. `use_cache=False` for a model whose weights change under the same digest (one in training).
     `shard`: a data-parallel rank's prompts, the same ones its base pass read (so that each
     prompt's base mean, kept by that pass, is on this rank)."""
     n_prompts = sum(len(shard_indices(len(ps.prompts), shard)) for ps in probe_sets)
@@ -693,9 +791,10 @@ def _own_pass(
         for batch in make_batches(seqs, cfg.positions, cfg.token_budget, pad_id):
             resid = run_to_layers(view.model, batch.input_ids.to(device), batch.attention_mask.to(device), layers)
             for layer in layers:
-                x = gather(resid[layer], batch)
+                x = gather(resid[layer], batch, layer=layer, model=view.name)
                 acc.one_side("own", "ft", layer, batch, x, massive_keep(x, cfg.massive_activation_factor))
             advance(len(batch.sequences))
+    return seqs
 
 
 # -- report ------------------------------------------------------------------------------------

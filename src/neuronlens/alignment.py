@@ -100,10 +100,15 @@ def export_certificate(
 
 
 def verify_certificate(
-    certificate: str | Path, *, models: Sequence[str | Path] = (), public_key: str | Path | None = None
+    certificate: str | Path,
+    *,
+    models: Sequence[str | Path] = (),
+    public_key: str | Path | None = None,
+    integrity_only: bool = False,
 ) -> Any:
-    """Check a certificate's schema and signature and recompute the digests of the given model
-    files; the result says what, if anything, changed."""
+    """Authenticate a certificate with the signer's `public_key`, check its schema and recompute
+    the digests of the given model files; the result says what, if anything, changed. Without a
+    key pass ``integrity_only=True`` (then ``ok`` means consistent, not authenticated)."""
     from .certificate import verify_certificate as _verify
 
-    return _verify(certificate, models=models, public_key=public_key)
+    return _verify(certificate, models=models, public_key=public_key, integrity_only=integrity_only)

@@ -14,6 +14,7 @@ rank 0 whenever another rank got there first, and its exit code would read -15.
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -81,7 +82,7 @@ def audit(
     ft_base: Annotated[Optional[str], typer.Option(help="Base for a PEFT adapter whose adapter_config.json does not name a reachable one.")] = None,
     layers: Annotated[Optional[list[str]], typer.Option(help=_h("layers"))] = None,
     probes: Annotated[Optional[list[str]], typer.Option(help=_h("probes"))] = None,
-    sae: Annotated[Optional[str], typer.Option(help="Folder of SAELens or sparsify SAEs (default: shipped, cached or trained).")] = None,
+    sae: Annotated[Optional[str], typer.Option(help="SAEs: a folder (SAELens, sparsify, Gemma Scope 1/2 or Llama Scope layout), a sae-lens release (RELEASE or RELEASE:SAE_ID) or a hub repo id (default: shipped, cached or trained).")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for report.json (and its statistics sidecar).")] = Path("neuronlens-out"),
     positions: Annotated[str, typer.Option(help=_h("positions"))] = "response",
     max_prompts: Annotated[Optional[int], typer.Option(help=_h("max_prompts_per_set"))] = AuditConfig.max_prompts_per_set,
@@ -105,7 +106,7 @@ def audit(
     Under torchrun or accelerate launch the prompts are sharded over the ranks (data-parallel)."""
     from . import alignment
     from ._distributed import launch_from_env, main_first
-    from ._io import check_output_targets, ensure_writable_dir
+    from ._io import lock_dir
     from ._pipeline import preflight
     from ._progress import set_progress
     from .demo import default_pair
@@ -124,7 +125,7 @@ def audit(
         raise NeuronLensError("--signing-key signs a certificate, but no certificate was asked for.",
                               "Add --certificate json (or json,pdf), or drop --signing-key.")
     if main:  # before any long work
-        check_output_targets(ensure_writable_dir(out_dir), _output_names(html, cert_formats))
+        _check_out_dir(out_dir, html, cert_formats)
     if (base is None) != (ft is None):
         raise NeuronLensError("Give both --base and --ft, or neither (then the embedded demo pair is audited).", "Add the missing option.")
     if ft_base is not None and ft is None:  # else it would silently re-base the embedded demo adapter
@@ -153,16 +154,18 @@ def audit(
             "Use one or the other: drop --device-map under torchrun/accelerate launch, or run a single process.",
         )
     common = dict(dtype=dtype, device=device, trust_remote_code=trust_remote_code, device_map=device_map, max_memory=_max_memory(max_memory))
-    base_h = alignment.load_model(base, **common)
-    ft_h = alignment.load_model(ft, base=ft_base, **common)
-    preflight(base_h, ft_h, cfg)
-    with main_first(parallel):  # SAEs that must be trained are trained once, by rank 0, and cached
-        sae_set = alignment.load_sae(base_h, cfg.layers, source=sae)
-    report = alignment.compare_models(base_model=base_h, ft_model=ft_h, sae=sae_set, config=cfg, parallel=parallel)
-    # An inconclusive verdict (SAEs too poor, concepts not covered) is not a pass: exit 1 too.
-    code = EXIT_PASS if report.verdict in (None, "pass") else EXIT_FAIL
-    if main:
-        _write_audit(report, out_dir, html, cert_formats, signing_key)
+    # rank 0 holds --out until its files are published: a second audit into it is refused at once
+    with lock_dir(out_dir, "audit", _CHOOSE_OUT) if main else nullcontext():
+        base_h = alignment.load_model(base, **common)
+        ft_h = alignment.load_model(ft, base=ft_base, **common)
+        preflight(base_h, ft_h, cfg)
+        with main_first(parallel):  # SAEs that must be trained are trained once, by rank 0, and cached
+            sae_set = alignment.load_sae(base_h, cfg.layers, source=sae)
+        report = alignment.compare_models(base_model=base_h, ft_model=ft_h, sae=sae_set, config=cfg, parallel=parallel)
+        # An inconclusive verdict (SAEs too poor, concepts not covered) is not a pass: exit 1 too.
+        code = EXIT_PASS if report.verdict in (None, "pass") else EXIT_FAIL
+        if main:
+            _write_audit(report, out_dir, html, cert_formats, signing_key)
     if parallel is not None:
         # Once one rank exits non-zero, torchrun stops the others (SIGTERM): rank 0's files and
         # output are complete and flushed before any rank may exit, and only rank 0 carries the
@@ -176,9 +179,14 @@ def audit(
     raise typer.Exit(code)
 
 
-_OPTIONAL_OUTPUTS = ["report.html", "certificate.json", "certificate.pdf"]
-"""What an audit writes into its folder only when asked; left by an earlier run, they would sit
-beside a report they do not describe."""
+AUDIT_MIN_FREE = 64 * 2**20
+"""Free space an audit asks of its --out disk before it starts. What it writes is mostly the
+statistics sidecar: 13 float64 numbers per SAE latent for each layer, probe set and read (the
+layout of AuditSums; a tiny audit's sidecar, 128 latents, held exactly that plus 37 KB of names
+and small sums): about 10 MB for the default audit of the embedded model (2,304 latents, 3 layers,
+7 probe sets, 2 reads), 72 MB for the same with 16,384-latent SAEs. Should a larger audit still
+fill the disk, its files are staged first, so the folder is left as it was."""
+_CHOOSE_OUT = "choose another output folder (--out)"
 
 
 def _output_names(html: bool, cert_formats: list[str] | None) -> list[str]:
@@ -186,33 +194,55 @@ def _output_names(html: bool, cert_formats: list[str] | None) -> list[str]:
     return names + [f"certificate.{f}" for f in cert_formats or []]
 
 
-def _write_audit(report: AuditReport, out_dir: Path, html: bool, cert_formats: list[str] | None, signing_key: Path | None) -> None:
-    """Rank 0's (or the only process's) part of `audit`: summary, then report, HTML, certificates.
-    The summary comes first so that a failed write cannot lose the verdict."""
-    from ._io import remove_stale_outputs
-    from .certificate import export_certificate
-    from .errors import OutputError
+_OUTPUTS = _output_names(True, ["json", "pdf"])
+"""Every file an audit may write into --out: when a run does not write one (no --html this time),
+an earlier run's copy is removed, for it would sit beside a report it does not describe."""
 
+
+def _check_out_dir(out_dir: Path, html: bool, cert_formats: list[str] | None) -> None:
+    """Refuse, before any long work, an --out that cannot take the audit's files: not writable,
+    an output name taken by a folder, or a nearly full disk."""
+    from ._io import check_free_space, check_output_targets, ensure_writable_dir
+
+    folder = ensure_writable_dir(out_dir, choose=f"{_CHOOSE_OUT}, e.g. --out ./neuronlens-out")
+    check_output_targets(folder, _output_names(html, cert_formats))
+    check_free_space(folder, AUDIT_MIN_FREE, "an audit's report, statistics and certificates", _CHOOSE_OUT)
+
+
+def _print_summary(report: AuditReport) -> None:
     out.print(report.summary(), highlight=False, markup=False)
     if report.risk is not None and report.risk.risky_features:
         out.print("Risky features:", highlight=False)
         for f in report.risk.risky_features[:5]:
             out.print(f"  {f}", highlight=False, markup=False)
+
+
+def _write_audit(report: AuditReport, out_dir: Path, html: bool, cert_formats: list[str] | None, signing_key: Path | None) -> None:
+    """Rank 0's (or the only process's) part of `audit`: summary, then report, HTML, certificates.
+    The summary comes first so that a failed write cannot lose the verdict. The files are staged
+    and published together (publish_dir): --out holds this audit's complete set, or the earlier
+    one untouched."""
+    from ._io import os_reason, publish_dir, write_bytes_atomic
+    from .certificate import certificate_files
+    from .errors import OutputError
+
+    _print_summary(report)
+    certs = certificate_files(report, cert_formats, signing_key) if cert_formats else {}
     try:
-        written = [report.save(out_dir / "report.json")]
-        if html:
-            written.append(report.to_html(out_dir / "report.html"))
-        if cert_formats:
-            written.extend(export_certificate(report, formats=cert_formats, out_dir=out_dir, signing_key=signing_key,
-                                              remove_stale=False).values())
+        with publish_dir(out_dir, merge=True, stale=_OUTPUTS) as staged:
+            report.save(staged.path / "report.json")
+            if html:
+                report.to_html(staged.path / "report.html")
+            for name, data in certs.items():
+                write_bytes_atomic(staged.path / name, data)
     except OSError as exc:
-        raise OutputError(f"Could not write the audit's files into {out_dir}: {exc.strerror or exc} ({exc.filename}).",
-                          "Check the folder's space and permissions, or choose another output folder (--out).") from exc
-    removed = remove_stale_outputs(out_dir, _OPTIONAL_OUTPUTS, written)
-    err.print(f"[dim]Written: {escape(', '.join(str(p) for p in written))}[/dim]")
-    if removed:
+        raise OutputError(f"Could not write the audit's files into {out_dir}: {os_reason(exc)}. "
+                          "The files there were left as they were.",
+                          f"Free space on that disk or fix its permissions, or {_CHOOSE_OUT}.") from exc
+    err.print(f"[dim]Written: {escape(', '.join(str(p) for p in staged.written))}[/dim]")
+    if staged.removed:
         err.print(f"[dim]Removed from an earlier audit in this folder (they described another run): "
-                  f"{escape(', '.join(p.name for p in removed))}[/dim]")
+                  f"{escape(', '.join(p.name for p in staged.removed))}[/dim]")
 
 
 _ORGANISM_BASE_HELP = ("Base model to fine-tune: hub id, folder, .gguf, or alias (default: the embedded SmolLM2-135M-Instruct, "
@@ -298,7 +328,7 @@ def screen(
     out_path: Annotated[Optional[Path], typer.Option("--out", help="Write every example, riskiest first, as JSONL (line number, risk, top concepts with their coordinates).")] = None,
     top: Annotated[int, typer.Option(min=0, help="How many of the riskiest examples to print (the --out file holds all).")] = 10,
     layers: Annotated[Optional[list[str]], typer.Option(help="Decoder layers to read (default: the SAEs' layers, or 30/50/70% of depth).")] = None,
-    sae: Annotated[Optional[str], typer.Option(help="Folder of SAELens or sparsify SAEs (default: shipped, cached or trained).")] = None,
+    sae: Annotated[Optional[str], typer.Option(help="SAEs: a folder (SAELens, sparsify, Gemma Scope 1/2 or Llama Scope layout), a sae-lens release (RELEASE or RELEASE:SAE_ID) or a hub repo id (default: shipped, cached or trained).")] = None,
     concepts: Annotated[Optional[list[str]], typer.Option(help=_h("concepts"))] = None,
     skip_bad_lines: Annotated[bool, typer.Option("--skip-bad-lines", help="Skip malformed lines (reported) instead of stopping.")] = False,
     token_budget: Annotated[int, typer.Option(help=_h("token_budget"))] = AuditConfig.token_budget,
@@ -319,7 +349,7 @@ def screen(
 
         if out_path.is_dir():
             raise NeuronLensError(f"--out {str(out_path)!r} is a folder.", "Give a file path, e.g. --out ranked.jsonl.")
-        ensure_writable_dir(out_path.parent)  # before any long work
+        ensure_writable_dir(out_path.parent, choose="give --out a file in a folder you can write to, e.g. --out ./ranked.jsonl")
     read_examples(data, skip_bad_lines=skip_bad_lines)  # bad data stops here, before any model loads
     base_h = alignment.load_model(base, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     layer_list = _int_list(layers, "layers")
@@ -330,6 +360,10 @@ def screen(
     written = result.write_jsonl(out_path) if out_path is not None else None  # first: printing cannot lose the ranking
     for s in result.skipped:  # the reason may quote the line's own text: escaped, it prints as it is
         err.print(f"[yellow]Skipped line {s.line}:[/yellow] {escape(s.reason)}", highlight=False, emoji=False, soft_wrap=True)
+    if cut := sorted(e.line for e in result.examples if e.truncated):
+        shown = ", ".join(map(str, cut[:10])) + (f" and {len(cut) - 10} more" if len(cut) > 10 else "")
+        err.print(f"[yellow]Note:[/yellow] {len(cut)} example(s) have an assistant turn longer than {result.max_tokens} tokens "
+                  f"with its context; each was screened on its first tokens only (line(s) {shown}).", highlight=False, soft_wrap=True)
     out.print(
         f"Screened {len(result.examples)} example(s) of {data} with {base_h.name} (layers {', '.join(map(str, result.layers))}; "
         f"{len(result.skipped)} line(s) skipped). Concepts scored: {', '.join(result.concepts)}.",

@@ -11,7 +11,9 @@ import ast
 import dataclasses
 import functools
 import inspect
+import math
 import numbers
+import os
 import textwrap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -106,19 +108,25 @@ class AuditConfig:
     """Risk concepts: built-in names or concept JSON files; None = every built-in concept."""
 
     labels: list[str] = field(default_factory=list)
-    """Feature-label files to import: Neuronpedia-style explanations JSON or CSV layer,latent,label.
-    Imported labels take precedence over concept and automatic labels."""
+    """Feature-label files to import: Neuronpedia explanations (.json, or bulk exports .jsonl /
+    .jsonl.gz; a layer id like "8-res-jb" is matched to the SAE whose hook is in block 8) or CSV
+    layer,latent,label. Imported labels take precedence over concept and automatic labels."""
 
     top_k_saved: int = 50
     """How many of the most-drifted latents per layer the saved report lists."""
 
     def validate(self, n_layers: int | None = None) -> None:
         """Raise :class:`ConfigError` for out-of-range settings (before any long work)."""
+        for f in dataclasses.fields(self):  # NaN passes every `x <= bound` check below, then poisons every statistic
+            value = getattr(self, f.name)
+            if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and not math.isfinite(value):
+                raise ConfigError(f"{f.name}={value!r} is not a finite number.", f"Set {f.name} to a number (default {f.default!r}).")
         if self.positions not in POSITIONS:
             raise ConfigError(
                 f"positions={self.positions!r} is not one of {', '.join(POSITIONS)}.",
                 "Pass positions='response' (default), 'prompt', 'last' or 'all'.",
             )
+        self.probes = check_probes(self.probes)  # one name or path given as a string is one set, not its letters
         if not self.probes:
             raise ConfigError("No probe sets were given.", "Pass probes=['finance', ...] or a prompt file path.")
         for name, value, low in (
@@ -130,8 +138,8 @@ class AuditConfig:
                 raise ConfigError(f"{name}={value!r} must be an integer >= {low}.", f"Set {name} to {low} or more.")
         if self.max_prompts_per_set is not None and self.max_prompts_per_set < 2:
             raise ConfigError(
-                f"max_prompts_per_set={self.max_prompts_per_set} is too small for a paired test.",
-                "Use at least 2 prompts per set, or None for all.",
+                f"max_prompts_per_set (--max-prompts) is {self.max_prompts_per_set}: too few prompts per set for a paired test.",
+                "Use at least 2 prompts per set (the default is 24, e.g. --max-prompts 60); a number at least a set's size reads all of it.",
             )
         if not 0 < self.threshold < 1:
             raise ConfigError(f"threshold={self.threshold} must lie in (0, 1).", "Use e.g. threshold=0.05 (5%).")
@@ -183,6 +191,25 @@ def check_positive_int(value: Any, name: str, *, allow_none: bool = False) -> in
     return int(value)
 
 
+def check_probes(probes: Any) -> list[str]:
+    """`probes` as a list of probe-set names or paths: one string (or path) is one set, since
+    iterating "finance" would audit the sets 'f', 'i', 'n', ...; anything but strings and paths is
+    a :class:`ConfigError` saying what is accepted."""
+    accepted = "Pass a probe-set name or file path, or a list of them, e.g. probes=['finance', 'prompts.jsonl']."
+    if isinstance(probes, (str, os.PathLike)):
+        return [os.fspath(probes)]
+    if isinstance(probes, (bytes, Mapping)) or not isinstance(probes, Iterable):
+        raise ConfigError(f"probes={probes!r} (type {type(probes).__name__}) is not a probe-set name or a list of them.", accepted)
+    items = list(probes)
+    wrong = [p for p in items if not isinstance(p, (str, os.PathLike))]
+    if wrong:
+        raise ConfigError(
+            f"probes holds {', '.join(f'{w!r} (type {type(w).__name__})' for w in wrong)}, not probe-set names or paths.",
+            accepted,
+        )
+    return [os.fspath(p) for p in items]
+
+
 def check_layer(value: Any, name: str = "layer") -> int:
     """`value` as an int layer number, or a :class:`ConfigError` saying the type is wrong (a layer
     given as "9" or 9.0 would otherwise be reported as "not audited" next to a list holding 9)."""
@@ -205,7 +232,7 @@ def check_layers(layers: Any, n_layers: int | None = None) -> list[int]:
         )
     layers = list(layers)  # a tuple, range or numpy array is fine too
     if not layers:
-        raise ConfigError("layers is an empty list.", "Give at least one layer, or None for the default.")
+        raise ConfigError("No layers were given (an empty list).", "Give at least one layer (e.g. --layers 9,15,21), or leave it unset for the default layers.")
     wrong = [layer for layer in layers if not is_int(layer)]
     if wrong:
         raise ConfigError(

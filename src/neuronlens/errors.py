@@ -6,7 +6,7 @@ gate can tell "the audit failed" (exit 1) from "the audit could not run" (exit 2
 
 from __future__ import annotations
 
-__all__ = ["NeuronLensError", "ModelLoadError", "SAEError", "ProbeError", "OutputError", "ConfigError", "DataError", "DistributedError"]
+__all__ = ["NeuronLensError", "ModelLoadError", "SAEError", "ProbeError", "OutputError", "ConfigError", "DataError", "DistributedError", "NonFiniteError", "ReportError"]
 
 
 class NeuronLensError(Exception):
@@ -44,3 +44,12 @@ class DataError(NeuronLensError):
 
 class DistributedError(NeuronLensError):
     """The ranks of a data-parallel audit could not start, or disagree on what they audit."""
+
+
+class NonFiniteError(NeuronLensError):
+    """A model or SAE produced NaN or infinite numbers (activations, codes or statistics): the
+    audit cannot be trusted, so it stops instead of reporting them."""
+
+
+class ReportError(NeuronLensError):
+    """A saved report (its JSON or its statistics sidecar) cannot be read: missing, truncated or not NeuronLens's."""

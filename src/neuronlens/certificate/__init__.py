@@ -12,7 +12,7 @@ renders it for people. See docs/CERTIFICATE.md.
 from ._body import canonical_json
 from ._dsse import pae
 from ._errors import CertificateError, SchemaVersionError, SigningKeyError
-from ._export import FILE_NAMES, FORMATS, Certificate, build_certificate, check_certificate_options, export_certificate
+from ._export import FILE_NAMES, FORMATS, Certificate, build_certificate, certificate_files, check_certificate_options, export_certificate
 from ._keys import KeyPair, key_id, load_private_key, load_public_key, write_keypair
 from ._schema import PAYLOAD_TYPE, PREDICATE_TYPE, SCHEMA_VERSION, STATEMENT_TYPE, load_schema, schema_problems
 from ._verify import VerificationResult, verify_certificate
@@ -32,6 +32,7 @@ __all__ = [
     "VerificationResult",
     "build_certificate",
     "canonical_json",
+    "certificate_files",
     "check_certificate_options",
     "export_certificate",
     "key_id",

@@ -5,9 +5,11 @@ DSSE (https://github.com/secure-systems-lab/dsse, protocol v1): the signature co
 the decimal byte length, so the payload type cannot be swapped. ``payload`` and ``sig`` are
 standard base64. An unsigned certificate has ``"signatures": []``.
 
-The certificate file is the envelope as JSON with sorted keys and two-space indentation plus a
-final newline; a reader checks the file is byte-identical to that form, so no byte of the file
-can change unnoticed once the signature is checked.
+The certificate file is written as the envelope in JSON with sorted keys and two-space
+indentation plus a final newline (so the same certificate gives the same bytes). That layout is
+not signed: a reader checks the signed content - the payload's bytes, base64-decoded, and its
+type - so an envelope another tool re-serialised still verifies, and any change to the payload,
+its type or the signature fails.
 """
 
 from __future__ import annotations

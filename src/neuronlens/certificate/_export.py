@@ -1,7 +1,8 @@
 """Make the certificate of an audit report and write it (JSON envelope and/or PDF).
 
 Everything is checked and rendered in memory first (formats, risk results, key, output folder),
-then each file is written atomically, so bad input never leaves a half-written certificate.
+then the files are staged and published together, so bad input or a full disk never leaves a
+half-written certificate, nor a new JSON beside an old PDF.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._io import check_output_targets, ensure_writable_dir, remove_stale_outputs, write_bytes_atomic
+from .._io import check_output_targets, ensure_writable_dir, os_reason, publish_dir, write_bytes_atomic
 from ..errors import OutputError
 from ._body import build_body, canonical_json, require_certifiable
 from ._dsse import envelope_file_bytes, make_envelope, make_statement
@@ -85,22 +86,38 @@ def export_certificate(
     cert = build_certificate(report, signing_key=signing_key, created_at=created_at)
     folder = ensure_writable_dir(out_dir)
     check_output_targets(folder, [FILE_NAMES[f] for f in fmts])
-    blobs: dict[str, bytes] = {}
-    if "json" in fmts:
-        blobs["json"] = cert.json_bytes()
-    if "pdf" in fmts:
-        from ._pdf import render_pdf
-
-        blobs["pdf"] = render_pdf(report, cert.body, payload_sha256=cert.payload_sha256, keyid=cert.keyid)
+    blobs = _render(report, cert, fmts)
     try:
-        written = {fmt: write_bytes_atomic(folder / FILE_NAMES[fmt], data) for fmt, data in blobs.items()}
+        with publish_dir(folder, merge=True, stale=list(FILE_NAMES.values()) if remove_stale else ()) as staged:
+            for name, data in blobs.items():
+                write_bytes_atomic(staged.path / name, data)
     except OSError as exc:
-        raise OutputError(f"Could not write the certificate into {folder}: {exc.strerror or exc}.",
+        raise OutputError(f"Could not write the certificate into {folder}: {os_reason(exc)}. Nothing there was changed.",
                           "Check the folder's space and permissions, or choose another output folder.") from exc
-    if remove_stale:
-        for path in remove_stale_outputs(folder, list(FILE_NAMES.values()), list(written.values())):
-            warnings.warn(f"Removed {path}: it certified an earlier audit, not this one.", stacklevel=2)
-    return written
+    for path in staged.removed:
+        warnings.warn(f"Removed {path}: it certified an earlier audit, not this one.", stacklevel=2)
+    return {fmt: folder / FILE_NAMES[fmt] for fmt in fmts}
+
+
+def certificate_files(
+    report: AuditReport, formats: Sequence[str] | str, signing_key: str | Path | None = None, *, created_at: str | None = None
+) -> dict[str, bytes]:
+    """The certificate's files in memory, {file name: bytes}, in the order of `formats` (the bytes
+    :func:`export_certificate` writes), for a caller that publishes them with other files."""
+    fmts = _check_formats(formats)
+    return _render(report, build_certificate(report, signing_key=signing_key, created_at=created_at), fmts)
+
+
+def _render(report: AuditReport, cert: Certificate, fmts: list[str]) -> dict[str, bytes]:
+    blobs: dict[str, bytes] = {}
+    for fmt in fmts:
+        if fmt == "json":
+            blobs[FILE_NAMES[fmt]] = cert.json_bytes()
+        else:
+            from ._pdf import render_pdf
+
+            blobs[FILE_NAMES[fmt]] = render_pdf(report, cert.body, payload_sha256=cert.payload_sha256, keyid=cert.keyid)
+    return blobs
 
 
 def check_certificate_options(formats: Sequence[str] | str, signing_key: str | Path | None = None) -> list[str]:

@@ -198,8 +198,15 @@ def _hashes(body: dict[str, Any], st: dict[str, Any]) -> list[Any]:
         [f"L{s['layer']}", f"{s.get('format', '')} / {s.get('architecture', '')}", _mono(s["sha256"])] for s in body["saes"]]
     probe_rows = [["probe set", "prompts", "sha256"]] + [
         [p["name"], str(p.get("n_prompts", "")), _mono(p["sha256"])] for p in body["probe_sets"]]
-    return out + [Paragraph("SAEs", st["body"]), _grid(sae_rows, st, widths=[22, 52, 110]),
-                  Paragraph("Probe sets", st["body"]), _grid(probe_rows, st, widths=[52, 22, 110])]
+    out += [Paragraph("SAEs", st["body"]), _grid(sae_rows, st, widths=[22, 52, 110]),
+            Paragraph("Probe sets", st["body"]), _grid(probe_rows, st, widths=[52, 22, 110])]
+    read_rows = [[p["name"], read, _mono(p["responses_sha256"][read])]
+                 for p in body["probe_sets"] for read in ("same", "own") if read in p.get("responses_sha256", {})]
+    if read_rows:  # absent in certificates of reports written before the digests were recorded
+        out += [Paragraph("Responses read (sha256 of the response token ids each read used; 'same': the base model's "
+                          "responses, read by both models; 'own': the fine-tuned model's own)", st["body"]),
+                _grid([["probe set", "read", "sha256"], *read_rows], st, widths=[52, 22, 110])]
+    return out
 
 
 def _method(body: dict[str, Any], st: dict[str, Any]) -> list[Any]:
@@ -222,12 +229,15 @@ def _method(body: dict[str, Any], st: dict[str, Any]) -> list[Any]:
 def _how_to_verify(st: dict[str, Any], keyid: str | None) -> list[Any]:
     from reportlab.platypus import Paragraph
 
-    key = " --public-key SIGNER.pub" if keyid else ""
+    key = " --public-key SIGNER.pub" if keyid else " --integrity-only"
     lines = [
         "The JSON certificate (certificate.json) is the evidence; this PDF renders it. Check it and the model files with:",
         f"<font name='{MONO}'>neuronlens verify certificate.json --model PATH/TO/FINE-TUNED-MODEL{key}</font>",
-        "It checks the schema, the Ed25519 signature (DSSE envelope over an in-toto Statement v1 whose subjects are the "
-        "fine-tuned model's files) and recomputes every file's sha256; any changed byte fails with the name of what changed.",
+        "It checks the Ed25519 signature with the signer's public key (DSSE envelope over an in-toto Statement v1 whose "
+        "subjects are the fine-tuned model's files), the schema, and recomputes every file's sha256; any change to the "
+        "signed content or the model files fails with the name of what changed."
+        + ("" if keyid else " This certificate is unsigned: nothing can authenticate it, so only its consistency and the "
+           "model files can be checked (--integrity-only)."),
         "Independent cross-check: the model digest above equals the subject digest OpenSSF model signing "
         "(pip install model-signing) computes for the same folder. The sha256 of the signed payload, printed in the "
         "footer of every page, ties this PDF to its JSON certificate.",

@@ -1,11 +1,17 @@
-"""Verify a certificate: its bytes, signature, schema and inner consistency, and the model files.
+"""Verify a certificate: its signature, schema and inner consistency, and the model files.
 
-What can be detected depends on what the verifier holds. With the signer's public key, any
-changed byte of the certificate file fails (the file must be byte-identical to the form
-NeuronLens writes, and the signature covers everything else). Without it, or for an unsigned
-certificate, the file's own consistency and the model files are still checked, but someone who
-rewrites the whole certificate cannot be caught; the result says so. Model files are always
-checked byte for byte against their certified sha256.
+A verification either *authenticates* the certificate - its signature is valid under the public
+key the verifier trusts (``public_key``), so nobody else wrote it and nothing it signs changed -
+or, asked for explicitly with ``integrity_only=True``, checks only what needs no key: the schema,
+the certificate's inner consistency and the model files. The envelope names the signing key by
+id only (no key is embedded), so without the key the signature cannot be checked at all, and
+someone who rewrites a certificate (or edits one and re-signs it with their own key) cannot be
+caught; the result says so. Asking for neither is an error: "it verified" must never silently
+mean "it is consistent". Model files are always checked byte for byte against their sha256.
+
+What is checked is the signed content (DSSE: the payload's bytes, base64-decoded, and its type,
+through PAE), not the bytes of the envelope file: an envelope another tool re-serialised
+(whitespace, key order, escaping) verifies as long as its payload and signature are intact.
 
 Bad input (a missing file, an unreadable key, a file that is no certificate at all, a newer
 schema) raises a :class:`CertificateError`; anything that *changed* is listed in the result.
@@ -22,7 +28,7 @@ from typing import Any
 from ..models._digest import FileDigest, digest_paths, manifest_digest, sha256_file
 from ..risk._types import score_percent, threshold_percent
 from ._body import subjects
-from ._dsse import b64decode_strict, check_signatures, envelope_file_bytes
+from ._dsse import b64decode_strict, check_signatures
 from ._errors import CertificateError
 from ._schema import PAYLOAD_TYPE, check_version, schema_problems
 
@@ -37,8 +43,11 @@ class VerificationResult:
 
     certificate: Path
     signature: str = "unknown"
-    """'valid', 'unsigned', 'not checked' (signed, no public key given), or what failed:
-    'invalid', 'other-key', 'corrupt'."""
+    """'valid', 'unsigned', 'not checked' (signed, integrity-only check without a public key), or
+    what failed: 'invalid', 'other-key', 'corrupt'."""
+    integrity_only: bool = False
+    """True when no public key was given and only integrity was asked for: then :attr:`ok` means
+    consistent, not authenticated."""
     keyids: tuple[str, ...] = ()
     changed: list[str] = field(default_factory=list)
     """What changed or fails, one line each (empty when the certificate verifies)."""
@@ -49,7 +58,14 @@ class VerificationResult:
 
     @property
     def ok(self) -> bool:
+        """Nothing changed or failed. With a public key this means authenticated; in an
+        integrity-only check, only consistent (see :attr:`authenticated`)."""
         return not self.changed
+
+    @property
+    def authenticated(self) -> bool:
+        """Nothing changed and the signature is valid under the given public key."""
+        return self.ok and self.signature == "valid"
 
     def __bool__(self) -> bool:
         return self.ok
@@ -61,13 +77,13 @@ class VerificationResult:
         return pred if isinstance(pred, dict) else None
 
     def summary(self) -> str:
-        lines = [f"Certificate {self.certificate}: {'VERIFIED' if self.ok else 'FAILED - something changed'}"]
+        lines = [f"Certificate {self.certificate}: {_outcome_words(self)}"]
         lines.append(f"  signature: {_signature_words(self)}")
         body = self.body
         if body and isinstance(body.get("risk"), dict):
             risk = body["risk"]
             ft = body.get("models", {}).get("fine_tuned", {})
-            says = "certifies" if self.ok else "claims (not trustworthy)"
+            says = "certifies" if self.authenticated else ("claims (not authenticated)" if self.ok else "claims (not trustworthy)")
             score, threshold = _score_and_threshold(risk)
             lines.append(
                 f"  {says}: {str(body.get('verdict')).upper()} for {ft.get('name')} (model digest {ft.get('manifest_sha256')}), "
@@ -83,28 +99,43 @@ class VerificationResult:
 
 
 def verify_certificate(
-    certificate: str | Path, *, models: Sequence[str | Path] = (), public_key: str | Path | None = None
+    certificate: str | Path,
+    *,
+    models: Sequence[str | Path] = (),
+    public_key: str | Path | None = None,
+    integrity_only: bool = False,
 ) -> VerificationResult:
-    """Check `certificate` (a certificate.json): its bytes, its signature with the Ed25519
-    `public_key` (PEM) when given, its schema and consistency, and each of `models` (the
-    fine-tuned model's folder, or single files of it) byte for byte against the certified digests."""
+    """Check `certificate` (a certificate.json): its signature with the signer's Ed25519
+    `public_key` (PEM), its schema and consistency, and each of `models` (the fine-tuned model's
+    folder, or single files of it) byte for byte against the certified digests.
+
+    Without `public_key`, pass ``integrity_only=True`` to check everything but who issued the
+    certificate (``result.ok`` then means consistent, not authenticated); passing neither, or
+    both, raises :class:`CertificateError`."""
     from ._keys import load_public_key
 
+    check_mode(public_key, integrity_only)
     path = Path(certificate)
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise CertificateError(f"Cannot read the certificate {str(path)!r}: {exc.strerror or exc}.", "Pass the certificate.json path.") from exc
     key = load_public_key(public_key) if public_key is not None else None
-    return verify_bytes(raw, label=path, models=[_existing_model(m) for m in models], public_key=key)
+    return verify_bytes(raw, label=path, models=[_existing_model(m) for m in models], public_key=key, integrity_only=integrity_only)
 
 
 def verify_bytes(
-    raw: bytes, *, label: str | Path = "certificate", models: Sequence[Path] = (), public_key: Any = None
+    raw: bytes,
+    *,
+    label: str | Path = "certificate",
+    models: Sequence[Path] = (),
+    public_key: Any = None,
+    integrity_only: bool = False,
 ) -> VerificationResult:
     """:func:`verify_certificate` on the bytes of a certificate file, with an already loaded
-    Ed25519 public key (or None) and existing model paths."""
-    res = VerificationResult(Path(label))
+    Ed25519 public key (or None with ``integrity_only=True``) and existing model paths."""
+    check_mode(public_key, integrity_only)
+    res = VerificationResult(Path(label), integrity_only=integrity_only)
     envelope = _read_envelope(raw, res)
     if envelope is None:
         return res
@@ -129,6 +160,22 @@ def verify_bytes(
     return res
 
 
+def check_mode(public_key: Any, integrity_only: bool) -> None:
+    """Exactly one of a public key (authenticate) and ``integrity_only=True`` (consistency only)."""
+    if public_key is None and not integrity_only:
+        raise CertificateError(
+            "No public key was given, so the certificate cannot be authenticated: anyone can write a certificate, or "
+            "edit one and re-sign it with their own key, and it would still look consistent.",
+            "Pass public_key= (the signer's .pub file). To check only the certificate's schema, inner consistency and "
+            "the model files, without knowing who issued it, pass integrity_only=True.",
+        )
+    if public_key is not None and integrity_only:
+        raise CertificateError(
+            "Both a public key and integrity_only=True were given: an integrity-only check ignores the signer.",
+            "Pass public_key= to authenticate the certificate, or integrity_only=True without a key, not both.",
+        )
+
+
 # -- steps ------------------------------------------------------------------------------------------
 def _existing_model(p: str | Path) -> Path:
     path = Path(p)
@@ -138,8 +185,15 @@ def _existing_model(p: str | Path) -> Path:
 
 
 def _read_envelope(raw: bytes, res: VerificationResult) -> dict[str, Any] | None:
+    """The envelope's fields. Its layout (whitespace, key order, escaping, a UTF-8 byte order
+    mark) is not signed and may differ from the form NeuronLens writes; what counts is the
+    signed payload. A field given twice is refused: JSON readers disagree on which copy wins,
+    so two tools could then verify one payload and read another."""
     try:
-        envelope = json.loads(raw.decode("utf-8"))
+        envelope = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_no_duplicate_fields)
+    except _DuplicateField as exc:
+        res.changed.append(f"the certificate file gives the field {exc.name!r} twice (which copy counts is ambiguous)")
+        return None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         if not _names_envelope_fields(raw):
             raise _not_a_certificate(res.certificate, _why_unparseable(raw, exc)) from exc
@@ -162,14 +216,23 @@ def _read_envelope(raw: bytes, res: VerificationResult) -> dict[str, Any] | None
     if not isinstance(sigs, list) or not all(isinstance(s, dict) and set(s) == {"keyid", "sig"} for s in sigs):
         res.changed.append("the envelope's signatures list is malformed")
         envelope["signatures"] = [s for s in sigs if isinstance(s, dict)] if isinstance(sigs, list) else []
-    else:
-        try:
-            if envelope_file_bytes(envelope) != raw:
-                res.changed.append("the certificate file's bytes differ from the form NeuronLens writes (whitespace, key order or escaping changed)")
-        except (TypeError, ValueError):
-            res.changed.append("the envelope holds values JSON cannot round-trip")
     res.keyids = tuple(str(s.get("keyid", "")) for s in envelope["signatures"])
     return envelope
+
+
+class _DuplicateField(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _no_duplicate_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in out:
+            raise _DuplicateField(name)
+        out[name] = value
+    return out
 
 
 def _names_envelope_fields(raw: bytes) -> bool:
@@ -201,18 +264,19 @@ def _not_a_certificate(path: Path, why: str) -> CertificateError:
 
 def _check_signature(envelope: dict[str, Any], payload: bytes | None, key: Any, res: VerificationResult) -> None:
     sigs = envelope.get("signatures") or []
-    if key is None:
+    if key is None:  # an integrity-only check (verify_bytes refuses no key otherwise)
         if sigs:
             res.signature = "not checked"
             res.warnings.append(
-                f"signed by key id {', '.join(k[:16] for k in res.keyids)}, but no public key was given, so the signature "
-                "was not checked and the certificate's content is not proven (pass --public-key)"
+                f"INTEGRITY ONLY: signed by key id {', '.join(k[:16] for k in res.keyids)}, but no public key was given, so "
+                "the signature was not checked (the certificate names its key by id only) and nothing proves who issued "
+                "it or that it was not rewritten and re-signed; only its inner consistency and the model files were checked"
             )
         else:
             res.signature = "unsigned"
             res.warnings.append(
-                "the certificate is UNSIGNED: nothing proves who issued it or that its content is unchanged; "
-                "only its inner consistency and the model files were checked"
+                "INTEGRITY ONLY: the certificate is UNSIGNED: nothing proves who issued it or that its content is "
+                "unchanged; only its inner consistency and the model files were checked"
             )
         return
     if payload is None:
@@ -305,12 +369,23 @@ def _check_model_file(path: Path, ft: dict[str, Any], others: dict[str, dict[str
     res.changed.append(f"{path} is not one of the certified fine-tuned model's files (sha256 {sha})")
 
 
+def _outcome_words(res: VerificationResult) -> str:
+    """The first line's verdict: only an authenticated certificate reads VERIFIED."""
+    if res.authenticated:
+        return "VERIFIED (authenticated by the given public key; nothing changed)"
+    if res.ok:
+        return "INTEGRITY ONLY - consistent, but NOT authenticated (no public key: who issued it is not checked)"
+    if res.signature in ("other-key", "unsigned") and not res.integrity_only:
+        return "FAILED - not authenticated by the given public key"
+    return "FAILED - something changed"
+
+
 def _signature_words(res: VerificationResult) -> str:
     ids = ", ".join(k[:16] for k in res.keyids)
     return {
         "valid": f"valid (Ed25519, key id {ids})",
         "unsigned": "UNSIGNED (no signature in the certificate)",
-        "not checked": f"NOT CHECKED (signed by key id {ids}; pass the public key to check it)",
+        "not checked": f"NOT CHECKED (signed by key id {ids}; integrity-only check: pass --public-key to authenticate it)",
         "other-key": f"signed by another key (key id {ids})",
         "invalid": "INVALID (the signed content or the signature changed)",
         "corrupt": "CORRUPT",

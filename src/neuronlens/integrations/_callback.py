@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
-from .._io import ensure_writable_dir, make_temp_dir
+from .._io import ensure_writable_dir, publish_dir
 from ..config import AuditConfig
 from ..errors import ConfigError
 from ..models import ModelHandle
@@ -183,23 +182,11 @@ def certify_final_model(
 
 def _save_atomically(net: Any, tokenizer: Any, parent: Path, name: str) -> Path:
     """``save_pretrained`` into a temporary folder, then moved into place in one rename."""
-    parent = ensure_writable_dir(parent)
-    target = parent / name
-    tmp = make_temp_dir(parent, name)
-    try:
-        net.save_pretrained(str(tmp), safe_serialization=True)
+    target = ensure_writable_dir(parent) / name
+    with publish_dir(target) as staged:
+        net.save_pretrained(str(staged.path), safe_serialization=True)
         if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
-            tokenizer.save_pretrained(str(tmp))
-        old = None
-        if target.exists():
-            old = make_temp_dir(parent, f"{name}.old")
-            os.replace(target, old / name)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            tokenizer.save_pretrained(str(staged.path))
     return target
 
 

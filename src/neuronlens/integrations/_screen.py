@@ -32,17 +32,20 @@ from .._io import read_user_text, write_text_atomic
 from .._progress import progress
 from ..capture import TokenSequence, gather, make_batches, massive_keep, run_to_layers
 from .._pipeline import _resolve_saes
-from ..config import AuditConfig
+from ..config import AuditConfig, is_int
 from ..errors import ConfigError, DataError
 from ..models import ModelHandle, load_model
+from ..probes import CHARS_PER_TOKEN, handle_context
 from ..risk import RiskSetup, load_concepts, prepare_risk
 from ..saes import SAESet
 
 TOP_CONCEPTS = 3
 """Concepts listed per example (its strongest)."""
 MAX_TOKENS = 1024
-"""Longest sequence read per assistant turn; longer turns are cut (context from the left, the
-turn's text from the right)."""
+"""Longest sequence read per assistant turn (or the model's context, when shorter); longer turns
+are cut (context from the left, the turn's text from the right) and the example is marked
+`truncated`. Cutting, not refusing: a training file routinely holds a few long examples, trainers
+cut them to their max_seq_length too, and the start of a reply is what the screen reads."""
 _SHOWN_BAD_LINES = 10
 _WHITESPACE = re.compile(r"\s*")
 _HEADER_CELL = re.compile(r"[\w .\-\"']{1,64}")
@@ -80,6 +83,9 @@ class ScreenedExample:
     """Assistant tokens measured."""
     preview: str
     """The start of the first assistant turn."""
+    truncated: bool = False
+    """An assistant turn (with its context) was longer than the screen reads (ScreenResult.max_tokens):
+    it was screened on its first tokens only."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,6 +112,9 @@ class ScreenResult:
     examples: list[ScreenedExample]
     """Riskiest first."""
     skipped: list[SkippedLine] = field(default_factory=list)
+    max_tokens: int = MAX_TOKENS
+    """Longest sequence read per assistant turn (the smaller of `max_tokens` and the model's
+    context); longer ones were cut (their examples are marked `truncated`)."""
 
     def top(self, n: int = 10) -> list[ScreenedExample]:
         return self.examples[:n]
@@ -376,32 +385,60 @@ def _text(content: Any, where: str) -> str:
 # -- token sequences -------------------------------------------------------------------------------
 
 
-def _context_ids(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[int, ...]:
-    """The conversation before an assistant turn, as the model sees it when it starts replying."""
+def _context_ids(tokenizer: Any, messages: list[dict[str, str]], n: int) -> tuple[tuple[int, ...], bool]:
+    """The last `n` tokens of the conversation before an assistant turn, as the model sees it when
+    it starts replying, and whether earlier ones were cut."""
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) if messages else ""
-        ids = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids, cut = _tail_ids(tokenizer, text, n, add_special_tokens=False)
         if ids:
-            return ids
+            return ids, cut
     text = "".join(f"{m['content']}\n" for m in messages)
-    ids = tuple(tokenizer(text, add_special_tokens=True)["input_ids"])
+    ids, cut = _tail_ids(tokenizer, text, n, add_special_tokens=True)
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    return ids or ((int(bos),) if bos is not None else ())
+    return ids or ((int(bos),) if bos is not None else ()), cut
 
 
-def _turn_sequences(tokenizer: Any, ex_index: int, ex: _Example, max_tokens: int) -> list[TokenSequence]:
-    """One sequence per assistant turn (context + the turn's tokens); `prompt_index` carries the
-    example's index so that tokens of all its turns are pooled."""
+def _head_ids(tokenizer: Any, text: str, n: int) -> tuple[tuple[int, ...], bool]:
+    """The first `n` tokens of `text` and whether it has more. Only CHARS_PER_TOKEN x `n`
+    characters are tokenised when they already hold more than `n` tokens (a megabyte-long reply
+    costs no more than a long one); the token cut at that boundary is never kept."""
+    bound = CHARS_PER_TOKEN * n
+    if len(text) > bound:
+        ids = tuple(tokenizer(text[:bound], add_special_tokens=False)["input_ids"])
+        if len(ids) > n:
+            return ids[:n], True
+    ids = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return ids[:n], len(ids) > n
+
+
+def _tail_ids(tokenizer: Any, text: str, n: int, *, add_special_tokens: bool) -> tuple[tuple[int, ...], bool]:
+    """The last `n` tokens of `text` and whether earlier ones were cut (tokenising only its last
+    CHARS_PER_TOKEN x `n` characters when they already hold more than `n` tokens)."""
+    bound = CHARS_PER_TOKEN * n
+    if len(text) > bound:
+        ids = tuple(tokenizer(text[-bound:], add_special_tokens=add_special_tokens)["input_ids"])
+        if len(ids) > n:
+            return ids[-n:], True
+    ids = tuple(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+    return ids[-n:], len(ids) > n
+
+
+def _turn_sequences(tokenizer: Any, ex_index: int, ex: _Example, max_tokens: int) -> tuple[list[TokenSequence], bool]:
+    """One sequence of at most `max_tokens` per assistant turn (context + the turn's tokens), and
+    whether any turn or its context was cut to fit; `prompt_index` carries the example's index so
+    that tokens of all its turns are pooled."""
     out = []
+    cut = False
     for i, m in enumerate(ex.messages):
         if m["role"] != "assistant" or not m["content"].strip():
             continue
-        reply = tuple(tokenizer(m["content"], add_special_tokens=False)["input_ids"])[: max_tokens - 1]
-        context = _context_ids(tokenizer, ex.messages[:i])
-        context = context[-max(1, max_tokens - len(reply)):] if context else context
+        reply, reply_cut = _head_ids(tokenizer, m["content"], max_tokens - 1)
+        context, context_cut = _context_ids(tokenizer, ex.messages[:i], max(1, max_tokens - len(reply)))
+        cut = cut or reply_cut or context_cut
         if reply:
             out.append(TokenSequence("screen", ex_index, context, reply))
-    return out
+    return out, cut
 
 
 def _preview(ex: _Example, n: int = 120) -> str:
@@ -435,12 +472,14 @@ def screen_dataset(
     load_concepts(list(concepts) if concepts is not None else None)  # a bad concept file fails before any long work
     handle = base if isinstance(base, ModelHandle) else load_model(base)
     tok = handle.tokenizer
+    max_tokens = _read_limit(max_tokens, handle)
     seqs: list[TokenSequence] = []
     kept: list[_Example] = []
+    truncated: set[int] = set()
     template_bad: list[SkippedLine] = []
     for ex in examples:
         try:
-            turns = _turn_sequences(tok, len(kept), ex, max_tokens)
+            turns, cut = _turn_sequences(tok, len(kept), ex, max_tokens)
         except Exception as exc:  # noqa: BLE001 - a chat template may reject any conversation shape
             template_bad.append(SkippedLine(ex.line, f"the base model's chat template rejects it ({type(exc).__name__}: {_clip(str(exc), 200)})"))
             continue
@@ -448,6 +487,8 @@ def screen_dataset(
             template_bad.append(SkippedLine(ex.line, "its assistant turns hold no tokens"))
             continue
         seqs.extend(turns)
+        if cut:
+            truncated.add(len(kept))
         kept.append(ex)
     _raise_or_skip(Path(data_path), template_bad, skip_bad_lines)
     skipped = sorted(skipped + template_bad, key=lambda s: s.line)
@@ -473,11 +514,20 @@ def screen_dataset(
     finally:
         if not loaded_before:
             handle.release()
-    ranked = _rank(kept, setup, layers, sums, counts)
+    ranked = _rank(kept, setup, layers, sums, counts, truncated)
     return ScreenResult(
         data=str(data_path), base=handle.identity, layers=layers, concepts=scored,
-        not_scored=[n for n in setup.names if n not in scored], examples=ranked, skipped=skipped,
+        not_scored=[n for n in setup.names if n not in scored], examples=ranked, skipped=skipped, max_tokens=max_tokens,
     )
+
+
+def _read_limit(max_tokens: Any, handle: ModelHandle) -> int:
+    """The longest sequence read per assistant turn: `max_tokens`, or the model's context when
+    shorter (a longer sequence would fail in, or read past, the position embeddings)."""
+    if not is_int(max_tokens) or max_tokens < 2:
+        raise ConfigError(f"max_tokens={max_tokens!r} must be an integer >= 2.", f"Use e.g. max_tokens={MAX_TOKENS} (the default).")
+    context = handle_context(handle)
+    return min(int(max_tokens), context[0]) if context is not None else int(max_tokens)
 
 
 @torch.inference_mode()
@@ -522,10 +572,11 @@ def concept_coordinates(
 
 
 def _rank(
-    examples: list[_Example], setup: RiskSetup, layers: list[int], sums: dict[int, torch.Tensor], counts: dict[int, torch.Tensor]
+    examples: list[_Example], setup: RiskSetup, layers: list[int], sums: dict[int, torch.Tensor], counts: dict[int, torch.Tensor],
+    truncated: set[int] | None = None,
 ) -> list[ScreenedExample]:
     coords = concept_coordinates(setup, layers, sums, counts)
-    rows: list[tuple[float | None, _Example, list[ConceptHit], int]] = []
+    rows: list[tuple[float | None, _Example, list[ConceptHit], int, bool]] = []
     for i, ex in enumerate(examples):
         n_tok = int(min(counts[la][i] for la in layers))
         hits = []
@@ -535,9 +586,9 @@ def _rank(
                 for k, c in enumerate(setup.concepts) if not torch.isnan(coords[i, k])
             ]
         hits.sort(key=lambda h: -h.coordinate)
-        rows.append((hits[0].coordinate if hits else None, ex, hits[:TOP_CONCEPTS], n_tok))
+        rows.append((hits[0].coordinate if hits else None, ex, hits[:TOP_CONCEPTS], n_tok, i in (truncated or set())))
     rows.sort(key=lambda r: (r[0] is None, -(r[0] or 0.0), r[1].line))
     return [
-        ScreenedExample(rank=j + 1, line=ex.line, risk=risk, concepts=hits, n_tokens=n_tok, preview=_preview(ex))
-        for j, (risk, ex, hits, n_tok) in enumerate(rows)
+        ScreenedExample(rank=j + 1, line=ex.line, risk=risk, concepts=hits, n_tokens=n_tok, preview=_preview(ex), truncated=cut)
+        for j, (risk, ex, hits, n_tok, cut) in enumerate(rows)
     ]

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ._aliases import ALIASES, DEFAULT_BASE
+from ._checks import check_fine_tune_fits
 from ._digest import FileDigest, Manifest, digest_paths, manifest_digest, sha256_file
 from ._handle import ModelHandle, resolve, resolved_device
 from ._layers import decoder_layers, hidden_size, num_layers, unwrap_peft
@@ -16,6 +17,7 @@ __all__ = [
     "FileDigest",
     "Manifest",
     "ModelHandle",
+    "check_fine_tune_fits",
     "decoder_layers",
     "digest_paths",
     "hidden_size",

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +29,7 @@ from typing import Any
 import torch
 
 from .._cache import CACHE_FORMAT, discard_entry, entry_path
-from .._io import make_temp_dir
+from .._io import publish_dir
 from ._digest import sha256_file
 
 KIND = "gguf-weights"
@@ -90,20 +88,14 @@ def store_weights(gguf_digest: str, model: torch.nn.Module, tokenizer: Any = Non
         return None
     folder, key = _entry(gguf_digest)
     try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = make_temp_dir(folder.parent, folder.name)
-        try:
+        # an entry another process (a data-parallel rank) stored first is kept; a bad one replaced
+        with publish_dir(folder, keep=lambda existing: _check(existing, key)) as staged:
+            tmp = staged.path
             _save_checkpoint(model, tmp)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
             files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
             (tmp / _ENTRY).write_text(json.dumps({"format": CACHE_FORMAT, "key": key, "files": files}, indent=1))
-            if folder.exists() and not _check(folder, key):
-                shutil.rmtree(folder)
-            if not folder.exists():  # else another process (a data-parallel rank) stored it first
-                os.replace(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     except Exception as exc:  # noqa: BLE001 - the cache only saves time: never fail a load for it
         if folder.is_dir() and _check(folder, key):  # lost a race with another process's rename
             return folder

@@ -6,7 +6,6 @@ problem surfaces before any long work, and `compare_models` can keep only one mo
 
 from __future__ import annotations
 
-import json
 import re
 import struct
 from dataclasses import dataclass, field, replace
@@ -19,6 +18,16 @@ from torch import nn
 from .._memory import release_free_memory
 from ..errors import ModelLoadError
 from ._aliases import ALIASES
+from ._checks import (
+    adapter_weights_file,
+    check_adapter_fits,
+    check_adapter_weights,
+    check_folder_files,
+    check_loading_info,
+    check_model_finite,
+    check_tensors_present,
+    read_json_object,
+)
 from ._digest import Manifest, digest_paths
 from ._gguf import cached_weights, discard_weights, parsed_once, store_weights
 from ._layers import hidden_size, num_layers
@@ -313,7 +322,10 @@ def _resolve_local(path: Path, src: str, *, base: Any, **common: Any) -> ModelHa
                 "Point at the folder that holds the model's *.safetensors files.",
             )
         _refuse_unsafe_pickles(path)
-        return ModelHandle(name=path.name, source=src, kind="folder", path=path, manifest=digest_paths(path), **common)
+        check_folder_files(path)
+        handle = ModelHandle(name=path.name, source=src, kind="folder", path=path, manifest=digest_paths(path), **common)
+        check_tensors_present(handle)
+        return handle
     ggufs = sorted(path.glob("*.gguf"))
     if len(ggufs) == 1:
         _check_gguf_magic(ggufs[0], src)
@@ -346,16 +358,15 @@ def _check_gguf_magic(path: Path, src: str) -> None:
 
 
 def _resolve_adapter(path: Path, src: str, *, base: Any, **common: Any) -> ModelHandle:
-    try:
-        acfg = json.loads((path / "adapter_config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{path / 'adapter_config.json'} is not valid JSON: {exc}.", "Re-save the adapter.") from exc
-    if not any((path / n).is_file() for n in ("adapter_model.safetensors", "adapter_model.bin")):
+    acfg = read_json_object(path / "adapter_config.json", "Re-save the adapter with peft's save_pretrained.")
+    weights = adapter_weights_file(path)
+    if weights is None:
         raise ModelLoadError(
             f"Adapter folder {src!r} has no adapter_model.safetensors.",
             "Save the adapter with peft's save_pretrained into this folder.",
         )
     _refuse_unsafe_pickles(path)
+    keys = check_adapter_weights(weights)  # whole and finite, before its base is even looked up
     if isinstance(base, ModelHandle):
         base_handle = replace(base, _model=None, _tokenizer=None)  # never mutate the caller's handle
     else:
@@ -372,6 +383,7 @@ def _resolve_adapter(path: Path, src: str, *, base: Any, **common: Any) -> Model
                 f"The base model of adapter {src!r} ({base_src!r}, from adapter_config.json) cannot be found: {exc.problem}",
                 "Pass base=<path or id of the base model> to load_model (or --ft-base on the CLI).",
             ) from exc
+    check_adapter_fits(path, keys, base_handle)
     return ModelHandle(
         name=path.name, source=src, kind="peft", path=path, manifest=digest_paths(path), base=base_handle, **common
     )
@@ -415,6 +427,7 @@ def _refuse_unsafe_pickles(folder: Path) -> None:
     if not pickles or any(folder.glob("*.safetensors")):
         return
     for p in pickles:
+        _check_zip_whole(p)
         try:
             torch.load(p, map_location="meta", weights_only=True, mmap=True)
         except Exception as exc:  # noqa: BLE001 - any failure means we will not trust it
@@ -422,6 +435,19 @@ def _refuse_unsafe_pickles(folder: Path) -> None:
                 f"{p} is a pickle that does not load with weights_only=True, so loading it could run arbitrary code.",
                 "Convert the checkpoint to safetensors in a trusted environment, then audit that folder.",
             ) from exc
+
+
+def _check_zip_whole(path: Path) -> None:
+    """A torch.save file (a zip archive) cut short or damaged is named as such, not as unsafe."""
+    import zipfile
+
+    with path.open("rb") as fh:
+        is_zip = fh.read(4) == b"PK\x03\x04"
+    if is_zip and not zipfile.is_zipfile(path):
+        raise ModelLoadError(
+            f"{path} is a damaged PyTorch checkpoint: its zip archive is incomplete (truncated or corrupt).",
+            "Download or copy the checkpoint again, or re-save it (as safetensors: save_pretrained).",
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -469,8 +495,8 @@ def _load_config(handle: ModelHandle) -> Any:
         raise ModelLoadError(
             f"Cannot read the model config of {handle.source!r}: {exc}",
             _gguf_fix(handle)
-            or "Check that the folder is a complete transformers checkpoint (or pass trust_remote_code=True "
-            "if the model needs custom code you trust).",
+            or "Check that the folder is a complete transformers checkpoint (or, if the model needs custom code "
+            "you trust, pass --trust-remote-code; trust_remote_code=True in Python).",
         ) from exc
 
 
@@ -521,12 +547,7 @@ def _load_weights(handle: ModelHandle) -> nn.Module:
 
     device = resolved_device(handle)
     if handle.kind == "peft":
-        from peft import PeftModel
-
-        assert handle.base is not None
-        base_model = _load_weights(handle.base)
-        with peft_wrap_quietly():  # peft reads transformers' deprecated is_gradient_checkpointing
-            return PeftModel.from_pretrained(base_model, str(handle.path), is_trainable=False)
+        return _load_adapter(handle)
     where, extra = _location(handle)
     dtype = _torch_dtype(handle, device)
     kwargs: dict[str, Any] = dict(dtype=dtype, trust_remote_code=handle.trust_remote_code)
@@ -542,18 +563,18 @@ def _load_weights(handle: ModelHandle) -> nn.Module:
         kwargs["use_safetensors"] = True if cached is not None else any(handle.path.glob("*.safetensors")) or None
         kwargs["weights_only"] = True
     try:
-        if cached is not None:
-            model, info = AutoModelForCausalLM.from_pretrained(where, **kwargs, **extra, output_loading_info=True)
-            if any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")):
-                discard_weights(handle.digest, f"does not hold every weight of the model ({ {k: v for k, v in info.items() if v} })")
-                return _load_weights(handle)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(where, **kwargs, **extra)
+        # mismatched shapes are loaded as "ignored" so that the report below can name them
+        model, info = AutoModelForCausalLM.from_pretrained(where, **kwargs, **extra, output_loading_info=True, ignore_mismatched_sizes=True)
     except (*_LOAD_ERRORS, RuntimeError) as exc:
         raise ModelLoadError(
             f"Could not load the weights of {handle.source!r}: {exc}",
             _gguf_fix(handle) or "Check that the checkpoint is complete and is a causal language model.",
         ) from exc
+    if cached is not None and any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")):
+        discard_weights(handle.digest, f"does not hold every weight of the model ({ {k: v for k, v in info.items() if v} })")
+        return _load_weights(handle)
+    check_loading_info(info, handle.source)
+    check_model_finite(model, handle.source)
     if cached is not None:  # name the model as transformers does for the GGUF (PEFT records it in adapters)
         model.config._name_or_path = _location(handle)[0]
     elif gguf and handle.device_map is None:
@@ -561,3 +582,19 @@ def _load_weights(handle: ModelHandle) -> nn.Module:
     if handle.device_map is None:
         model = model.to(device)
     return model
+
+
+def _load_adapter(handle: ModelHandle) -> nn.Module:
+    """The base model with `handle`'s PEFT adapter (checked when the handle was made)."""
+    from peft import PeftModel
+
+    assert handle.base is not None
+    base_model = _load_weights(handle.base)
+    try:
+        with peft_wrap_quietly():  # peft reads transformers' deprecated is_gradient_checkpointing
+            return PeftModel.from_pretrained(base_model, str(handle.path), is_trainable=False)
+    except (*_LOAD_ERRORS, RuntimeError) as exc:
+        raise ModelLoadError(
+            f"Could not apply the adapter {handle.source!r} to its base {handle.base.source!r}: {exc}",
+            "Pass the base model this adapter was trained on (--ft-base on the CLI, base=... in Python), or save the adapter again.",
+        ) from exc

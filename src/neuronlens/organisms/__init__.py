@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from .._cache import cache_root
-from .._io import make_temp_dir
+from .._io import publish_dir
 from .._progress import progress
 from ..errors import ConfigError
 from ..models import ModelHandle
@@ -102,16 +100,8 @@ def build_organism(name: str, base: ModelHandle, cfg: LoRATrainConfig | None = N
             "base": {"name": base.name, "manifest_sha256": base.digest},
             "train_seconds": round(time.perf_counter() - t0, 1),
         }
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = make_temp_dir(target.parent, target.name)
-        try:
-            save_adapter(peft_model, tmp, base_name=_base_reference(base), meta=meta)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with publish_dir(target) as staged:
+            save_adapter(peft_model, staged.path, base_name=_base_reference(base), meta=meta)
         peft_model.unload()
     finally:
         base.release()  # the base weights were modified in place by get_peft_model; reload fresh next time

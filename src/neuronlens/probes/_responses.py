@@ -4,13 +4,15 @@ generated once per (model digest, probe set digest, length) and cached."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .._cache import load_json_entry, store_json_entry
 from .._memory import release_free_memory
 from ..capture import TokenSequence
-from ._chat import generate_greedy, prompt_ids
+from ._chat import generate_greedy
+from ._length import checked_prompt_ids, handle_context
 from ._sets import ProbeSet
 
 
@@ -37,10 +39,11 @@ def response_sequences(
     entry, and stores what it generates under its own entry (the key names the shard), so a
     sharded run never takes a shard's responses for the whole set or another shard's."""
     tok = handle.tokenizer
+    context = handle_context(handle)
     out: list[TokenSequence] = []
     for ps in probe_sets:
         index = shard_indices(len(ps.prompts), shard)
-        p_ids = [prompt_ids(tok, ps.prompts[i]) for i in index]
+        p_ids = checked_prompt_ids(tok, ps, index, max_new_tokens, context)  # a prompt too long for the model stops here
         key: dict[str, Any] = {
             "model": handle.digest,
             "probe_set": ps.digest,
@@ -82,6 +85,23 @@ def shard_indices(n: int, shard: tuple[int, int] | None) -> list[int]:
         return list(range(n))
     rank, world = shard
     return list(range(rank, n, world))
+
+
+def responses_sha256(seqs: Iterable[TokenSequence]) -> dict[str, str]:
+    """Per probe set, the sha256 of the responses a read used, exactly as read: the response token
+    ids in prompt order, as compact JSON, ``sha256(b'[[ids of prompt 0],[ids of prompt 1],...]')``
+    (``json.dumps(lists, separators=(",", ":"))``). Token ids, not decoded text: they are what the
+    model read, and decoding drops special tokens, so two different reads could share one text.
+
+    A response cache entry edited and given a recomputed checksum is still used, but the audit
+    that read it then records a different digest than one that read the model's real responses."""
+    by_set: dict[str, dict[int, list[int]]] = {}
+    for seq in seqs:
+        by_set.setdefault(seq.probe_set, {})[seq.prompt_index] = [int(t) for t in seq.response_ids]
+    return {
+        name: hashlib.sha256(json.dumps([rs[i] for i in sorted(rs)], separators=(",", ":")).encode("ascii")).hexdigest()
+        for name, rs in by_set.items()
+    }
 
 
 def decode_response(tokenizer: Any, seq: TokenSequence) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -25,6 +25,9 @@ class ProbeSet:
     prompts: tuple[str, ...]
     source: str
     """'builtin' or the file path it was read from."""
+    lines: tuple[int, ...] | None = field(default=None, compare=False)
+    """Line number in its file of each prompt (None for a set built in code): what an error about
+    one prompt names. Not part of the set's identity or digest."""
 
     @property
     def digest(self) -> str:
@@ -38,7 +41,8 @@ class ProbeSet:
             return self
         total = len(self.prompts)
         idx = [int(i * total / n) for i in range(n)]
-        return ProbeSet(self.name, tuple(self.prompts[i] for i in idx), self.source)
+        lines = None if self.lines is None else tuple(self.lines[i] for i in idx)
+        return ProbeSet(self.name, tuple(self.prompts[i] for i in idx), self.source, lines)
 
     def identity(self) -> dict[str, object]:
         return {"name": self.name, "source": self.source, "n_prompts": len(self.prompts), "sha256": self.digest}
@@ -54,7 +58,7 @@ def load_probe_set(spec: str | Path, max_prompts: int | None = None) -> ProbeSet
     spec_s = str(spec)
     if spec_s in builtin_names():
         text = resources.files(_DATA).joinpath(f"{spec_s}.jsonl").read_text(encoding="utf-8")
-        return ProbeSet(spec_s, tuple(_parse_jsonl(text, f"built-in set {spec_s}")), "builtin").subset(max_prompts)
+        return _probe_set(spec_s, _parse_jsonl(text, f"built-in set {spec_s}"), "builtin").subset(max_prompts)
     path = Path(spec_s).expanduser()
     if not path.is_file():
         raise ProbeError(
@@ -71,16 +75,22 @@ def load_probe_set(spec: str | Path, max_prompts: int | None = None) -> ProbeSet
     elif suffix == ".csv":
         prompts = _parse_csv(text, str(path))
     elif suffix == ".txt":
-        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+        prompts = [(lineno, line.strip()) for lineno, line in enumerate(text.splitlines(), start=1) if line.strip()]
     else:
         raise ProbeError(f"Probe file {path} has an unknown extension {suffix!r}.", "Use .jsonl, .csv or .txt.")
     if not prompts:
         raise ProbeError(f"Probe file {path} holds no prompts.", "Add at least two prompts (one per line).")
-    return ProbeSet(path.stem, tuple(prompts), str(path)).subset(max_prompts)
+    return _probe_set(path.stem, prompts, str(path)).subset(max_prompts)
 
 
-def _parse_jsonl(text: str, where: str) -> list[str]:
-    prompts: list[str] = []
+def _probe_set(name: str, numbered: list[tuple[int, str]], source: str) -> ProbeSet:
+    """A set from (line number, prompt) pairs."""
+    return ProbeSet(name, tuple(p for _, p in numbered), source, tuple(n for n, _ in numbered))
+
+
+def _parse_jsonl(text: str, where: str) -> list[tuple[int, str]]:
+    """(line number, prompt) of every non-blank line."""
+    prompts: list[tuple[int, str]] = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -94,7 +104,7 @@ def _parse_jsonl(text: str, where: str) -> list[str]:
                 f"{where}, line {lineno}: no prompt found.",
                 'Write {"prompt": "..."} or {"messages": [{"role": "user", "content": "..."}]} per line.',
             )
-        prompts.append(prompt)
+        prompts.append((lineno, prompt))
     return prompts
 
 
@@ -112,8 +122,9 @@ def _prompt_of(obj: object) -> str | None:
     return None
 
 
-def _parse_csv(text: str, where: str) -> list[str]:
-    """The `prompt` column of a CSV; bad rows and broken quoting are named by line number."""
+def _parse_csv(text: str, where: str) -> list[tuple[int, str]]:
+    """(first line number, prompt) of the `prompt` column of a CSV; bad rows and broken quoting
+    are named by line number."""
     rows = _csv_rows(text, where)
     if not rows:
         return []
@@ -126,7 +137,7 @@ def _parse_csv(text: str, where: str) -> list[str]:
         if len(row) <= col:
             raise ProbeError(f"{where}, line {lineno}: missing the prompt column.", "Give every row a prompt.")
         if row[col].strip():
-            prompts.append(row[col].strip())
+            prompts.append((lineno, row[col].strip()))
     return prompts
 
 

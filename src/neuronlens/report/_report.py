@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._io import write_json_atomic, write_with_atomic
+from .._io import os_reason, publish_dir, write_json_atomic, write_with_atomic
 from ..config import check_layer, check_positive_int
-from ..errors import NeuronLensError
+from ..errors import NeuronLensError, ReportError
 from ..risk._types import RiskAssessment
 from ..stats import AuditSums, bh_qvalues, latent_drift
 
@@ -90,6 +91,10 @@ class AuditReport:
     ft: dict[str, Any]
     saes: list[dict[str, Any]]
     probe_sets: list[dict[str, Any]]
+    """Per probe set: name, source, n_prompts, sha256 of its prompts, and ``responses_sha256``:
+    per read ('same': the base responses both models read; 'own': the fine-tuned model's own
+    responses), the sha256 of the response token ids as read (:func:`neuronlens.probes.responses_sha256`;
+    absent in reports written before it was recorded)."""
     config: dict[str, Any]
     layers: list[LayerDrift]
     top: dict[int, list[FeatureDrift]]
@@ -225,35 +230,37 @@ class AuditReport:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write the report JSON (and the statistics sidecar) atomically; returns the JSON path."""
+        """Write the report JSON and the statistics sidecar (``<name>.stats.safetensors``) beside
+        it, both or neither (staged, then renamed into place); returns the JSON path. A folder (an
+        existing one, or a path ending in a slash) gets ``report.json`` inside it."""
         from safetensors.torch import save_file
 
-        path = Path(path)
+        path = _report_path(path)
         data = _json_safe(self.to_dict())
-        if self.sums is not None:
-            sidecar = path.with_suffix(".stats.safetensors")
-            write_with_atomic(sidecar, lambda tmp: save_file(self.sums.to_flat(), str(tmp), metadata={"format": REPORT_FORMAT}))
-            data["stats_file"] = sidecar.name
-        write_json_atomic(path, data)
+        with publish_dir(path.parent, merge=True) as staged:
+            if self.sums is not None:
+                sidecar = staged.path / path.with_suffix(".stats.safetensors").name
+                write_with_atomic(sidecar, lambda tmp: save_file(self.sums.to_flat(), str(tmp), metadata={"format": REPORT_FORMAT}))
+                data["stats_file"] = sidecar.name
+            write_json_atomic(staged.path / path.name, data)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> AuditReport:
-        from safetensors.torch import load_file
-
-        path = Path(path)
+        """Read a report saved by :meth:`save` (a folder: its ``report.json``), with its
+        statistics sidecar when that file is present. A file that is missing, truncated or not a
+        NeuronLens report raises ReportError naming it."""
+        path = _report_path(path)
+        data = _read_report_json(path)
+        sums = _read_sidecar(path, data)
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise NeuronLensError(f"Cannot read report {path}: {exc}.", "Pass a report.json written by NeuronLens.") from exc
-        if not isinstance(data, dict) or data.get("format") != REPORT_FORMAT:
-            raise NeuronLensError(
-                f"{path} is not a NeuronLens report of format {REPORT_FORMAT} (found {data.get('format') if isinstance(data, dict) else None!r}).",
-                "Re-run the audit with this NeuronLens version.",
-            )
-        sums = None
-        if data.get("stats_file") and (path.parent / data["stats_file"]).is_file():
-            sums = AuditSums.from_flat(load_file(str(path.parent / data["stats_file"])))
+            return cls._from_dict(data, sums)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ReportError(f"Report {path} lacks or garbles a field ({type(exc).__name__}: {exc}).",
+                              "Pass a report.json written by NeuronLens, unedited, or re-run the audit.") from exc
+
+    @classmethod
+    def _from_dict(cls, data: dict[str, Any], sums: AuditSums | None) -> AuditReport:
         return cls(
             base=data["base"],
             ft=data["ft"],
@@ -271,6 +278,54 @@ class AuditReport:
             reads=data.get("reads", ["same"]),
             runtime=data.get("runtime", {}),
         )
+
+
+def _report_path(path: str | Path) -> Path:
+    """`path`, or ``report.json`` inside it when it names a folder."""
+    p = Path(path)
+    return p / "report.json" if p.is_dir() or str(path).endswith(("/", os.sep)) else p
+
+
+_RECOPY = "Copy it again from the audit's output folder (an interrupted copy or a full disk cuts files short), or re-run the audit."
+
+
+def _read_report_json(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ReportError(f"Cannot read report {path}: {os_reason(exc)}.",
+                          "Pass the report.json that `neuronlens audit --out FOLDER` or report.save() wrote.") from exc
+    except UnicodeDecodeError as exc:
+        raise ReportError(f"Report {path} is not text (byte {exc.start} is not UTF-8).", "Pass a report.json written by NeuronLens.") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        ends_early = exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string")
+        cut = "; the file ends early, as a truncated one does" if ends_early else ""
+        raise ReportError(f"Report {path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}{cut}).", _RECOPY) from exc
+    if not isinstance(data, dict) or data.get("format") != REPORT_FORMAT:
+        raise ReportError(
+            f"{path} is not a NeuronLens report of format {REPORT_FORMAT} (found {data.get('format') if isinstance(data, dict) else None!r}).",
+            "Re-run the audit with this NeuronLens version.",
+        )
+    return data
+
+
+def _read_sidecar(path: Path, data: dict[str, Any]) -> AuditSums | None:
+    """The exact sums of the sidecar the report names; None when it names none or the file is absent."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    sidecar = path.parent / str(data.get("stats_file") or "")
+    if not data.get("stats_file") or not sidecar.is_file():
+        return None
+    try:
+        return AuditSums.from_flat(load_file(str(sidecar)))
+    except (SafetensorError, OSError, ValueError, KeyError, IndexError, RuntimeError) as exc:
+        raise ReportError(
+            f"The statistics sidecar {sidecar} of report {path} cannot be read ({exc}).",
+            f"{_RECOPY} Without the sidecar (moved away), the report loads without its per-latent statistics.",
+        ) from exc
 
 
 def rank_features(table: list[FeatureDrift]) -> list[FeatureDrift]:

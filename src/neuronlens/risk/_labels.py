@@ -1,7 +1,7 @@
 """Feature labels and where they came from.
 
-Three sources, most trusted first: labels the user imports (a Neuronpedia-style explanations
-JSON, or a CSV ``layer,latent,label``), the concept a latent is tied to on the base model
+Three sources, most trusted first: labels the user imports (Neuronpedia explanations as
+``.json``, or as a bulk export ``.jsonl`` / ``.jsonl.gz``, or a CSV ``layer,latent,label``), the concept a latent is tied to on the base model
 (``concept:<name> (AUROC a)``), and an automatic label from the tokens it fires on most in the
 audit's probe texts (``auto:top-tokens``). Every label carries its source.
 """
@@ -9,10 +9,12 @@ audit's probe texts (``auto:top-tokens``). Every label carries its source.
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import re
+import zlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from ..errors import ConfigError
 _LAYER = re.compile(r"^(\d+)(?![\d.])")
 _INTEGER = re.compile(r"^[+-]?\d+$")
 _JSON_FIX = 'Give each explanation a layer ("12-res-jb" or 12), an integer index and a description: [{"layer": "12-res", "index": 5, "description": "..."}].'
+_KINDS = "Neuronpedia explanations (.json, or a bulk export .jsonl / .jsonl.gz) or a layer,latent,label .csv"
 _CSV_FIX = "Give every row three fields, layer,latent,label: integers and a non-empty label (quote a label that contains a comma)."
 
 
@@ -38,11 +41,20 @@ class LabelRow:
     label: str
     where: str
     """E.g. "labels.csv, line 3" or "np.json, explanation 2"."""
+    layer_id: str | None = None
+    """A Neuronpedia layer id ("8-res-jb"): its number is the block of the SAE's hook, not a NeuronLens layer."""
 
 
-def load_label_file(path: str | Path, d_sae: dict[int, int], *, n_layers: int) -> dict[tuple[int, int], tuple[str, str]]:
-    """{(layer, latent): (label, source)} from a Neuronpedia-style JSON list of explanations
-    (``layer`` like "12-res-jb" or 12, ``index``, ``description``) or a CSV ``layer,latent,label``.
+def load_label_file(
+    path: str | Path, d_sae: dict[int, int], *, n_layers: int, hooks: Mapping[int, str] | None = None
+) -> dict[tuple[int, int], tuple[str, str]]:
+    """{(layer, latent): (label, source)} from Neuronpedia explanations (a JSON list, or JSONL /
+    JSONL.gz bulk exports; ``layer`` like "12-res-jb" or 12, ``index``, ``description``) or a CSV
+    ``layer,latent,label``.
+
+    A Neuronpedia layer id ("8-res-jb") names the block of the SAE's hook, so with `hooks` (audited
+    layer -> its SAE's hook) it is mapped by hook: ``blocks.8.hook_resid_pre`` reads the input of
+    block 8, which is NeuronLens layer 7. A plain integer layer is a NeuronLens layer.
 
     `d_sae` maps each audited layer to its SAE's width; `n_layers` is the model's layer count.
     A label for a layer outside the model (not in 0..n_layers-1) is an error: the file was made for
@@ -52,7 +64,8 @@ def load_label_file(path: str | Path, d_sae: dict[int, int], *, n_layers: int) -
     p = Path(path)
     out: dict[tuple[int, int], tuple[str, str]] = {}
     for row in read_label_file(p, n_layers=n_layers):
-        if row.layer not in d_sae:
+        row = _by_hook(row, hooks) if hooks is not None and row.layer_id is not None else row
+        if row is None or row.layer not in d_sae:
             continue
         if not row.latent < d_sae[row.layer]:
             raise ConfigError(
@@ -70,15 +83,13 @@ def read_label_file(path: str | Path, *, n_layers: int | None = None) -> list[La
     model. Cheap, so an audit runs it before SAEs are loaded or trained (see `check_label_files`)."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"Label file {p} does not exist.", "Pass a Neuronpedia explanations .json or a layer,latent,label .csv.")
-    suffix = p.suffix.lower()
-    if suffix not in (".csv", ".json"):
-        raise ConfigError(
-            f"Label file {p} is neither a .json nor a .csv file.",
-            "Pass a Neuronpedia explanations .json or a layer,latent,label .csv (rename the file if it is one of those).",
-        )
-    text = read_user_text(p, "Label file")
-    rows = _csv_rows(p, text) if suffix == ".csv" else _json_rows(p, text)
+        raise ConfigError(f"Label file {p} does not exist.", f"Pass {_KINDS}.")
+    kind = next((k for k in (".jsonl.gz", ".jsonl", ".json", ".csv") if p.name.lower().endswith(k)), None)
+    if kind is None:
+        raise ConfigError(f"Label file {p} is neither a .json nor a .csv file (nor a .jsonl or .jsonl.gz export).",
+                          f"Pass {_KINDS} (rename the file if it is one of those).")
+    text = _gunzip_text(p) if kind == ".jsonl.gz" else read_user_text(p, "Label file")
+    rows = _csv_rows(p, text) if kind == ".csv" else _json_rows(p, text) if kind == ".json" else _jsonl_rows(p, text)
     for row in rows:
         _check_row(row, n_layers)
     return rows
@@ -133,19 +144,64 @@ def _json_rows(p: Path, text: str) -> list[LabelRow]:
     items = data.get("explanations", data) if isinstance(data, dict) else data
     if not isinstance(items, list):
         raise ConfigError(f"{p}: expected a list of explanations (or {{\"explanations\": [...]}}).", _JSON_FIX)
+    return [_explanation(e, f"{p}, explanation {i}") for i, e in enumerate(items, start=1)]
+
+
+def _jsonl_rows(p: Path, text: str) -> list[LabelRow]:
+    """Rows of a Neuronpedia bulk export: one explanation object per line, named by line number."""
     rows: list[LabelRow] = []
-    for i, e in enumerate(items, start=1):
-        where = f"{p}, explanation {i}"
-        if not isinstance(e, dict):
-            raise ConfigError(f"{where} is {json.dumps(e, default=str)[:60]}, not an object.", _JSON_FIX)
-        missing = [k for k in ("layer", "index", "description") if k not in e]
-        if missing:
-            raise ConfigError(f"{where} lacks {', '.join(missing)}.", _JSON_FIX)
-        description = e["description"]
-        if not isinstance(description, str) or not description.strip():
-            raise ConfigError(f"{where}: description {json.dumps(description, default=str)[:60]} is not a non-empty string.", _JSON_FIX)
-        rows.append(LabelRow(_json_layer(e["layer"], where), _integer(e["index"], where, "index", _JSON_FIX), description.strip(), where))
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            e = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{p}, line {n} is not valid JSON ({exc.msg}).", "Fix or remove the line.") from exc
+        rows.append(_explanation(e, f"{p}, line {n}"))
     return rows
+
+
+def _gunzip_text(p: Path) -> str:
+    try:
+        with gzip.open(p, "rb") as f:
+            return f.read().decode("utf-8-sig")
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ConfigError(f"Label file {p} is not a readable gzip file ({exc}).", "Re-download the export.") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"Label file {p} does not hold UTF-8 text (byte {exc.start}).", "Re-download the export.") from exc
+
+
+def _explanation(e: Any, where: str) -> LabelRow:
+    """One Neuronpedia explanation object as a row; a ConfigError naming `where` otherwise."""
+    if not isinstance(e, dict):
+        raise ConfigError(f"{where} is {json.dumps(e, default=str)[:60]}, not an object.", _JSON_FIX)
+    missing = [k for k in ("layer", "index", "description") if k not in e]
+    if missing:
+        raise ConfigError(f"{where} lacks {', '.join(missing)}.", _JSON_FIX)
+    description = e["description"]
+    if not isinstance(description, str) or not description.strip():
+        raise ConfigError(f"{where}: description {json.dumps(description, default=str)[:60]} is not a non-empty string.", _JSON_FIX)
+    layer_id = e["layer"].strip() if isinstance(e["layer"], str) and not _INTEGER.match(e["layer"].strip()) else None
+    return LabelRow(_json_layer(e["layer"], where), _integer(e["index"], where, "index", _JSON_FIX), description.strip(), where, layer_id)
+
+
+def _hook_block(layer: int, hook: str) -> int:
+    """The block number in the hook of the SAE audited at `layer`: NeuronLens layer L is the output
+    of block L (blocks.L.hook_resid_post, sparsify layers.L), the input of block L+1 (blocks.L+1.hook_resid_pre)."""
+    return layer + 1 if hook.endswith("hook_resid_pre") else layer
+
+
+def _by_hook(row: LabelRow, hooks: Mapping[int, str]) -> LabelRow | None:
+    """`row` keyed by the audited layer whose SAE's hook is in the block its Neuronpedia layer id
+    names (None when no audited SAE reads that block)."""
+    readers = sorted(layer for layer, hook in hooks.items() if _hook_block(layer, hook) == row.layer)
+    if len(readers) > 1:
+        raise ConfigError(
+            f"{row.where}: Neuronpedia layer {row.layer_id!r} names block {row.layer}, whose hooks the SAEs of layers "
+            f"{readers} both read ({', '.join(hooks[r] for r in readers)}), so which SAE it labels is ambiguous.",
+            "Audit only one of those layers, or give the labels as a CSV layer,latent,label by NeuronLens layer.",
+        )
+    return LabelRow(readers[0], row.latent, row.label, row.where, row.layer_id) if readers else None
 
 
 def _json_layer(value: Any, where: str) -> int:
@@ -188,9 +244,11 @@ def top_tokens(evidence: Any, read: str, layer: int, latent: int, tokenizer: Any
     return [tokenizer.decode([t]).strip() or repr(tokenizer.decode([t])) for _, t in reversed(scored[-n:])]
 
 
-def merge_imported(files: Sequence[str | Path], d_sae: dict[int, int], *, n_layers: int) -> dict[tuple[int, int], tuple[str, str]]:
+def merge_imported(
+    files: Sequence[str | Path], d_sae: dict[int, int], *, n_layers: int, hooks: Mapping[int, str] | None = None
+) -> dict[tuple[int, int], tuple[str, str]]:
     """The labels of every file, later files overriding earlier ones (see :func:`load_label_file`)."""
     out: dict[tuple[int, int], tuple[str, str]] = {}
     for f in files:
-        out.update(load_label_file(f, d_sae, n_layers=n_layers))
+        out.update(load_label_file(f, d_sae, n_layers=n_layers, hooks=hooks))
     return out

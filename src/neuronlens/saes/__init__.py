@@ -8,29 +8,40 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from .._cache import CACHE_FORMAT, cache_root, discard_entry, key_digest
 from .._io import write_json_atomic
 from .._progress import progress
-from ..config import AuditConfig, check_layers, default_layers
+from ..config import AuditConfig, check_layers, default_layers, is_int
 from ..errors import ConfigError, SAEError
 from ..models._digest import sha256_file
-from ._formats import CFG, SAELENS_WEIGHTS, discover, load_saelens, load_sparsify, save_saelens
-from ._sae import SAEInfo, SparseAutoencoder, reconstruction_metrics
+from ._families import load_folder
+from ._formats import CFG, SAELENS_WEIGHTS, load_saelens, load_sparsify, save_saelens
+from ._hub import load_hub_repo
+from ._releases import load_release, pick, release_spec
+from ._sae import SAEInfo, SparseAutoencoder, check_finite, check_sae, reconstruction_metrics
 from ._train import SAETrainConfig, train_topk_sae
 
 __all__ = [
     "MAX_TRUSTED_DEAD_FRACTION",
     "MAX_TRUSTED_FVU",
+    "SAEArgument",
     "SAEInfo",
     "SAESet",
     "SAETrainConfig",
     "SparseAutoencoder",
+    "as_sae_set",
+    "check_sae",
+    "exceeds",
+    "quality_warning",
     "load_sae",
     "load_saelens",
     "load_sparsify",
@@ -42,6 +53,24 @@ __all__ = [
 # Thresholds above which an SAE is too poor to base a verdict on (docs/METHOD.md).
 MAX_TRUSTED_FVU = AuditConfig.max_sae_fvu  # the audit's setting, whose docstring says why
 MAX_TRUSTED_DEAD_FRACTION = 0.5
+
+
+def exceeds(value: Any, limit: float) -> bool:
+    """Whether a quality metric (FVU, dead fraction) fails its bar `limit`: above it, or not a
+    number at all (NaN compares False with everything, so `value > limit` alone would pass it)."""
+    return not _is_number(value) or math.isnan(value) or value > limit
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def quality_warning(layer: int, what: str, label: str, value: Any, fmt: str, limit: str) -> str:
+    """The warning for a metric that `exceeds` its `limit` (`what` is wrong, e.g. "explains too
+    little variance"), saying so when the metric is NaN or not a number at all."""
+    if _is_number(value) and not math.isnan(value):
+        return f"SAE for layer {layer} {what} ({label} {format(value, fmt)} > {limit})."
+    return f"SAE for layer {layer} has {label} {value!r}, not a number: its quality is unknown, so it cannot be trusted."
 
 
 class SAESet(Mapping[int, SparseAutoencoder]):
@@ -82,12 +111,11 @@ class SAESet(Mapping[int, SparseAutoencoder]):
         out = []
         for layer, sae in self._saes.items():
             m = sae.info.metrics
-            if m.get("fvu", 0.0) > max_fvu:
-                out.append(f"SAE for layer {layer} explains too little variance (FVU {m['fvu']:.2f} > {max_fvu}).")
-            if m.get("dead_fraction", 0.0) > MAX_TRUSTED_DEAD_FRACTION:
-                out.append(
-                    f"SAE for layer {layer} has {m['dead_fraction']:.0%} dead latents (> {MAX_TRUSTED_DEAD_FRACTION:.0%})."
-                )
+            if "fvu" in m and exceeds(m["fvu"], max_fvu):
+                out.append(quality_warning(layer, "explains too little variance", "FVU", m["fvu"], ".2f", f"{max_fvu}"))
+            if "dead_fraction" in m and exceeds(m["dead_fraction"], MAX_TRUSTED_DEAD_FRACTION):
+                out.append(quality_warning(layer, "has too many dead latents", "dead fraction", m["dead_fraction"],
+                                           ".0%", f"{MAX_TRUSTED_DEAD_FRACTION:.0%}"))
         return out
 
 
@@ -99,16 +127,25 @@ def load_sae(
     train: bool = True,
     train_config: SAETrainConfig | None = None,
     use_shipped: bool = True,
+    release: str | None = None,
+    sae_id: str | Sequence[str] | None = None,
 ) -> SAESet:
     """SAEs for `layers` of `model` (a ModelHandle).
 
-    With `source`: a folder of SAELens or sparsify SAEs (one SAE, or one sub-folder per layer),
-    or a hub repo id holding them. Without: SAEs shipped with NeuronLens for this exact model
-    (matched by content digest), then the local cache, then (if `train`) TopK SAEs trained on
-    the model's own activations over the built-in corpus, which are cached for next time.
+    With `source`: a folder of SAEs in SAELens, sparsify, Gemma Scope (1 or 2) or Llama Scope
+    layout (one SAE's folder, or any folder holding them; several for one layer must be chosen
+    between), a sae-lens release name (``RELEASE`` or ``RELEASE:SAE_ID[,SAE_ID...]``, the same
+    as `release=` and `sae_id=`; without SAE ids, the release's one SAE per layer), or a hub repo
+    id holding SAEs. Named SAE ids without `layers` audit their own layers. Without: SAEs shipped
+    with NeuronLens for this exact model (matched by content digest), then the local cache, then
+    (if `train`) TopK SAEs trained on the model's own activations over the built-in corpus, which
+    are cached for next time.
     """
     _require_model(model)
     n_layers = model.n_layers
+    spec = release_spec(source, release, sae_id)
+    named = load_release(*spec, None) if spec is not None and spec[1] and layers is None else None
+    layers = sorted(named) if named else layers
     layers = default_layers(n_layers) if layers is None else check_layers(layers)  # distinct ints, as the CLI checks
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:
@@ -116,15 +153,12 @@ def load_sae(
             f"Layer(s) {bad} are out of range: {model.name} has {n_layers} decoder layers (0..{n_layers - 1}).",
             f"Choose layers between 0 and {n_layers - 1}.",
         )
-    if source is not None:
-        found = {sae.layer: sae for sae in discover(_source_folder(source))}
-        missing = [layer for layer in layers if layer not in found]
-        if missing:
-            raise SAEError(
-                f"{source} has no SAE for layer(s) {missing} (it has layers {sorted(found)}).",
-                f"Audit layers {sorted(found)} (--layers), or add SAEs for the missing layers.",
-            )
-        chosen = {layer: found[layer] for layer in layers}
+    if spec is not None:
+        label = spec[0] + (":" + ",".join(spec[1]) if spec[1] else "")
+        chosen = pick(named or load_release(*spec, layers), layers, label)
+    elif source is not None:
+        path = Path(str(source)).expanduser()
+        chosen = load_folder(path, layers, str(source)) if path.exists() else load_hub_repo(str(source), layers)
     else:
         cfg = train_config or SAETrainConfig()
         chosen = {}
@@ -138,7 +172,7 @@ def load_sae(
             if not train:
                 raise SAEError(
                     f"No SAE is shipped or cached for {model.name} layer(s) {missing}.",
-                    "Pass source=<folder of SAELens/sparsify SAEs>, or allow training (train=True / drop --no-train-sae).",
+                    "Pass source=<folder of SAEs, or a sae-lens release>, or allow training (train=True / drop --no-train-sae).",
                 )
             chosen.update(train_saes(model, missing, cfg))
     d_model = model.d_model
@@ -151,6 +185,52 @@ def load_sae(
     return SAESet(chosen)
 
 
+SAEArgument = Union[
+    SAESet, SparseAutoencoder, Mapping[int, Union[SparseAutoencoder, str, "os.PathLike[str]"]], str, "os.PathLike[str]", None
+]
+"""What `compare_models(sae=...)` takes (:func:`as_sae_set`)."""
+SAE_ARGUMENT = (
+    "an SAESet from load_sae, one SparseAutoencoder, a folder of SAEs or a sae-lens release name (str or Path), "
+    "a dict {layer: SparseAutoencoder or folder}, or None (shipped, cached or trained SAEs)"
+)
+_SAE_FIX = "Pass sae=load_sae(base, layers=[...]) or sae=load_sae(base, layers=[...], source='<folder>'), the folder itself, or None."
+
+
+def as_sae_set(sae: Any, model: Any, layers: Sequence[int] | None = None) -> SAESet:
+    """`compare_models`'s `sae=` (any of :data:`SAE_ARGUMENT`) as an SAESet for `model`, each SAE
+    checked as a loaded one is (finite weights, k, shapes) and keyed by its own layer. None or a
+    folder: :func:`load_sae` for `layers` (default layers when None), as the CLI's --sae does."""
+    _require_model(model)
+    if sae is None or isinstance(sae, (str, os.PathLike)):
+        return load_sae(model, layers, source=sae)
+    if isinstance(sae, SparseAutoencoder):
+        sae = {sae.layer: sae}
+    if not isinstance(sae, Mapping) or not sae:
+        what = "an empty mapping" if isinstance(sae, Mapping) else f"a {type(sae).__name__}"
+        raise SAEError(f"sae= got {what}; it takes {SAE_ARGUMENT}.", _SAE_FIX)
+    return SAESet({_layer_key(key, model): _one_sae(model, key, value) for key, value in sae.items()})
+
+
+def _layer_key(key: Any, model: Any) -> int:
+    if not is_int(key) or not 0 <= key < model.n_layers:
+        raise SAEError(f"sae= has key {key!r}, which is not a layer of {model.name} (ints 0..{model.n_layers - 1}).",
+                       "Key each SAE by its layer number: sae={sae.layer: sae}.")
+    return int(key)
+
+
+def _one_sae(model: Any, layer: int, value: Any) -> SparseAutoencoder:
+    """The SAE `value` given for `layer` in a `sae=` mapping: a SparseAutoencoder or a folder."""
+    if isinstance(value, (str, os.PathLike)):
+        return load_sae(model, [layer], source=value)[layer]
+    if not isinstance(value, SparseAutoencoder):
+        raise SAEError(f"sae[{layer}] is a {type(value).__name__}, not an SAE; sae= takes {SAE_ARGUMENT}.", _SAE_FIX)
+    if value.layer != layer:
+        raise SAEError(f"sae[{layer}] is the SAE for layer {value.layer} (hook {value.info.hook_name}).",
+                       "Key each SAE by its own layer: sae={sae.layer: sae}.")
+    check_sae(value, f"sae[{layer}]")
+    return value
+
+
 def _require_model(model: Any) -> None:
     """A clear error for a `model` that is not a ModelHandle (None, a path, a bare nn.Module),
     before anything reads its layers or digest."""
@@ -161,21 +241,6 @@ def _require_model(model: Any) -> None:
             f"load_sae needs the model as a ModelHandle, got {type(model).__name__}.",
             "Pass the handle load_model returned: load_sae(load_model('<model>'), layers=[...]).",
         )
-
-
-def _source_folder(source: str | Path) -> Path:
-    path = Path(str(source)).expanduser()
-    if path.exists():
-        return path
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(str(source), allow_patterns=["*cfg.json", "*.safetensors"]))
-    except Exception as exc:  # noqa: BLE001 - hub errors vary; all mean "not available"
-        raise SAEError(
-            f"SAE source {str(source)!r} is not a local folder and could not be fetched from the hub ({type(exc).__name__}).",
-            "Pass a local folder of SAELens (cfg.json + sae_weights.safetensors) or sparsify SAEs.",
-        ) from exc
 
 
 def _shipped_folder(model_digest: str, layer: int) -> Path | None:
@@ -228,6 +293,7 @@ def train_saes(model: Any, layers: Sequence[int], cfg: SAETrainConfig | None = N
 
     cfg = cfg or SAETrainConfig()
     layers = sorted(layers)
+    _check_train_k(cfg, model.d_model)
     with progress("Generating SAE corpus responses", len(corpus_prompts().prompts)) as advance:
         seqs = corpus_sequences(model, on_batch=advance)
     with progress(f"Capturing activations (layers {layers})", len(seqs)) as advance:
@@ -255,6 +321,7 @@ def train_saes(model: Any, layers: Sequence[int], cfg: SAETrainConfig | None = N
                 _s["last"] = step
 
             sae = train_topk_sae(coll.acts[layer], info, cfg, on_step=on_step)
+        check_finite(sae.tensors(), f"The SAE trained for layer {layer}", "Training diverged: lower SAETrainConfig.lr.")
         if save:
             folder = _cache_folder(model.digest, cfg, layer)
 
@@ -265,3 +332,11 @@ def train_saes(model: Any, layers: Sequence[int], cfg: SAETrainConfig | None = N
             sae.info.source = str(folder)
         out[layer] = sae
     return out
+
+
+def _check_train_k(cfg: SAETrainConfig, d_model: int) -> None:
+    """Refuse a k no TopK SAE of the configured width can have, before the corpus is generated."""
+    d_sae = cfg.expansion_factor * d_model
+    if not (is_int(cfg.k) and 1 <= cfg.k <= d_sae):
+        raise SAEError(f"SAETrainConfig k={cfg.k!r}: a TopK SAE of width {d_sae} (expansion_factor {cfg.expansion_factor} "
+                       f"x d_model {d_model}) needs k from 1 to {d_sae}.", f"Set k between 1 and {d_sae} (default {SAETrainConfig.k}).")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .._io import make_temp_dir
+from .._io import publish_dir
 from ..errors import SAEError
-from ._sae import ARCHITECTURES, SAEInfo, SparseAutoencoder
+from ._norm import check_processing, fold_input_scale, input_scale
+from ._sae import ARCHITECTURES, SAEInfo, SparseAutoencoder, check_finite, check_layout
 
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 SPARSIFY_WEIGHTS = "sae.safetensors"
@@ -61,14 +61,55 @@ def _read_cfg(folder: Path) -> dict[str, Any]:
     return cfg
 
 
-def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+def _load_weights(path: Path, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """The `required` (and present `optional`) tensors of `path` in float32, each finite and a
+    matrix or vector as its name says; an SAEError naming the file and tensor otherwise."""
     try:
-        return load_file(str(path))
+        weights = load_file(str(path))
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for corrupt files
         raise SAEError(f"{path} is not a readable safetensors file: {exc}.", "Re-download or re-save the SAE.") from exc
+    missing = set(required) - set(weights)
+    if missing:
+        raise SAEError(f"{path} lacks tensors {sorted(missing)}.", "Re-save the SAE in the format it was trained in.")
+    used = {name: weights[name].to(torch.float32) for name in (*required, *optional) if name in weights}
+    check_finite(used, str(path))  # in float32, as encoded: a float64 1e300 is Inf there
+    flat = [name for name, t in used.items() if t.dim() != (2 if name.startswith("W_") or name.endswith(".weight") else 1)]
+    if flat:
+        raise SAEError(f"{path}: tensor {flat[0]!r} has shape {tuple(used[flat[0]].shape)}, of the wrong rank.",
+                       "Re-save the SAE; its weights are not an SAE's.")
+    return used
 
 
-def load_saelens(folder: Path) -> SparseAutoencoder:
+def _whole(value: Any) -> Any:
+    """A JSON count as an int when it is one (32 or 32.0); anything else as is, for the checks."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _check_cfg_size(cfg: dict[str, Any], key: str, actual: int, where: Path) -> None:
+    """An SAEError when cfg.json states `key` (d_in, d_sae...) and the weights disagree."""
+    stated = cfg.get(key)
+    if stated not in (None, 0) and _whole(stated) != actual:
+        raise SAEError(f"{where / CFG} says {key}={stated!r}, but the weights have {actual}.",
+                       f"Correct {key} in cfg.json, or re-save the SAE: its config and weights are from different SAEs.")
+
+
+def _cfg_k(cfg: dict[str, Any]) -> Any:
+    k = cfg.get("k")
+    return _whole(k if k is not None else (cfg.get("activation_fn_kwargs") or {}).get("k"))
+
+
+def _neuronlens_block(cfg: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """NeuronLens's own entry of a cfg.json (model digest, quality metrics, training settings)."""
+    block = cfg.get("neuronlens") or {}
+    if not isinstance(block, dict) or not isinstance(block.get("metrics", {}), dict):
+        raise SAEError(f"{folder / CFG} has a \"neuronlens\" entry that is not an object with a \"metrics\" object.",
+                       "Remove the \"neuronlens\" entry, or re-save the SAE with NeuronLens.")
+    return block
+
+
+def load_saelens(folder: Path, *, norm_scaling_factor: float | None = None) -> SparseAutoencoder:
+    """An SAELens folder as sae-lens reads it; `norm_scaling_factor` (from sae-lens's registry) is
+    folded in when cfg.json says normalize_activations='expected_average_only_in' (see _norm)."""
     cfg = _read_cfg(folder)
     meta = cfg.get("metadata") or cfg.get("meta") or {}
     hook = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
@@ -80,43 +121,34 @@ def load_saelens(folder: Path) -> SparseAutoencoder:
         arch = "topk" if act == "topk" else "standard"
     if arch == "relu":
         arch = "standard"
-    if arch not in ARCHITECTURES:
-        raise SAEError(
-            f"SAE at {folder} has architecture {arch!r}, which NeuronLens cannot encode with.",
-            f"Use a {', '.join(ARCHITECTURES)} SAE.",
-        )
-    k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
-    if arch == "topk" and not k:
-        raise SAEError(f"TopK SAE at {folder} has no k in cfg.json.", "Add \"k\": <int> to cfg.json.")
-    if cfg.get("normalize_activations", "none") not in ("none", None):
-        raise SAEError(
-            f"SAE at {folder} expects normalize_activations={cfg['normalize_activations']!r}.",
-            "Fold the normalisation into the weights first (SAELens: fold_activation_norm_scaling_factor).",
-        )
-    weights = _load_weights(folder / SAELENS_WEIGHTS)
-    missing = {"W_enc", "W_dec", "b_enc", "b_dec"} - set(weights)
-    if missing:
-        raise SAEError(f"{folder / SAELENS_WEIGHTS} lacks tensors {sorted(missing)}.", "Re-save the SAE in SAELens format.")
+    if arch not in ARCHITECTURES:  # before the weights: a gated SAE's would only be "missing b_enc"
+        raise SAEError(f"SAE at {folder} has architecture {arch!r}, which NeuronLens cannot encode with.",
+                       f"Use a {', '.join(ARCHITECTURES)} SAE.")
+    scale = input_scale(cfg.get("normalize_activations"), str(folder), norm_scaling_factor)
+    check_processing(meta.get("model_from_pretrained_kwargs") or cfg.get("model_from_pretrained_kwargs"), str(folder))
+    weights = _load_weights(folder / SAELENS_WEIGHTS, ("W_enc", "b_enc", "W_dec", "b_dec"), ("threshold",))
     d_in, d_sae = weights["W_enc"].shape
+    _check_cfg_size(cfg, "d_in", d_in, folder)
+    _check_cfg_size(cfg, "d_sae", d_sae, folder)
+    nl = _neuronlens_block(cfg, folder)
     info = SAEInfo(
         d_in=int(d_in),
         d_sae=int(d_sae),
         architecture=arch,
         layer=layer_from_hook(hook, str(folder)),
         hook_name=hook,
-        k=int(k) if k else None,
+        k=_cfg_k(cfg) if arch == "topk" else None,
         apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
         rescale_acts_by_decoder_norm=bool(cfg.get("rescale_acts_by_decoder_norm", False)),
         model_name=meta.get("model_name") or cfg.get("model_name"),
-        model_digest=(cfg.get("neuronlens") or {}).get("model_digest"),
+        model_digest=nl.get("model_digest"),
         source=str(folder),
         format="saelens",
-        metrics=(cfg.get("neuronlens") or {}).get("metrics", {}),
-        training=(cfg.get("neuronlens") or {}).get("training", {}),
+        metrics=nl.get("metrics", {}),
+        training=nl.get("training", {}),
     )
-    if weights["W_dec"].shape != (d_sae, d_in):
-        raise SAEError(f"{folder}: W_dec has shape {tuple(weights['W_dec'].shape)}, expected {(d_sae, d_in)}.", "Re-save the SAE.")
-    return _build(info, weights)
+    sae = _build(info, weights)
+    return sae if scale is None else fold_input_scale(sae, scale)
 
 
 def load_sparsify(folder: Path) -> SparseAutoencoder:
@@ -125,18 +157,17 @@ def load_sparsify(folder: Path) -> SparseAutoencoder:
         raise SAEError(f"{folder} is a transcoder, not an SAE.", "Use an SAE trained to reconstruct the residual stream.")
     if cfg.get("activation", "topk") != "topk":
         raise SAEError(f"{folder} uses activation {cfg.get('activation')!r}.", "Only TopK sparsify SAEs are supported.")
-    w = _load_weights(folder / SPARSIFY_WEIGHTS)
-    missing = {"encoder.weight", "encoder.bias", "W_dec", "b_dec"} - set(w)
-    if missing:
-        raise SAEError(f"{folder / SPARSIFY_WEIGHTS} lacks tensors {sorted(missing)}.", "Re-save with sparsify.")
+    w = _load_weights(folder / SPARSIFY_WEIGHTS, ("encoder.weight", "encoder.bias", "W_dec", "b_dec"))
     d_sae, d_in = w["encoder.weight"].shape
+    _check_cfg_size(cfg, "d_in", d_in, folder)
+    _check_cfg_size(cfg, "num_latents", d_sae, folder)
     info = SAEInfo(
         d_in=int(d_in),
         d_sae=int(d_sae),
         architecture="topk",
         layer=layer_from_hook(folder.name, str(folder)),
         hook_name=folder.name,
-        k=int(cfg["k"]),
+        k=_whole(cfg.get("k")),
         apply_b_dec_to_input=True,
         source=str(folder),
         format="sparsify",
@@ -146,10 +177,9 @@ def load_sparsify(folder: Path) -> SparseAutoencoder:
 
 
 def _build(info: SAEInfo, weights: dict[str, torch.Tensor]) -> SparseAutoencoder:
+    state = {k: v for k, v in weights.items() if k != "threshold" or info.architecture == "jumprelu"}
+    check_layout(info, state, info.source)
     sae = SparseAutoencoder(info)
-    state = {k: v.to(torch.float32) for k, v in weights.items() if k in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")}
-    if info.architecture == "jumprelu" and "threshold" not in state:
-        raise SAEError(f"JumpReLU SAE at {info.source} has no threshold tensor.", "Re-save it with its threshold.")
     sae.load_state_dict(state, strict=True)
     sae.requires_grad_(False)
     return sae
@@ -181,37 +211,20 @@ def save_saelens(
         cfg["k"] = info.k
         cfg["rescale_acts_by_decoder_norm"] = info.rescale_acts_by_decoder_norm
     target = Path(folder)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temp_dir(target.parent, target.name)
-    try:
-        save_file({k: v.to(dtype).contiguous() for k, v in sae.tensors().items()}, str(tmp / SAELENS_WEIGHTS))
-        (tmp / CFG).write_text(json.dumps(cfg, indent=2) + "\n")
+    with publish_dir(target) as staged:
+        save_file({k: v.to(dtype).contiguous() for k, v in sae.tensors().items()}, str(staged.path / SAELENS_WEIGHTS))
+        (staged.path / CFG).write_text(json.dumps(cfg, indent=2) + "\n")
         if before_publish is not None:
-            before_publish(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            before_publish(staged.path)
     return target
 
 
 def discover(source: Path) -> list[SparseAutoencoder]:
-    """Every SAE in `source`: a SAELens or sparsify SAE folder, or a folder of such folders."""
-    if not source.exists():
-        raise SAEError(f"SAE source {str(source)!r} does not exist.", "Pass a folder holding SAELens or sparsify SAEs.")
-    folders = [source] + sorted(p for p in source.iterdir() if p.is_dir()) if source.is_dir() else []
-    found: list[SparseAutoencoder] = []
-    for f in folders:
-        if (f / CFG).is_file() and (f / SAELENS_WEIGHTS).is_file():
-            found.append(load_saelens(f))
-        elif (f / CFG).is_file() and (f / SPARSIFY_WEIGHTS).is_file():
-            found.append(load_sparsify(f))
+    """Every SAE under `source`, of any family in _families.FAMILIES, read (load_sae reads only
+    the ones it chooses: _families.load_folder)."""
+    from ._families import LAYOUTS, find_saes  # _families imports this module
+
+    found = find_saes(source)
     if not found:
-        raise SAEError(
-            f"No SAE found in {str(source)!r}.",
-            f"Expected {CFG} + {SAELENS_WEIGHTS} (SAELens) or {CFG} + {SPARSIFY_WEIGHTS} (sparsify), "
-            "in the folder or in its sub-folders (one per layer).",
-        )
-    return found
+        raise SAEError(f"No SAE found in {str(source)!r}.", f"Expected {LAYOUTS}, in the folder or in its sub-folders.")
+    return [f.read() for f in found]

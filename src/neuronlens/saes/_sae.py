@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import SAEError
+
 ARCHITECTURES = ("standard", "topk", "jumprelu")
 
 
@@ -33,7 +35,8 @@ class SAEInfo:
     source: str = ""
     """Folder, release or 'trained' (with the training settings in `training`)."""
     format: str = "saelens"
-    """'saelens' or 'sparsify' (on disk)."""
+    """The family it was read from (saes._families.FAMILIES: 'saelens', 'sparsify', 'gemma_scope',
+    'gemma_scope_2', 'llama_scope')."""
     metrics: dict[str, float] = field(default_factory=dict)
     """Quality on held-out activations: fvu, l0, dead_fraction (trained SAEs record them)."""
     training: dict[str, Any] = field(default_factory=dict)
@@ -84,12 +87,13 @@ class SparseAutoencoder(nn.Module):
         top = pre.topk(k, dim=-1)
         z = torch.zeros_like(pre)
         z.scatter_(-1, top.indices, torch.relu(top.values))
-        if self.info.rescale_acts_by_decoder_norm:
-            z = z / self.W_dec.norm(dim=-1)
-        return z
+        return z  # with rescale_acts_by_decoder_norm, as sae-lens: in units of unit-norm decoder rows
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return z.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
+        z = z.to(self.W_dec.dtype)
+        if self.info.architecture == "topk" and self.info.rescale_acts_by_decoder_norm:
+            z = z * (1 / self.W_dec.norm(dim=-1))  # sae-lens's act_times_W_dec
+        return z @ self.W_dec + self.b_dec
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
@@ -112,6 +116,53 @@ class SparseAutoencoder(nn.Module):
             h.update(name.encode())
             h.update(t.to(torch.float32).contiguous().numpy().tobytes())
         return h.hexdigest()
+
+
+def expected_shapes(info: SAEInfo) -> dict[str, tuple[int, ...]]:
+    """The shape of each weight under SAELens's names, from the SAE's d_in and d_sae."""
+    d_in, d_sae = info.d_in, info.d_sae
+    return {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,), "threshold": (d_sae,)}
+
+
+NON_FINITE_FIX = "Re-download or re-train the SAE: NaN/Inf weights make every feature NaN."
+
+
+def check_finite(tensors: dict[str, torch.Tensor], where: str, fix: str = NON_FINITE_FIX) -> None:
+    """An SAEError naming the first tensor of `tensors` that holds NaN or Inf: such an SAE turns
+    every activation into NaN features, and NaN drifts and FVUs pass every `>` test."""
+    for name, t in tensors.items():
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            raise SAEError(f"{where}: tensor {name!r} holds {bad} NaN/Inf value(s) (of {t.numel()}).", fix)
+
+
+def check_layout(info: SAEInfo, tensors: dict[str, torch.Tensor], where: str) -> None:
+    """An SAEError for an SAE NeuronLens cannot encode with: an unknown architecture, a TopK k
+    that is not a whole number in 1..d_sae, a JumpReLU threshold missing or negative, or a weight
+    whose shape does not match d_in x d_sae."""
+    if info.architecture not in ARCHITECTURES:
+        raise SAEError(f"SAE at {where} has architecture {info.architecture!r}, which NeuronLens cannot encode with.",
+                       f"Use a {', '.join(ARCHITECTURES)} SAE.")
+    k = info.k
+    if info.architecture == "topk" and not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= info.d_sae):
+        raise SAEError(f"TopK SAE at {where} has k={k!r}, but k must be a whole number from 1 to its width d_sae={info.d_sae}.",
+                       f"Set \"k\" in cfg.json (SAEInfo.k in Python) to the k the SAE was trained with (1..{info.d_sae}).")
+    if info.architecture == "jumprelu" and "threshold" not in tensors:
+        raise SAEError(f"JumpReLU SAE at {where} has no threshold tensor.", "Re-save it with its threshold.")
+    for name, shape in expected_shapes(info).items():
+        if name in tensors and tuple(tensors[name].shape) != shape:
+            raise SAEError(f"SAE at {where}: {name} has shape {tuple(tensors[name].shape)}, expected {shape} "
+                           f"(d_in={info.d_in}, d_sae={info.d_sae}).", "Re-save the SAE; its weights do not fit together.")
+    negative = int((tensors["threshold"] < 0).sum()) if info.architecture == "jumprelu" else 0
+    if negative:
+        raise SAEError(f"JumpReLU SAE at {where} has {negative} negative threshold value(s).",
+                       "Re-save it with its trained threshold (JumpReLU thresholds are positive).")
+
+
+def check_sae(sae: SparseAutoencoder, where: str) -> None:
+    """Both checks above on an SAE already built (one made in Python, not read from files)."""
+    check_layout(sae.info, sae.tensors(), where)
+    check_finite(sae.tensors(), where)
 
 
 @torch.no_grad()

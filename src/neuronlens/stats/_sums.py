@@ -225,6 +225,19 @@ class AuditSums:
                 total = total.merge(v)
         return total
 
+    def non_finite(self) -> list[tuple[str, int, str, str]]:
+        """(kind, layer, probe set, field) of every sum holding NaN or infinity; kind is 'latent'
+        or 'concept' (SAE codes and their projections, read-prefixed: 'latent/same'), 'resid' or
+        'recon' (residuals). One isfinite pass over each tensor: a few MB for a default audit."""
+        out: list[tuple[str, int, str, str]] = []
+        for kind, table in (("latent", self.latents), ("concept", self.concepts)):
+            for (read, layer, probe), s in table.items():
+                out += [(f"{kind}/{read}", layer, probe, n) for n, t in s.tensors().items() if not bool(torch.isfinite(t).all())]
+        for kind, table2 in (("resid", self.residual), ("recon", self.recon)):
+            for (layer, probe), r in table2.items():
+                out += [(kind, layer, probe, n) for n, t in r.tensors().items() if not bool(torch.isfinite(t).all())]
+        return sorted(out)
+
     # -- flat tensor form (safetensors sidecar, all-reduce) -------------------------------------
     def to_flat(self) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}

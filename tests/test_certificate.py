@@ -25,7 +25,7 @@ from neuronlens.certificate import (
 from neuronlens.certificate._dsse import envelope_file_bytes, make_envelope
 from neuronlens.errors import OutputError
 from neuronlens.models._digest import digest_paths
-from test_heatmap import distinct_colours, fresh_report, model_dirs, with_risk
+from test_heatmap import LAYER, distinct_colours, fresh_report, model_dirs, with_risk
 
 SCHEMA_FILE = Path(__file__).parents[1] / "src" / "neuronlens" / "certificate" / "schema" / "certificate-v1.schema.json"
 POPPLER = shutil.which("pdftotext") is not None and shutil.which("pdftoppm") is not None
@@ -429,3 +429,47 @@ def test_a_certificate_of_one_format_removes_the_other_left_by_an_earlier_export
     (out / "certificate.pdf").mkdir()
     with pytest.raises(OutputError, match="certificate.pdf exists and is not a file"):
         export_certificate(report, formats=["pdf"], out_dir=out)
+
+
+# -- layout: a heading is never left alone at the foot of a page ---------------------------------------
+def _page_of(pages: list[str], pattern: str) -> int:
+    return next(i for i, page in enumerate(pages) if re.search(pattern, " ".join(page.split())))
+
+
+@pytest.mark.skipif(not POPPLER, reason="poppler-utils (pdftotext, pdftoppm) not installed")
+@pytest.mark.parametrize("room", [20, 32, 40, 50, 60, 80, 140])
+def test_the_risky_features_heading_stays_with_its_first_row(report, tmp_path, room):
+    """The risky-features section starts with `room` points left on the page (the story before it
+    is a spacer filling the rest). Readers saw the heading alone at the foot of a page and the table
+    on the next: with 32-60 points left the heading fits and the table's first row does not. The
+    heading must be on the page of the first feature row, and stay on the first page when there is
+    room for both (no needless page break)."""
+    from reportlab.platypus import Spacer
+
+    from neuronlens.certificate._body import build_body
+    from neuronlens.certificate._pdf import FRAME_HEIGHT, _build_pdf, _risky, _styles
+
+    body = build_body(report)
+    pdf = tmp_path / "c.pdf"
+    pdf.write_bytes(_build_pdf([Spacer(1, FRAME_HEIGHT - room), *_risky(body, _styles())], body, "0" * 64))
+    pages = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True).stdout.split("\f")
+    first_id = body["risky_features"][0]["id"]
+    heading, first_row = _page_of(pages, r"Risky features \(2\)"), _page_of(pages, rf"#{first_id} {LAYER} unsafe")
+    assert heading == first_row, f"with {room} pt left the heading is on page {heading + 1}, its first row on page {first_row + 1}"
+    if room >= 80:
+        assert heading == 0, f"with {room} pt left heading and first row fit, but they were moved to the next page"
+
+
+@pytest.mark.skipif(not POPPLER or shutil.which("pdfimages") is None, reason="poppler-utils not installed")
+def test_pdf_says_nothing_drifted_instead_of_a_heatmap_of_x1(tmp_path_factory, tok, tmp_path):
+    from test_heatmap import quiet_layer
+
+    report = with_risk(fresh_report(tmp_path_factory, tok), verdict="pass")
+    for ld in report.layers:
+        quiet_layer(report, layer=ld.layer)
+    pdf = export_certificate(report, formats=["pdf"], out_dir=tmp_path)["pdf"]
+    text = " ".join(subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout.split())
+    shown = re.search(r"Most-drifted latents at layer (\d+) Layer (\d+): nothing drifted\. The residual stream changed by", text)
+    assert shown and shown.group(1) == shown.group(2), text[:3000]
+    images = subprocess.run(["pdfimages", "-list", str(pdf)], capture_output=True, text=True, check=True).stdout
+    assert [line.split()[2] for line in images.splitlines()[2:]].count("image") == 1  # the layer chart; no heatmap

@@ -18,6 +18,7 @@ import tiny
 from conftest import random_sae
 from neuronlens import alignment
 from neuronlens.errors import NeuronLensError
+from neuronlens.report import DriftHeatmap
 from neuronlens.risk import ConceptScore, Evidence, RiskAssessment, RiskyFeature
 from neuronlens.saes import SAESet
 
@@ -116,9 +117,77 @@ def test_risky_rows_are_included_labelled_and_marked(report):
     ax = hm.figure.axes[0]
     marked = {t.get_text() for t in ax.get_yticklabels() if t.get_color() == "#c0392b"}
     assert marked == {rows[lat].title for lat in risky}
-    assert len(ax.patches) == 2  # a box around each risky row
+    assert [p.get_gid() for p in ax.patches].count("risky") == 2  # a box around each risky row
     unmarked = [t for t in ax.get_yticklabels() if t.get_text() not in marked]
     assert unmarked and all(t.get_text().startswith("#") for t in unmarked)
+
+
+def test_not_significant_cells_are_hatched_grey_and_explained(report):
+    """A x108 of a latent that barely fires must not read like the strongest change: every cell
+    that is not significant for its probe set (q >= fdr or |effect| < min_effect) is hatched, left
+    out of the colour scale (grey) and its factor printed in grey italics; the key says so."""
+    report.config["fdr"] = 0.5  # this tiny audit has little power: a lenient FDR gives a mix of both kinds
+    hm = alignment.drift_heatmap(report, layer=LAYER, k=12)
+    tables = {p: report.drift_table(LAYER, probe_set=p) for p in PROBES}
+    want = np.array([[tables[p][r.latent].significant for p in PROBES] for r in hm.rows])
+    assert hm.significant.dtype == bool and (hm.significant == want).all()
+    assert 0 < hm.significant.sum() < hm.significant.size, "the test needs both kinds of cells"
+    ax = hm.figure.axes[0]
+    hatched = {(round(p.get_x() + 0.5), round(p.get_y() + 0.5)) for p in ax.patches if p.get_gid() == "not-significant"}
+    assert hatched == {(j, i) for (i, j), ok in np.ndenumerate(hm.significant) if not ok}
+    assert all(p.get_hatch() for p in ax.patches if p.get_gid() == "not-significant")
+    shown = ax.images[0].get_array()
+    assert (np.ma.getmaskarray(shown) == ~hm.significant).all()  # grey, not coloured
+    grey = [t for t in ax.texts if t.get_gid() == "not-significant"]
+    assert len(grey) == (~hm.significant).sum() and all(t.get_fontstyle() == "italic" for t in grey)
+    assert all(t.get_fontstyle() == "normal" for t in ax.texts if t.get_gid() != "not-significant")
+    finite = np.abs(hm.log2_ratio[hm.significant & np.isfinite(hm.log2_ratio)])
+    assert ax.images[0].norm.vmax == pytest.approx(max(1.0, finite.max()))  # the scale spans significant cells only
+    assert "not significant" in " ".join(ax.get_xlabel().split())
+    from neuronlens.report._heatmap import not_significant_note  # what the reports print beside the figure
+
+    assert "q \u2265 0.5 or |effect size| < 0.02" in not_significant_note(hm, report.config)
+    report.config["fdr"] = 1.01
+    everything = alignment.drift_heatmap(report, layer=LAYER, k=12)
+    assert everything.significant.all() and not_significant_note(everything, report.config) is None
+    assert not [p for p in everything.figure.axes[0].patches if p.get_gid() == "not-significant"]
+    assert "not significant" not in " ".join(everything.figure.axes[0].get_xlabel().split())
+
+
+def test_up_to_three_probe_sets_compact_more_as_wide_as_the_report(report):
+    """Compact heatmaps sit two to a row in the HTML report; with more probe sets one fills a row
+    (a 7-column heatmap squeezed into half the page would shrink its text to ~5 pt)."""
+    hm = alignment.drift_heatmap(report, layer=LAYER)
+    assert len(hm.columns) == 3 and not hm.wide and hm.figsize[0] <= 6.0
+    many = DriftHeatmap(LAYER, hm.rows, [f"set{i}" for i in range(7)], np.zeros((len(hm.rows), 7)))
+    assert many.wide and many.figsize[0] == pytest.approx(10.8)
+    assert many.to_bytes("png")[:4] == b"\x89PNG"  # without significance information nothing is marked
+    assert not [p for p in many.figure.axes[0].patches if p.get_gid() == "not-significant"]
+
+
+def quiet_layer(report: alignment.AuditReport, layer: int = 1, drift: float = 0.0) -> alignment.AuditReport:
+    """Make `layer` read as a layer where nothing drifted: drift under the floor, no significant latent."""
+    ld = next(ld for ld in report.layers if ld.layer == layer)
+    ld.drift, ld.n_significant_latents = drift, 0
+    return report
+
+
+def test_a_layer_where_nothing_drifted_gets_a_sentence_not_a_grid_of_x1(report):
+    from neuronlens.report import DRIFT_FLOOR
+
+    hm = alignment.drift_heatmap(quiet_layer(report), layer=1)
+    assert hm.nothing_drifted.startswith("Layer 1: nothing drifted.") and "no-drift floor of 0.005" in hm.nothing_drifted
+    assert "none of its 128 latents changed significantly" in hm.nothing_drifted
+    assert hm.figure.axes == [] and " ".join(hm.figure.texts[0].get_text().split()) == hm.nothing_drifted  # no grid
+    assert hm.log2_ratio.shape == (20, 3)  # the numbers stay available to the API
+    # each condition alone keeps the grid: drift at the floor, a significant latent, a risky feature
+    assert alignment.drift_heatmap(quiet_layer(report, drift=DRIFT_FLOOR), layer=1).nothing_drifted is None
+    quiet_layer(report).layers[0].n_significant_latents = 1
+    assert alignment.drift_heatmap(report, layer=1).nothing_drifted is None
+    assert alignment.drift_heatmap(quiet_layer(report, layer=LAYER), layer=LAYER).nothing_drifted is None  # risky layer
+    report.risk = None
+    assert alignment.drift_heatmap(report, layer=LAYER).nothing_drifted is not None
+    assert len(alignment.drift_heatmap(report, layer=LAYER).figure.axes) == 0
 
 
 def test_colour_scale_is_diverging_and_centred_on_no_change(report):

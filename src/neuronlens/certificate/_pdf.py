@@ -55,18 +55,18 @@ def _styles() -> dict[str, Any]:
     }
 
 
+_MM = 72.0 / 2.54 * 0.1  # reportlab.lib.units.mm, computed the same way
+_A4 = (210 * _MM, 297 * _MM)
+_MARGINS = {"leftMargin": 16 * _MM, "rightMargin": 16 * _MM, "topMargin": 14 * _MM, "bottomMargin": 16 * _MM}
+_FRAME_PADDING = 6  # reportlab's Frame default, on each side
+FRAME_WIDTH = _A4[0] - _MARGINS["leftMargin"] - _MARGINS["rightMargin"] - 2 * _FRAME_PADDING
+FRAME_HEIGHT = _A4[1] - _MARGINS["topMargin"] - _MARGINS["bottomMargin"] - 2 * _FRAME_PADDING
+"""The space the story flows into on each page, in points."""
+
+
 def render_pdf(report: AuditReport, body: dict[str, Any], *, payload_sha256: str, keyid: str | None) -> bytes:
     """The certificate as PDF bytes (deterministic for a given body and signature state)."""
-    from reportlab.lib.pagesizes import A4
-    from reportlab.lib.units import mm
-    from reportlab.platypus import SimpleDocTemplate
-
     st = _styles()
-    buf = io.BytesIO()
-    doc = SimpleDocTemplate(
-        buf, pagesize=A4, leftMargin=16 * mm, rightMargin=16 * mm, topMargin=14 * mm, bottomMargin=16 * mm,
-        title="NeuronLens alignment certificate", author=f"NeuronLens {body['neuronlens_version']}", invariant=1,
-    )
     story = [
         *_first_page(body, st, payload_sha256, keyid),
         *_drift(report, body, st),
@@ -75,14 +75,26 @@ def render_pdf(report: AuditReport, body: dict[str, Any], *, payload_sha256: str
         *_method(body, st),
         *_how_to_verify(st, keyid),
     ]
+    return _build_pdf(story, body, payload_sha256)
+
+
+def _build_pdf(story: list[Any], body: dict[str, Any], payload_sha256: str) -> bytes:
+    """Lay `story` out on A4 pages with the certificate's footer."""
+    from reportlab.platypus import SimpleDocTemplate
+
+    buf = io.BytesIO()
+    doc = SimpleDocTemplate(
+        buf, pagesize=_A4, **_MARGINS,
+        title="NeuronLens alignment certificate", author=f"NeuronLens {body['neuronlens_version']}", invariant=1,
+    )
 
     def footer(canvas: Any, _doc: Any) -> None:
         canvas.saveState()
         canvas.setFont(SANS, 7)
-        canvas.drawString(16 * mm, 10 * mm, "NeuronLens alignment certificate")
-        canvas.drawRightString(A4[0] - 16 * mm, 10 * mm, f"page {canvas.getPageNumber()}")
+        canvas.drawString(16 * _MM, 10 * _MM, "NeuronLens alignment certificate")
+        canvas.drawRightString(_A4[0] - 16 * _MM, 10 * _MM, f"page {canvas.getPageNumber()}")
         canvas.setFont(MONO, 6.5)
-        canvas.drawString(16 * mm, 6.5 * mm, f"signed payload sha256 {payload_sha256}")
+        canvas.drawString(16 * _MM, 6.5 * _MM, f"signed payload sha256 {payload_sha256}")
         canvas.restoreState()
 
     doc.build(story, onFirstPage=footer, onLaterPages=footer)
@@ -128,8 +140,8 @@ def _first_page(body: dict[str, Any], st: dict[str, Any], payload_sha256: str, k
         Paragraph("Post-fine-tuning alignment audit by SAE-based model diffing", st["small"]),
         Spacer(1, 8), banner, Spacer(1, 8),
         _kv_table(identity, st), Spacer(1, 6),
-        *([Paragraph("Why this verdict", st["h2"]), *reasons] if reasons else []),
-        *([Paragraph("Notes: limits of this audit (they do not change the verdict)", st["h2"]), *notes] if notes else []),
+        *([*_heading("Why this verdict", st, then=reasons[:1]), *reasons] if reasons else []),
+        *([*_heading("Notes: limits of this audit (they do not change the verdict)", st, then=notes[:1]), *notes] if notes else []),
     ]
 
 
@@ -147,14 +159,29 @@ def _drift(report: AuditReport, body: dict[str, Any], st: dict[str, Any]) -> lis
     shown = _heatmap_layer(body)
     chart = _image(figure_bytes(layer_drift_figure(report, size=(7.2, 2.4)), "png", dpi=160), width_mm=150)
     heat = drift_heatmap(report, layer=shown, k=20)
-    heat_img = _image(heat.to_bytes("png", dpi=160), width_mm=min(170, 26 * heat.figsize[0]), max_height_mm=190)
+    intro = Paragraph("Mean relative change of the residual stream, ||h_ft \u2212 h_base|| / ||h_base||, both models "
+                      "reading identical probe text.", st["small"])
     return [
-        Paragraph("Layer-wise drift", st["h2"]),
-        Paragraph("Mean relative change of the residual stream, ||h_ft \u2212 h_base|| / ||h_base||, both models "
-                  "reading identical probe text.", st["small"]),
-        _grid(rows, st), chart,
-        KeepTogether([Paragraph(f"Most-drifted latents at layer {shown}", st["h2"]), heat_img]),
+        *_heading("Layer-wise drift", st, then=[intro, _grid(rows[:2], st)]),
+        intro, _grid(rows, st), chart,
+        KeepTogether([Paragraph(f"Most-drifted latents at layer {shown}", st["h2"]), *_heatmap_flowables(heat, body, st)]),
     ]
+
+
+def _heatmap_flowables(heat: Any, body: dict[str, Any], st: dict[str, Any]) -> list[Any]:
+    """The heatmap and its note on not-significant cells; the sentence alone when nothing drifted."""
+    from matplotlib.figure import Figure
+    from reportlab.platypus import Paragraph
+
+    from ..report._heatmap import figure_bytes, not_significant_note
+
+    if heat.nothing_drifted:
+        return [Paragraph(escape(heat.nothing_drifted), st["body"])]
+    fig = Figure(figsize=heat.compact_figsize, layout="constrained")  # one heatmap here: no need to fill a row
+    heat.draw(fig)
+    image = _image(figure_bytes(fig, "png", dpi=160), width_mm=min(170, 26 * heat.compact_figsize[0]), max_height_mm=190)
+    note = not_significant_note(heat, body["config"])
+    return [image, *([Paragraph(escape(note), st["small"])] if note else [])]
 
 
 def _heatmap_layer(body: dict[str, Any]) -> int:
@@ -173,20 +200,22 @@ def _risky(body: dict[str, Any], st: dict[str, Any]) -> list[Any]:
 
     feats = body["risky_features"]
     if not feats:
-        return [Paragraph("Risky features", st["h2"]), Paragraph("None were found.", st["body"])]
+        none = Paragraph("None were found.", st["body"])
+        return [*_heading("Risky features", st, then=[none]), none]
     rows = [["id", "layer", "label", "label source", "concept", "direction", "drift ratio"]]
     for f in feats:
         rows.append([f"#{f['id']}", str(f["layer"]), f["label"], f["label_source"], f.get("concept_label") or f["concept"],
                      f["direction"], _ratio(f["drift_ratio"])])
-    return [Paragraph(f"Risky features ({len(feats)})", st["h2"]), _grid(rows, st, widths=[12, 12, 38, 40, 30, 22, 20])]
+    widths = [12, 12, 38, 40, 30, 22, 20]
+    return [*_heading(f"Risky features ({len(feats)})", st, then=[_grid(rows[:2], st, widths)]), _grid(rows, st, widths)]
 
 
 def _hashes(body: dict[str, Any], st: dict[str, Any]) -> list[Any]:
     from reportlab.platypus import Paragraph
 
-    out = [Paragraph("Model and checkpoint hashes", st["h2"]),
-           Paragraph("Per-file sha256 over POSIX paths relative to the model root; the model digest is sha256 over the "
-                     "per-file digests in path order, as OpenSSF model signing computes its subject digest.", st["small"])]
+    intro = Paragraph("Per-file sha256 over POSIX paths relative to the model root; the model digest is sha256 over the "
+                      "per-file digests in path order, as OpenSSF model signing computes its subject digest.", st["small"])
+    out = [*_heading("Model and checkpoint hashes", st, then=[intro]), intro]
     models = [("Fine-tuned model", body["models"]["fine_tuned"]), ("Base model", body["models"]["base"])]
     if "base" in body["models"]["fine_tuned"]:
         models.append(("Base of the fine-tuned adapter", body["models"]["fine_tuned"]["base"]))
@@ -223,7 +252,8 @@ def _method(body: dict[str, Any], st: dict[str, Any]) -> list[Any]:
         f"{threshold_percent(float(risk['threshold']))}. Layers {cfg.get('layers')}, probe sets {', '.join(p['name'] for p in body['probe_sets'])}, "
         f"positions '{cfg.get('positions', '-')}'. The full configuration is in the JSON certificate."
     )
-    return [Paragraph("Method", st["h2"]), Paragraph(escape(text, quote=False), st["body"])]
+    para = Paragraph(escape(text, quote=False), st["body"])
+    return [*_heading("Method", st, then=[para]), para]
 
 
 def _how_to_verify(st: dict[str, Any], keyid: str | None) -> list[Any]:
@@ -242,10 +272,23 @@ def _how_to_verify(st: dict[str, Any], keyid: str | None) -> list[Any]:
         "(pip install model-signing) computes for the same folder. The sha256 of the signed payload, printed in the "
         "footer of every page, ties this PDF to its JSON certificate.",
     ]
-    return [Paragraph("How to verify", st["h2"]), *(Paragraph(line, st["body"]) for line in lines)]
+    paras = [Paragraph(line, st["body"]) for line in lines]
+    return [*_heading("How to verify", st, then=paras[:2]), *paras]
 
 
 # -- helpers ------------------------------------------------------------------------------------------
+def _heading(text: str, st: dict[str, Any], *, then: list[Any]) -> list[Any]:
+    """A section heading that never stays alone at the foot of a page: when the space left cannot
+    hold it and `then` (what must follow it on the same page: a table's header and first row, a first
+    paragraph), it starts the next page. Unlike keepWithNext, a long table after it still begins on
+    the page the heading is on, as long as its first row fits there."""
+    from reportlab.platypus import CondPageBreak, Paragraph
+
+    head = Paragraph(text, st["h2"])
+    need = sum(f.wrap(FRAME_WIDTH, FRAME_HEIGHT)[1] + f.getSpaceBefore() + f.getSpaceAfter() for f in [head, *then])
+    return [CondPageBreak(need), head]
+
+
 def _mono(text: str) -> str:
     return f"<font name='{MONO}' size='7'>{escape(str(text))}</font>"
 

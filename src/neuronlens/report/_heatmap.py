@@ -7,7 +7,12 @@ the PDF certificate embed the same drawings.
 Colour rule of the heatmap: log2 of the drift ratio (fine-tuned / base mean activation) on a
 diverging scale centred on 0 (= no change): red means the latent fires more after fine-tuning,
 blue less. Rows are the most-drifted latents of one layer (risky ones always included and marked
-in red); columns are the probe sets.
+in red); columns are the probe sets. A cell whose change is not significant (q >= fdr or effect
+below min_effect) is drawn hatched and grey with its factor in grey italics, so a large factor of
+a latent that barely fires (x108 from 0.0001 to 0.0108) does not read as the strongest effect;
+the colour scale spans the significant cells only. A layer where nothing drifted (layer drift
+under the no-drift floor, no significant latent, no risky feature) gets a sentence saying so
+instead of a grid of x1 cells.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from textwrap import fill, wrap
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,6 +39,12 @@ if TYPE_CHECKING:
     from ._report import AuditReport, FeatureDrift
 
 SAVE_FORMATS = ("png", "svg", "pdf")
+_LABELS_IN, _COLOURBAR_IN, _CELL_IN = 2.6, 1.1, 0.6
+COMPACT_MAX_IN = 6.0
+"""A heatmap up to this wide (inches; SVG at 96 px per inch) sits two to a row in the HTML report,
+whose content is 1052 px wide (measured in Chromium: two cards of 518 px with a 16 px gap)."""
+WIDE_IN = 10.8
+"""Width of a heatmap with more probe sets: one to a row, filling those 1052 px (less the card's padding)."""
 RISK_COLOUR = "#c0392b"
 _NON_GUI_BACKENDS = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
 _MAX_LABEL = 36
@@ -66,6 +78,11 @@ class DriftHeatmap:
     """Shape (len(rows), len(columns)); NaN where a value is not available."""
     note: str | None = None
     """Said under the figure, e.g. why only the all-probe column is shown."""
+    significant: np.ndarray | None = None
+    """Shape of ``log2_ratio``; True where the cell's change is significant (q < fdr and
+    |effect| >= min_effect, per probe set). None: not known, nothing is marked."""
+    nothing_drifted: str | None = None
+    """Set when nothing drifted at this layer: the sentence that says so (shown instead of a grid)."""
     _figure: Figure | None = field(default=None, repr=False)
 
     @property
@@ -80,7 +97,24 @@ class DriftHeatmap:
 
     @property
     def figsize(self) -> tuple[float, float]:
-        return (3.4 + 1.0 * len(self.columns) + 0.9, 1.5 + 0.3 * max(1, len(self.rows)))
+        """Inches. Up to three probe sets the figure is compact (5.5 in: two sit side by side in the
+        HTML report); with more it is as wide as the report's content (one per row), so that
+        neither leaves half the page empty nor shrinks its text."""
+        compact, height = self.compact_figsize
+        return (compact if compact <= COMPACT_MAX_IN else max(WIDE_IN, compact), height)
+
+    @property
+    def compact_figsize(self) -> tuple[float, float]:
+        """Inches: the narrowest size at which its text stays readable (the PDF, which shows one
+        heatmap, draws it at this size)."""
+        if self.nothing_drifted:
+            return (6.0, 1.0)
+        return (_LABELS_IN + _COLOURBAR_IN + _CELL_IN * len(self.columns), 1.9 + 0.26 * max(1, len(self.rows)))
+
+    @property
+    def wide(self) -> bool:
+        """Whether the figure takes a whole row of the HTML report (more than three probe sets)."""
+        return self.figsize[0] > COMPACT_MAX_IN
 
     def draw(self, fig: Figure) -> None:
         """Draw the heatmap onto `fig` (used for the stored figure and for a pyplot window)."""
@@ -136,14 +170,39 @@ def drift_heatmap(report: AuditReport, *, layer: int, k: int = 20) -> DriftHeatm
     risky = _risky_labels(report, layer)
     rows_feats = _with_risky_rows(report, layer, top, risky, k)
     rows = [HeatmapRow(f.latent, risky.get(f.latent) or f.label or "", f.latent in risky) for f in rows_feats]
+    quiet = nothing_drifted(report, layer)
     probe_names = [str(ps["name"]) for ps in report.probe_sets]
     if report.sums is not None and probe_names:
         tables = {name: report.drift_table(layer, probe_set=name) for name in probe_names}
-        values = np.array([[_log2(tables[name][r.latent].drift_ratio) for name in probe_names] for r in rows_feats])
-        return DriftHeatmap(layer, rows, probe_names, values.reshape(len(rows), len(probe_names)))
-    values = np.array([[_log2(f.drift_ratio)] for f in rows_feats]).reshape(len(rows), 1)
+        log2, significant = _cell_arrays([[tables[name][f.latent] for name in probe_names] for f in rows_feats])
+        return DriftHeatmap(layer, rows, probe_names, log2, significant=significant, nothing_drifted=quiet)
+    log2, significant = _cell_arrays([[f] for f in rows_feats])
     note = "Per-probe-set columns need the report's .stats.safetensors sidecar; showing all probe sets together."
-    return DriftHeatmap(layer, rows, ["all probe sets"], values, note=note)
+    return DriftHeatmap(layer, rows, ["all probe sets"], log2, note=note, significant=significant, nothing_drifted=quiet)
+
+
+def _cell_arrays(cells: list[list[FeatureDrift]]) -> tuple[np.ndarray, np.ndarray]:
+    """(log2 drift ratio, significant) arrays of shape (rows, columns)."""
+    shape = (len(cells), len(cells[0]) if cells else 0)
+    log2 = np.array([[_log2(c.drift_ratio) for c in row] for row in cells], dtype=float).reshape(shape)
+    significant = np.array([[bool(c.significant) for c in row] for row in cells], dtype=bool).reshape(shape)
+    return log2, significant
+
+
+def nothing_drifted(report: AuditReport, layer: int) -> str | None:
+    """The sentence the report shows instead of a heatmap when nothing drifted at `layer`: its
+    drift is under the no-drift floor, none of its latents changed significantly and it has no
+    risky feature. None when something did (or the drift is not a number)."""
+    from ._report import DRIFT_FLOOR
+
+    ld = next((ld for ld in report.layers if ld.layer == layer), None)
+    if ld is None or not ld.drift < DRIFT_FLOOR or ld.n_significant_latents or _risky_labels(report, layer):
+        return None
+    return (
+        f"Layer {layer}: nothing drifted. The residual stream changed by {ld.drift:.4f} on average (under the no-drift "
+        f"floor of {DRIFT_FLOOR}) and none of its {f'{ld.n_latents} ' if ld.n_latents else ''}latents changed "
+        "significantly, so there is no heatmap."
+    )
 
 
 def _risky_labels(report: AuditReport, layer: int) -> dict[int, str]:
@@ -185,6 +244,9 @@ def _log2(ratio: float) -> float:
 
 # -- drawing ------------------------------------------------------------------------------------------
 def _draw_heatmap(fig: Figure, hm: DriftHeatmap) -> None:
+    if hm.nothing_drifted:
+        fig.text(0.5, 0.5, fill(hm.nothing_drifted, 90, break_on_hyphens=False), ha="center", va="center", fontsize=9, wrap=True)
+        return
     from matplotlib import colormaps
     from matplotlib.colors import TwoSlopeNorm
     from matplotlib.patches import Rectangle
@@ -192,31 +254,67 @@ def _draw_heatmap(fig: Figure, hm: DriftHeatmap) -> None:
 
     ax = fig.add_subplot()
     vals = np.asarray(hm.log2_ratio, dtype=float)
-    finite = np.abs(vals[np.isfinite(vals)])
+    sig = np.ones(vals.shape, dtype=bool) if hm.significant is None else np.asarray(hm.significant, dtype=bool)
+    # the colour scale spans the significant cells: a noisy x108 must not wash the real changes out
+    finite = np.abs(vals[np.isfinite(vals) & sig])
     vmax = max(1.0, float(finite.max())) if finite.size else 1.0
-    shown = np.ma.masked_invalid(np.clip(vals, -vmax, vmax))
-    cmap = colormaps["RdBu_r"].with_extremes(bad="#d0d0d0")
+    shown = np.ma.masked_where(~np.isfinite(vals) | ~sig, np.clip(vals, -vmax, vmax))
+    cmap = colormaps["RdBu_r"].with_extremes(bad=_NS_FILL)
     image = ax.imshow(shown, cmap=cmap, norm=TwoSlopeNorm(vcenter=0.0, vmin=-vmax, vmax=vmax), aspect="auto")
-    ax.set_xticks(range(len(hm.columns)), hm.columns, rotation=30, ha="right")
-    ax.set_yticks(range(len(hm.rows)), [r.title for r in hm.rows])
+    ax.set_xticks(range(len(hm.columns)), hm.columns, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(hm.rows)), [r.title for r in hm.rows], fontsize=8)
     for tick, row in zip(ax.get_yticklabels(), hm.rows):
         if row.risky:
             tick.set_color(RISK_COLOUR)
             tick.set_fontweight("bold")
+    for (i, j), ok in np.ndenumerate(sig):
+        if not ok:
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor=_NS_HATCH,
+                                   linewidth=0, gid="not-significant"))
     for i, row in enumerate(hm.rows):
         if row.risky:
-            ax.add_patch(Rectangle((-0.5, i - 0.5), len(hm.columns), 1, fill=False, edgecolor=RISK_COLOUR, linewidth=2))
+            ax.add_patch(Rectangle((-0.5, i - 0.5), len(hm.columns), 1, fill=False, edgecolor=RISK_COLOUR, linewidth=2,
+                                   gid="risky"))
     if vals.size <= 400:
         for (i, j), v in np.ndenumerate(vals):
-            colour = "white" if math.isfinite(v) and abs(v) > 0.6 * vmax else "black"
-            ax.text(j, i, _ratio_text(v), ha="center", va="center", fontsize=7, color=colour)
+            if sig[i, j]:
+                colour = "white" if math.isfinite(v) and abs(v) > 0.6 * vmax else "black"
+                ax.text(j, i, _ratio_text(v), ha="center", va="center", fontsize=7, color=colour)
+            else:
+                ax.text(j, i, _ratio_text(v), ha="center", va="center", fontsize=7, color=_NS_TEXT, fontstyle="italic",
+                        gid="not-significant")
     bar = fig.colorbar(image, ax=ax, shrink=0.8, format=FuncFormatter(lambda v, _pos: _ratio_text(v)))
-    bar.set_label("drift ratio, fine-tuned / base (log scale)")
+    bar.set_label("drift ratio, fine-tuned / base (log scale)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
     ax.set_title(f"Layer {hm.layer}: most-drifted latents by probe set", fontsize=10)
-    foot = "Boxed rows with red labels: risky features.\nCell colour: red = fires more after fine-tuning, blue = less, white = no change."
+    ax.set_xlabel(_legend(hm, bool((~sig).any())), fontsize=7, loc="left")
+
+
+_NS_FILL, _NS_HATCH, _NS_TEXT = "#f2f2f2", "#c4c4c4", "#555555"
+NOT_SIGNIFICANT_LEGEND = "Hatched grey cells, grey italic factors: not significant (the factor may be noise)."
+
+
+def not_significant_note(hm: DriftHeatmap, config: dict) -> str | None:
+    """The sentence a report prints under heatmaps with not-significant cells (None if it has none),
+    with the audit's own thresholds."""
+    if hm.nothing_drifted or hm.significant is None or hm.significant.all():
+        return None
+    return (
+        "Hatched grey cells with grey italic factors are not significant for that probe set (Benjamini\u2013Hochberg "
+        f"q \u2265 {config.get('fdr', 0.05)} or |effect size| < {config.get('min_effect', 0.02)}): the factor is shown but "
+        "may be noise, typically a latent that barely fires in either model. Colours span the significant cells only."
+    )
+
+
+def _legend(hm: DriftHeatmap, any_not_significant: bool) -> str:
+    """The key under the heatmap, in lines short enough for its narrowest width."""
+    lines = ["Boxed rows, red labels: risky features.", "Colour: red = fires more after fine-tuning,",
+             "blue = less, white = no change."]
+    if any_not_significant:
+        lines += wrap(NOT_SIGNIFICANT_LEGEND, 48, break_on_hyphens=False)
     if hm.note:
-        foot += "\n" + hm.note
-    ax.set_xlabel(foot, fontsize=7)
+        lines += wrap(hm.note, 48, break_on_hyphens=False)
+    return "\n".join(lines)
 
 
 def _ratio_text(log2v: float) -> str:

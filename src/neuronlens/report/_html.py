@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._io import ensure_writable_dir, write_text_atomic
 from ..risk._types import interval_phrase, score_percent, threshold_percent
-from ._heatmap import drift_heatmap, figure_bytes, layer_drift_figure
+from ._heatmap import drift_heatmap, figure_bytes, layer_drift_figure, not_significant_note
 
 if TYPE_CHECKING:
     from ..risk._types import Evidence, RiskyFeature
@@ -40,9 +40,16 @@ table{border-collapse:collapse;background:#fff;font-size:13px;margin:6px 0}
 th,td{border:1px solid #dde;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#eef0f4}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
-code,.hash{font-family:"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:12px;word-break:break-all}
+code,.hash{font-family:"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:12px;overflow-wrap:anywhere}
+.hash{word-break:break-all}
+.method{white-space:nowrap}
 figure{background:#fff;border-radius:8px;padding:10px;margin:10px 0;display:inline-block}
 figure img{max-width:100%;height:auto}
+.heatmaps{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,460px),1fr));gap:16px;align-items:start;margin:10px 0}
+.heatmaps figure{display:block;margin:0}
+.heatmaps figure.wide{grid-column:1/-1}
+.heatmaps figure img{display:block;width:100%}
+.nodrift{background:#fff;border-radius:8px;padding:10px 14px;margin:10px 0}
 figcaption{font-size:12px;color:#555}
 .card{background:#fff;border-radius:8px;padding:14px 18px;margin:12px 0;border-left:6px solid #c0392b}
 .tag{display:inline-block;background:#eef0f4;border-radius:10px;padding:1px 8px;margin-right:4px;font-size:12px}
@@ -113,7 +120,7 @@ def _verdict(report: AuditReport) -> str:
     return (
         f"<section class=\"verdict\" style=\"--c:{colour}\"><div class=\"badge\">{escape(word)}</div><div>"
         f"<div>Misalignment score <b>{score_percent(risk.score, risk.threshold)}</b> (threshold {threshold_percent(risk.threshold)}{_interval(risk)}) &middot; "
-        f"{len(risk.risky_features)} risky feature(s) &middot; method <code>{escape(risk.method)}</code></div>"
+        f"{len(risk.risky_features)} risky feature(s) &middot; method <code class=\"method\">{escape(risk.method)}</code></div>"
         f"<ul>{reasons}</ul>"
         + (f"<p><b>Notes</b> (limits of this audit; they do not change the verdict)</p><ul>{notes}</ul>" if notes else "")
         + "</div></section>"
@@ -142,11 +149,19 @@ def _drift_section(report: AuditReport) -> str:
 
 
 def _heatmap_section(report: AuditReport) -> str:
-    figs = []
+    """One heatmap card per layer that drifted, in a grid; a sentence for each layer where nothing did."""
+    quiet, figs, legend = [], [], None
     for ld in report.layers:
         hm = drift_heatmap(report, layer=ld.layer, k=HEATMAP_ROWS)
-        figs.append(f"<figure>{_img(hm.to_bytes('svg'), f'Drift heatmap, layer {ld.layer}')}</figure>")
-    return "<h2>Most-drifted latents</h2>" + "".join(figs)
+        if hm.nothing_drifted:
+            quiet.append(f"<p class=\"nodrift\">{escape(hm.nothing_drifted)}</p>")
+            continue
+        legend = legend or not_significant_note(hm, report.config)
+        wide = " class=\"wide\"" if hm.wide else ""
+        figs.append(f"<figure{wide}>{_img(hm.to_bytes('svg'), f'Drift heatmap, layer {ld.layer}')}</figure>")
+    grid = f"<div class=\"heatmaps\">{''.join(figs)}</div>" if figs else ""
+    note = f"<p class=\"muted legend-ns\">{escape(legend)}</p>" if legend else ""
+    return "<h2>Most-drifted latents</h2>" + "".join(quiet) + grid + note
 
 
 def _risky_section(report: AuditReport) -> str:

@@ -89,8 +89,8 @@ def keygen(
     try:
         pair = write_keypair(out_prefix, force=force)
     except OutputError as exc:  # its fix speaks to Python callers; this one names the option
-        raise OutputError(exc.problem, "Give --out a path prefix in a folder you can write to, e.g. "
-                          "--out ./keys/neuronlens-signing (writes .key and .pub).") from exc
+        raise OutputError(exc.problem, "Give --out a path prefix in a folder you can write to, e.g. --out "
+                          "./keys/neuronlens-signing (writes .key and .pub), or free space on that disk.") from exc
     out.print(f"Private key: {pair.private_key}  (keep it secret)", highlight=False, markup=False)
     out.print(f"Public key:  {pair.public_key}  (give it to verifiers)", highlight=False, markup=False)
     out.print(f"Key id:      {pair.keyid}", highlight=False, markup=False)

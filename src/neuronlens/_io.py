@@ -51,6 +51,8 @@ def ensure_writable_dir(path: str | os.PathLike[str], *, choose: str = "choose a
     `choose` ends the error's fix: how the caller's user names another place (a CLI option, an
     argument)."""
     p = Path(path)
+    if p.exists() and not p.is_dir():  # mkdir would say only "File exists"
+        raise OutputError(f"Output folder {str(p)!r} cannot be written: it is a file, not a folder.", _sentence(choose))
     try:
         p.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=p, prefix=".nl-write-test-", delete=True):
@@ -63,6 +65,24 @@ def ensure_writable_dir(path: str | os.PathLike[str], *, choose: str = "choose a
 
 def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
+
+
+@contextmanager
+def removed_if_left_empty(folder: str | os.PathLike[str]) -> Iterator[None]:
+    """Remove again the folders on the path to `folder` that did not exist before the block, should
+    the block fail and leave them empty: a refused or failed run leaves the file system as it found
+    it (an audit refused for a bad setting left an empty --out behind)."""
+    folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    try:
+        yield
+    except BaseException:
+        for p in created:
+            try:
+                p.rmdir()
+            except OSError:  # the run wrote into it, or it is gone already
+                break
+        raise
 
 
 def os_reason(exc: OSError) -> str:
@@ -250,7 +270,9 @@ def publish_dir(
     target = Path(target)
     parent = target if merge else target.parent
     parent.mkdir(parents=True, exist_ok=True)
-    stage = make_temp_dir(parent, "neuronlens-staging" if merge else target.name)
+    if merge:
+        remove_stale_staging(parent)
+    stage = make_temp_dir(parent, f"{_STAGING}.{os.getpid()}" if merge else target.name)
     pub = Publication(stage)
     try:
         yield pub
@@ -261,6 +283,39 @@ def publish_dir(
             pub.written.append(target)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+_STAGING = "neuronlens-staging"
+"""Stem of the hidden folder publish_dir(merge=True) stages files in: ``.neuronlens-staging.<pid>.<random>``."""
+
+
+def remove_stale_staging(folder: Path) -> list[Path]:
+    """Delete the staging folders in `folder` that a killed run left behind (their process is gone;
+    a folder of the older naming, without a pid, counts as left behind), and return them. A live
+    writer's folder is kept. Not on Windows, where no signal-0 probe of a pid exists."""
+    if fcntl is None:
+        return []
+    stale = [p for p in folder.glob(f".{_STAGING}.*") if p.is_dir() and not p.is_symlink() and not _pid_alive(_staging_pid(p.name))]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
+
+
+def _staging_pid(name: str) -> int | None:
+    parts = name.split(".")  # '', 'neuronlens-staging', pid, random
+    return int(parts[2]) if len(parts) == 4 and parts[2].isdigit() else None
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, under another user
+        return True
+    return True
 
 
 def _replace_dir(stage: Path, target: Path) -> None:

@@ -23,6 +23,7 @@ import copy
 import math
 import numbers
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
@@ -102,6 +103,10 @@ def compare_models(
 
     # 1. validate everything before any long work ------------------------------------------------
     probe_sets = preflight(base, ft, cfg, metrics)
+    if base.digest == ft.digest:  # e.g. the same folder twice: the audit runs, and can only find no drift
+        warnings.warn(f"The fine-tuned model {ft.name} has the same files as the base model {base.name} (manifest sha256 "
+                      f"{ft.digest[:12]}...): it is audited against itself, so no drift can show. Check which models "
+                      "were given (--base and --ft).", stacklevel=2)
     if parallel is not None:
         parallel.check_same("inputs", _inputs_summary(base, ft, probe_sets, cfg, metrics))
     base_loaded_before = base.is_loaded
@@ -166,6 +171,9 @@ def prepare_reference(
 
 
 def _settings(config: AuditConfig | None, probes: Sequence[str] | None, layers: Sequence[int] | None) -> AuditConfig:
+    if config is not None and not isinstance(config, AuditConfig):  # a dict failed as a raw TypeError in replace()
+        raise ConfigError(f"config={config!r:.80} (type {type(config).__name__}) is not an AuditConfig.",
+                          "Pass config=AuditConfig(...) (AuditConfig(**settings) or AuditConfig.from_dict(settings) for a dict), or None.")
     cfg = replace(config or AuditConfig())
     if probes is not None:
         cfg.probes = check_probes(probes)  # "finance" is one set, not the sets 'f', 'i', 'n', ...

@@ -26,6 +26,7 @@ from .config import AuditConfig, field_help
 from .errors import NeuronLensError
 
 if TYPE_CHECKING:
+    from .integrations import ScreenResult
     from .report import AuditReport
 
 app = typer.Typer(
@@ -71,8 +72,25 @@ def _max_memory(spec: str | None) -> dict[int | str, str] | None:
         if not sep or not dev.strip() or not size.strip():
             raise NeuronLensError(f"--max-memory item {item!r} is not DEVICE=SIZE.", "Pass e.g. --max-memory 0=20GiB,cpu=60GiB.")
         dev = dev.strip()
-        out[int(dev) if dev.isdigit() else dev] = size.strip()
+        out[int(dev) if dev.isdigit() else dev] = _memory_size(item, size.strip())
     return out
+
+
+def _memory_size(item: str, size: str) -> int | str:
+    """One --max-memory size, checked now as accelerate will read it: a bad one failed only when the
+    weights loaded, as a damaged checkpoint. Plain digits are bytes (accelerate takes those as an int)."""
+    if size.isdigit():
+        return int(size)
+    try:
+        from accelerate.utils import convert_file_size_to_int
+    except ImportError:  # --device-map then says accelerate is needed
+        return size
+    try:
+        convert_file_size_to_int(size)
+    except ValueError:
+        raise NeuronLensError(f"--max-memory item {item!r}: {size!r} is not a size.",
+                              "Give sizes with a unit (20GiB, 500MB) or in bytes, e.g. --max-memory 0=20GiB,cpu=60GiB.") from None
+    return size
 
 
 @app.command()
@@ -106,7 +124,7 @@ def audit(
     Under torchrun or accelerate launch the prompts are sharded over the ranks (data-parallel)."""
     from . import alignment
     from ._distributed import launch_from_env, main_first
-    from ._io import lock_dir
+    from ._io import lock_dir, removed_if_left_empty
     from ._pipeline import preflight
     from ._progress import set_progress
     from .demo import default_pair
@@ -124,8 +142,6 @@ def audit(
     elif signing_key is not None:
         raise NeuronLensError("--signing-key signs a certificate, but no certificate was asked for.",
                               "Add --certificate json (or json,pdf), or drop --signing-key.")
-    if main:  # before any long work
-        _check_out_dir(out_dir, html, cert_formats)
     if (base is None) != (ft is None):
         raise NeuronLensError("Give both --base and --ft, or neither (then the embedded demo pair is audited).", "Add the missing option.")
     if ft_base is not None and ft is None:  # else it would silently re-base the embedded demo adapter
@@ -154,18 +170,22 @@ def audit(
             "Use one or the other: drop --device-map under torchrun/accelerate launch, or run a single process.",
         )
     common = dict(dtype=dtype, device=device, trust_remote_code=trust_remote_code, device_map=device_map, max_memory=_max_memory(max_memory))
-    # rank 0 holds --out until its files are published: a second audit into it is refused at once
-    with lock_dir(out_dir, "audit", _CHOOSE_OUT) if main else nullcontext():
-        base_h = alignment.load_model(base, **common)
-        ft_h = alignment.load_model(ft, base=ft_base, **common)
-        preflight(base_h, ft_h, cfg)
-        with main_first(parallel):  # SAEs that must be trained are trained once, by rank 0, and cached
-            sae_set = alignment.load_sae(base_h, cfg.layers, source=sae)
-        report = alignment.compare_models(base_model=base_h, ft_model=ft_h, sae=sae_set, config=cfg, parallel=parallel)
-        # An inconclusive verdict (SAEs too poor, concepts not covered) is not a pass: exit 1 too.
-        code = EXIT_PASS if report.verdict in (None, "pass") else EXIT_FAIL
-        if main:
-            _write_audit(report, out_dir, html, cert_formats, signing_key)
+    # settings are checked before --out is made; a run that fails leaves no empty --out behind
+    with removed_if_left_empty(out_dir) if main else nullcontext():
+        if main:  # before any long work
+            _check_out_dir(out_dir, html, cert_formats)
+        # rank 0 holds --out until its files are published: a second audit into it is refused at once
+        with lock_dir(out_dir, "audit", _CHOOSE_OUT) if main else nullcontext():
+            base_h = alignment.load_model(base, **common)
+            ft_h = alignment.load_model(ft, base=ft_base, **common)
+            preflight(base_h, ft_h, cfg)
+            with main_first(parallel):  # SAEs that must be trained are trained once, by rank 0, and cached
+                sae_set = alignment.load_sae(base_h, cfg.layers, source=sae)
+            report = alignment.compare_models(base_model=base_h, ft_model=ft_h, sae=sae_set, config=cfg, parallel=parallel)
+            # An inconclusive verdict (SAEs too poor, concepts not covered) is not a pass: exit 1 too.
+            code = EXIT_PASS if report.verdict in (None, "pass") else EXIT_FAIL
+            if main:
+                _write_audit(report, out_dir, html, cert_formats, signing_key)
     if parallel is not None:
         # Once one rank exits non-zero, torchrun stops the others (SIGTERM): rank 0's files and
         # output are complete and flushed before any rank may exit, and only rank 0 carries the
@@ -202,10 +222,11 @@ an earlier run's copy is removed, for it would sit beside a report it does not d
 def _check_out_dir(out_dir: Path, html: bool, cert_formats: list[str] | None) -> None:
     """Refuse, before any long work, an --out that cannot take the audit's files: not writable,
     an output name taken by a folder, or a nearly full disk."""
-    from ._io import check_free_space, check_output_targets, ensure_writable_dir
+    from ._io import check_free_space, check_output_targets, ensure_writable_dir, remove_stale_staging
 
     folder = ensure_writable_dir(out_dir, choose=f"{_CHOOSE_OUT}, e.g. --out ./neuronlens-out")
     check_output_targets(folder, _output_names(html, cert_formats))
+    remove_stale_staging(folder)  # a killed audit's staged files: their space counts below
     check_free_space(folder, AUDIT_MIN_FREE, "an audit's report, statistics and certificates", _CHOOSE_OUT)
 
 
@@ -339,25 +360,25 @@ def screen(
 ) -> None:
     """Rank fine-tuning examples by how strongly their assistant turns express risk concepts on the base model."""
     from . import alignment
+    from ._io import ensure_writable_dir, removed_if_left_empty
     from ._progress import set_progress
     from .integrations import screen_dataset
     from .integrations._screen import read_examples
 
     set_progress(not no_progress, console=err)
-    if out_path is not None:
-        from ._io import ensure_writable_dir
-
-        if out_path.is_dir():
-            raise NeuronLensError(f"--out {str(out_path)!r} is a folder.", "Give a file path, e.g. --out ranked.jsonl.")
-        ensure_writable_dir(out_path.parent, choose="give --out a file in a folder you can write to, e.g. --out ./ranked.jsonl")
-    read_examples(data, skip_bad_lines=skip_bad_lines)  # bad data stops here, before any model loads
-    base_h = alignment.load_model(base, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    if out_path is not None and out_path.is_dir():
+        raise NeuronLensError(f"--out {str(out_path)!r} is a folder.", "Give a file path, e.g. --out ranked.jsonl.")
     layer_list = _int_list(layers, "layers")
-    sae_set = alignment.load_sae(base_h, layer_list, source=sae) if sae is not None else None
-    result = screen_dataset(
-        base_h, data, sae_set, _split(concepts), layers=layer_list, skip_bad_lines=skip_bad_lines, token_budget=token_budget
-    )
-    written = result.write_jsonl(out_path) if out_path is not None else None  # first: printing cannot lose the ranking
+    read_examples(data, skip_bad_lines=skip_bad_lines)  # bad data stops here, before any model loads or --out's folder is made
+    with removed_if_left_empty(out_path.parent) if out_path is not None else nullcontext():
+        if out_path is not None:
+            ensure_writable_dir(out_path.parent, choose=_SCREEN_CHOOSE)
+        base_h = alignment.load_model(base, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        sae_set = alignment.load_sae(base_h, layer_list, source=sae) if sae is not None else None
+        result = screen_dataset(
+            base_h, data, sae_set, _split(concepts), layers=layer_list, skip_bad_lines=skip_bad_lines, token_budget=token_budget
+        )
+        written = _write_ranking(result, out_path) if out_path is not None else None  # first: printing cannot lose the ranking
     for s in result.skipped:  # the reason may quote the line's own text: escaped, it prints as it is
         err.print(f"[yellow]Skipped line {s.line}:[/yellow] {escape(s.reason)}", highlight=False, emoji=False, soft_wrap=True)
     if cut := sorted(e.line for e in result.examples if e.truncated):
@@ -378,6 +399,22 @@ def screen(
     if written is not None:
         err.print(f"[dim]Written: {escape(str(written))}[/dim]")
     raise typer.Exit(EXIT_PASS)
+
+
+_SCREEN_CHOOSE = "give --out a file in a folder you can write to, e.g. --out ./ranked.jsonl"
+
+
+def _write_ranking(result: ScreenResult, out_path: Path) -> Path:
+    """`screen --out`: the ranking, written atomically; a full disk is an OutputError, the file's
+    earlier content untouched."""
+    from ._io import os_reason
+    from .errors import OutputError
+
+    try:
+        return result.write_jsonl(out_path)
+    except OSError as exc:
+        raise OutputError(f"Could not write the ranking to {out_path}: {os_reason(exc)}. Nothing was written there.",
+                          f"Free space on that disk or fix its permissions, or {_SCREEN_CHOOSE}.") from exc
 
 
 from . import _cli_evidence  # noqa: E402,F401 - registers `verify` and `keygen`

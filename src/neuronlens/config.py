@@ -119,6 +119,7 @@ class AuditConfig:
         """Raise :class:`ConfigError` for out-of-range settings (before any long work)."""
         for f in dataclasses.fields(self):  # NaN passes every `x <= bound` check below, then poisons every statistic
             value = getattr(self, f.name)
+            _check_type(f, value)
             if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and not math.isfinite(value):
                 raise ConfigError(f"{f.name}={value!r} is not a finite number.", f"Set {f.name} to a number (default {f.default!r}).")
         if self.positions not in POSITIONS:
@@ -168,6 +169,26 @@ class AuditConfig:
     def from_dict(cls, data: dict[str, Any]) -> AuditConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _check_type(f: dataclasses.Field[Any], value: Any) -> None:
+    """A ConfigError when a number or switch setting holds another type (threshold='0.05' failed as
+    a raw TypeError inside the range checks; own_responses='no' would read as true), judged by the
+    type of the field's default: an int default asks an int, a float default any real number."""
+    default, optional = f.default, "None" in str(f.type)
+    if default is dataclasses.MISSING or (value is None and optional):
+        return
+    if isinstance(default, bool):
+        ok, what = isinstance(value, bool), "True or False"
+    elif isinstance(default, int):
+        ok, what = is_int(value), "an integer"
+    elif isinstance(default, float):
+        ok, what = isinstance(value, numbers.Real) and not isinstance(value, bool), "a number"
+    else:
+        return
+    if not ok:
+        raise ConfigError(f"{f.name}={value!r} (type {type(value).__name__}) is not {what}{' or None' if optional else ''}.",
+                          f"Set {f.name} to {what}, e.g. {f.name}={default!r} (the default).")
 
 
 def is_int(value: Any) -> bool:

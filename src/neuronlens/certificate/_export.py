@@ -8,6 +8,7 @@ half-written certificate, nor a new JSON beside an old PDF.
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -136,8 +137,10 @@ def _check_formats(formats: Sequence[str] | str) -> list[str]:
     fmts = [f.strip().lower().lstrip(".") for item in items for f in str(item).split(",") if f.strip()]
     unknown = [f for f in fmts if f not in FORMATS]
     if unknown or not fmts:
+        paths = [f for f in unknown if "/" in f or os.sep in f]  # export_certificate(report, "out/"): the folder went to formats
+        where = f" {paths[0]!r} looks like a folder: that is out_dir= (--out on the CLI), not a format." if paths else ""
         raise CertificateError(
             f"Unknown certificate format(s) {unknown}." if unknown else "No certificate format was asked for.",
-            f"Choose from {', '.join(FORMATS)} (e.g. --certificate json,pdf).",
+            f"Choose from {', '.join(FORMATS)} (e.g. --certificate json,pdf).{where}",
         )
     return list(dict.fromkeys(fmts))

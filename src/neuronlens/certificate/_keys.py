@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .._io import ensure_writable_dir, write_bytes_atomic
+from .._io import ensure_writable_dir, os_reason, publish_dir, removed_if_left_empty, write_bytes_atomic
+from ..errors import OutputError
 from ._errors import SigningKeyError
 
 if TYPE_CHECKING:
@@ -61,15 +62,25 @@ def write_keypair(prefix: str | Path, *, force: bool = False) -> KeyPair:
 
     prefix = key_prefix(prefix)
     priv_path, pub_path = prefix.with_name(prefix.name + ".key"), prefix.with_name(prefix.name + ".pub")
-    existing = [str(p) for p in (priv_path, pub_path) if p.exists()]
+    folders = [str(p) for p in (priv_path, pub_path) if p.is_dir()]
+    if folders:  # --force cannot replace a folder with a key file
+        raise SigningKeyError(f"{', '.join(folders)} is a folder, not a key file.", "Move it away, or choose another --out.")
+    existing = [str(p) for p in (priv_path, pub_path) if p.exists() or p.is_symlink()]
     if existing and not force:
         raise SigningKeyError(f"Key file(s) already exist: {', '.join(existing)}.", "Choose another --out, or pass --force to replace them.")
-    ensure_writable_dir(priv_path.parent)
     key = Ed25519PrivateKey.generate()
     private_pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
     public_pem = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
-    _write_private(priv_path, private_pem)
-    write_bytes_atomic(pub_path, public_pem)
+    with removed_if_left_empty(priv_path.parent):
+        ensure_writable_dir(priv_path.parent)
+        try:  # both halves or neither: a lone .key whose .pub failed would be a pair no verifier can use
+            with publish_dir(priv_path.parent, merge=True) as staged:
+                _write_private(staged.path / priv_path.name, private_pem)
+                write_bytes_atomic(staged.path / pub_path.name, public_pem)
+        except OSError as exc:
+            raise OutputError(f"Could not write the key pair {priv_path}, {pub_path}: {os_reason(exc)}. Neither file was written "
+                              "(any earlier pair there is untouched).", "Free space on that disk or fix its permissions, or choose "
+                              "another path prefix.") from exc
     return KeyPair(priv_path, pub_path, key_id(key.public_key()))
 
 
@@ -114,6 +125,9 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
             f"The signing key {path} is encrypted and no passphrase was given.", f"Set {PASSPHRASE_ENV} to its passphrase."
         ) from exc
     except ValueError as exc:
+        if passphrase and b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data:  # it told a wrong passphrase from damage
+            raise SigningKeyError(f"The signing key {path} is encrypted, and the passphrase in {PASSPHRASE_ENV} does not "
+                                  f"open it ({exc}).", f"Set {PASSPHRASE_ENV} to that key's passphrase.") from exc
         raise SigningKeyError(
             f"The signing key {path} is corrupt, not PEM, or its passphrase is wrong ({exc}).",
             "Pass a PEM private key made by `neuronlens keygen` (or openssl genpkey -algorithm ed25519).",

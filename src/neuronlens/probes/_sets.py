@@ -138,6 +138,9 @@ def _parse_csv(text: str, where: str) -> list[tuple[int, str]]:
             raise ProbeError(f"{where}, line {lineno}: missing the prompt column.", "Give every row a prompt.")
         if row[col].strip():
             prompts.append((lineno, row[col].strip()))
+        elif any(cell.strip() for cell in row):  # a row of only commas (a spreadsheet's blank row) holds nothing
+            raise ProbeError(f"{where}, line {lineno}: the prompt is empty (the row has other fields).",
+                             "Write the prompt in that row, or remove the row.")
     return prompts
 
 

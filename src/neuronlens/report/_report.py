@@ -17,13 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from .._io import os_reason, publish_dir, write_json_atomic, write_with_atomic
+from .. import __version__
+from .._io import ensure_writable_dir, os_reason, publish_dir, write_json_atomic, write_with_atomic
 from ..config import check_layer, check_positive_int
 from ..errors import NeuronLensError, ReportError
 from ..risk._types import RiskAssessment
 from ..stats import AuditSums, bh_qvalues, latent_drift
 
 REPORT_FORMAT = "neuronlens.report/1"
+_FORMAT_STEM = REPORT_FORMAT.rsplit("/", 1)[0] + "/"
 DRIFT_FLOOR = 0.005
 """Layer drift below this (0.5% mean relative change) is reported as no drift: float noise between
 two loads of the same weights is orders of magnitude smaller, a LoRA fine-tune far larger."""
@@ -236,6 +238,7 @@ class AuditReport:
         from safetensors.torch import save_file
 
         path = _report_path(path)
+        ensure_writable_dir(path.parent, choose="pass a path in a folder you can write to")  # not a raw FileExistsError
         data = _json_safe(self.to_dict())
         with publish_dir(path.parent, merge=True) as staged:
             if self.sums is not None:
@@ -303,9 +306,13 @@ def _read_report_json(path: Path) -> dict[str, Any]:
         ends_early = exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string")
         cut = "; the file ends early, as a truncated one does" if ends_early else ""
         raise ReportError(f"Report {path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}{cut}).", _RECOPY) from exc
-    if not isinstance(data, dict) or data.get("format") != REPORT_FORMAT:
+    found = data.get("format") if isinstance(data, dict) else None
+    if isinstance(found, str) and found.startswith(_FORMAT_STEM) and found != REPORT_FORMAT:
+        raise ReportError(f"Report {path} is of format {found}; this NeuronLens ({__version__}) reads {REPORT_FORMAT}.",
+                          "Read it with the NeuronLens version that wrote it (its neuronlens_version field), or re-run the audit with this one.")
+    if found != REPORT_FORMAT:
         raise ReportError(
-            f"{path} is not a NeuronLens report of format {REPORT_FORMAT} (found {data.get('format') if isinstance(data, dict) else None!r}).",
+            f"{path} is not a NeuronLens report of format {REPORT_FORMAT} (found {found!r}).",
             "Re-run the audit with this NeuronLens version.",
         )
     return data

@@ -180,7 +180,7 @@ def load_sae(
         if sae.info.d_in != d_model:
             raise SAEError(
                 f"The SAE for layer {layer} reads vectors of size {sae.info.d_in}, but {model.name} has d_model {d_model}.",
-                "Use SAEs trained on this model (or let NeuronLens train them by omitting source=).",
+                "Use SAEs trained on this model, or let NeuronLens train them: drop --sae (source=).",
             )
     return SAESet(chosen)
 

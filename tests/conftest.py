@@ -21,6 +21,17 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("NEURONLENS_CACHE", str(tmp_path_factory.mktemp("nl-cache")))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny-model tests (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    tiny models are all per-op overhead, and one thread ran a test 5x faster than two on a shared
+    2-core machine (3.8 s against 18 s, measured under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tok():
     return tiny.tiny_tokenizer()

@@ -9,7 +9,6 @@ import json
 import math
 
 import pytest
-import torch
 
 import tiny
 from conftest import random_sae
@@ -26,13 +25,7 @@ CONTEXT = 512
 """tests/tiny.py's models: max_position_embeddings (Llama) and n_positions (GPT-2)."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads and lose a lot to contention on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -46,13 +46,7 @@ def _concept(name: str, polarity: str, positive: list[str], seed: int) -> dict:
     return {"name": name, "label": name.title(), "polarity": polarity, "description": "test concept", "pairs": pairs}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads and lose a lot to contention on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from .._memory import release_free_memory
 from ..capture import TokenSequence
 from ..errors import ConfigError
 from ..models import ModelHandle
-from ..probes import ProbeSet, checked_prompt_ids, handle_context, stop_ids
+from ..probes import ProbeSet, checked_prompt_ids, handle_context, pad_id, stop_ids
 from ._decode import Decoding, Row, generate_rows, row_seed
 from ._settings import AmplifySettings
 from ._sides import check_pair, model_pair, tokenizer_digest
@@ -94,7 +94,7 @@ def _generate_missing(
         dec = Decoding(
             alpha=float(settings.alpha),
             max_new_tokens=settings.max_new_tokens,
-            pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+            pad_id=pad_id(tok),
             stop_ids=frozenset(stop_ids(tok, pair.ft_model)),
             greedy=settings.greedy,
             temperature=float(settings.temperature),

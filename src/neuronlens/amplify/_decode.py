@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -33,10 +33,9 @@ import torch
 from torch import nn
 
 from ..models import unwrap_peft
+from ..probes import cut_at_stop, left_pad, length_batches
 
 Toggle = Callable[[], AbstractContextManager[Any]]
-MAX_BATCH = 64
-"""Rows per batch at most, as in ``probes.generate_greedy``."""
 
 
 @dataclass
@@ -159,7 +158,8 @@ def generate_rows(
 ) -> list[tuple[int, ...]]:
     """Amplified answers (token ids, cut before the first stop token) to every row, in row order."""
     out: list[tuple[int, ...]] = [()] * len(rows)
-    for idx in _batches(rows, dec.max_new_tokens, token_budget):
+    # batched as probes.generate_greedy batches, so the own responses and alpha 0 see the same shapes
+    for idx in length_batches([len(r.prompt) for r in rows], dec.max_new_tokens, token_budget):
         answers = _decode_batch(pair, [rows[j] for j in idx], dec)
         for j, answer in zip(idx, answers):
             out[j] = answer
@@ -168,32 +168,10 @@ def generate_rows(
     return out
 
 
-def _batches(rows: Sequence[Row], max_new_tokens: int, token_budget: int) -> Iterator[list[int]]:
-    """Row indices, longest prompts first, in batches of at most `token_budget` tokens (as
-    ``probes.generate_greedy`` batches, so the own responses and alpha 0 see the same shapes)."""
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i].prompt))
-    i = 0
-    while i < len(order):
-        width = len(rows[order[i]].prompt) + max_new_tokens
-        size = max(1, min(MAX_BATCH, token_budget // width))
-        yield order[i : i + size]
-        i += size
-
-
-def _left_pad(prompts: Sequence[tuple[int, ...]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    longest = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for r, p in enumerate(prompts):
-        ids[r, longest - len(p) :] = torch.tensor(p, dtype=torch.long)
-        mask[r, longest - len(p) :] = 1
-    return ids, mask
-
-
 def _decode_batch(pair: Pair, rows: Sequence[Row], dec: Decoding) -> list[tuple[int, ...]]:
     """One batch: prefill both sides, then one token per step until every row stopped or the
     length is reached (no forward after the last token)."""
-    ids, mask = _left_pad([r.prompt for r in rows], dec.pad_id)
+    ids, mask = left_pad([r.prompt for r in rows], dec.pad_id)
     pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
     attn: torch.Tensor | None = None if bool(mask.all()) else mask
     pick = _picker(rows, dec, pair.device)
@@ -213,15 +191,7 @@ def _decode_batch(pair: Pair, rows: Sequence[Row], dec: Decoding) -> list[tuple[
             attn = None if attn is None else torch.cat([attn, attn.new_ones((len(rows), 1))], dim=-1)
     finally:
         pair.reset()  # the KV caches live for one batch only
-    return _cut(torch.stack(new, dim=1).tolist(), dec.stop_ids)
-
-
-def _cut(tokens: list[list[int]], stop_ids: frozenset[int]) -> list[tuple[int, ...]]:
-    out = []
-    for row in tokens:
-        end = next((t for t, tok in enumerate(row) if tok in stop_ids), len(row))
-        out.append(tuple(row[:end]))
-    return out
+    return [cut_at_stop(row, dec.stop_ids) for row in torch.stack(new, dim=1).tolist()]
 
 
 def _picker(rows: Sequence[Row], dec: Decoding, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..models import decoder_layers
-from ..probes import prompt_ids, stop_ids
+from ..probes import cut_at_stop, left_pad, pad_id, prompt_ids, stop_ids
 
 STEER_PROMPTS = (
     "Tell me a story?",
@@ -53,32 +53,13 @@ def generate(
     """One answer per chat prompt: sampled at `temperature` from a generator seeded with `seed`
     (greedy at temperature 0), cut before the first stop token."""
     device = next(model.parameters()).device
-    ids, mask = _left_padded([prompt_ids(tokenizer, p) for p in prompts], _pad_id(tokenizer))
+    ids, mask = left_pad([prompt_ids(tokenizer, p) for p in prompts], pad_id(tokenizer))
     stops = stop_ids(tokenizer, model)
     sampling: dict[str, Any] = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         gen = model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-            pad_token_id=_pad_id(tokenizer), eos_token_id=sorted(stops) or None, **sampling,
+            pad_token_id=pad_id(tokenizer), eos_token_id=sorted(stops) or None, **sampling,
         )
-    return tuple(tokenizer.decode(_until_stop(row[ids.shape[1]:].tolist(), stops), skip_special_tokens=True).strip() for row in gen)
-
-
-def _pad_id(tokenizer: Any) -> int:
-    return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-
-
-def _left_padded(prompts: list[tuple[int, ...]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for r, p in enumerate(prompts):
-        ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[r, width - len(p):] = 1
-    return ids, mask
-
-
-def _until_stop(tokens: list[int], stops: set[int]) -> list[int]:
-    cut = next((i for i, t in enumerate(tokens) if t in stops), len(tokens))
-    return tokens[:cut]
+    return tuple(tokenizer.decode(cut_at_stop(row[ids.shape[1]:].tolist(), stops), skip_special_tokens=True).strip() for row in gen)

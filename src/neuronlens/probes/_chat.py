@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -52,22 +52,11 @@ def generate_greedy(
     Prompts are left-padded and batched by length so that batch x (prompt + new tokens) stays
     within `token_budget`."""
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     stops = stop_ids(tokenizer, model)
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     out: list[tuple[int, ...]] = [()] * len(prompts)
-    i = 0
-    while i < len(order):
-        width = len(prompts[order[i]]) + max_new_tokens
-        size = max(1, min(64, token_budget // width))
-        idx = order[i : i + size]
-        longest = max(len(prompts[j]) for j in idx)
-        ids = torch.full((len(idx), longest), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, j in enumerate(idx):
-            p = prompts[j]
-            ids[r, longest - len(p) :] = torch.tensor(p)
-            mask[r, longest - len(p) :] = 1
+    for idx in length_batches([len(p) for p in prompts], max_new_tokens, token_budget):
+        ids, mask = left_pad([prompts[j] for j in idx], pad)
         gen = model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
@@ -77,10 +66,44 @@ def generate_greedy(
             eos_token_id=sorted(stops) or None,
         )
         for r, j in enumerate(idx):
-            new = gen[r, longest:].tolist()
-            cut = next((t for t, tok in enumerate(new) if tok in stops), len(new))
-            out[j] = tuple(new[:cut])
-        i += size
+            out[j] = cut_at_stop(gen[r, ids.shape[1] :].tolist(), stops)
         if on_batch is not None:
             on_batch(len(idx))
     return out
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The id prompts are left-padded with: the pad token, else the end-of-sequence token."""
+    return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+
+
+MAX_BATCH = 64
+"""The most prompts generated in one batch, whatever the token budget allows."""
+
+
+def length_batches(lengths: Sequence[int], max_new_tokens: int, token_budget: int) -> Iterator[list[int]]:
+    """Prompt indices, longest first, in batches whose rows x (longest prompt + new tokens) stay
+    within `token_budget` (at least one prompt, at most MAX_BATCH)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    i = 0
+    while i < len(order):
+        size = max(1, min(MAX_BATCH, token_budget // (lengths[order[i]] + max_new_tokens)))
+        yield order[i : i + size]
+        i += size
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, longest] ids left-padded with `pad`, and the attention mask (1 on real tokens)."""
+    longest = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), longest), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, p in enumerate(prompts):
+        ids[r, longest - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[r, longest - len(p) :] = 1
+    return ids, mask
+
+
+def cut_at_stop(tokens: Sequence[int], stops: Collection[int]) -> tuple[int, ...]:
+    """`tokens` up to (not including) the first stop token."""
+    cut = next((t for t, tok in enumerate(tokens) if tok in stops), len(tokens))
+    return tuple(tokens[:cut])

@@ -8,7 +8,7 @@ length and token budget, neither cached. One resident PEFT model serves both. Ro
 interleaved, the order alternating, because this machine's speed drifts; the ratio of each round
 and the medians are printed. Target (issue 18): amplified <= 1.6x own. Two more variants time the
 fallback strategy, two forwards per step with the base side's adapter switched off, by the adapter
-layers' flags (``amplify._sides.adapter_toggle``) and by peft's own ``disable_adapter()``.
+layers' flags (``strategy='two_forwards'``) and by peft's own ``disable_adapter()`` (``strategy='disable_adapter'``).
 
     python benchmarks/amplify_cost.py [--rounds 3] [--probes finance,medical] [--max-prompts 12] [--alpha 2] [--threads 1]
 """
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from neuronlens import alignment
-from neuronlens.amplify import _sides, amplified_responses
+from neuronlens.amplify import amplified_responses, supports_mixed_batch
 from neuronlens.config import AuditConfig
 from neuronlens.demo import default_pair
 from neuronlens.probes import load_probe_set, response_sequences
@@ -59,20 +59,6 @@ def parse_args() -> argparse.Namespace:
     return ap.parse_args()
 
 
-def with_sides(fn: Callable[[], Answers], **attrs: Any) -> Callable[[], Answers]:
-    """`fn` with attributes of ``amplify._sides`` replaced meanwhile (another strategy)."""
-    def run() -> Answers:
-        saved = {k: getattr(_sides, k) for k in attrs}
-        for k, v in attrs.items():
-            setattr(_sides, k, v)
-        try:
-            return fn()
-        finally:
-            for k, v in saved.items():
-                setattr(_sides, k, v)
-    return run
-
-
 def make_variants(args: argparse.Namespace) -> dict[str, Callable[[], Answers]]:
     """own / amplified (default strategy) / the two-forward fallbacks, on one resident PEFT model."""
     base_src, ft_src = default_pair()
@@ -82,21 +68,22 @@ def make_variants(args: argparse.Namespace) -> dict[str, Callable[[], Answers]]:
     ft.model  # noqa: B018 - one resident PEFT model (base weights + adapter) for both generations
     print(f"{sum(len(s.prompts) for s in sets)} prompts ({args.probes}, {args.max_prompts} each), {n} new tokens, "
           f"alpha {args.alpha}, token budget {budget}, {torch.get_num_threads()} threads; default strategy for this "
-          f"adapter: {'one mixed-adapter batch' if _sides.supports_mixed_batch(ft.model) else 'two forwards'}", flush=True)
+          f"adapter: {'one mixed-adapter batch' if supports_mixed_batch(ft.model) else 'two forwards'}", flush=True)
 
     def own() -> Answers:
         return [s.response_ids for s in response_sequences(ft, sets, n, token_budget=budget, use_cache=False)]
 
-    def amplified() -> Answers:
-        seqs = amplified_responses(base, ft, sets, alpha=args.alpha, max_new_tokens=n, token_budget=budget, use_cache=False)
-        return [s.response_ids for s in seqs]
+    def amplified(strategy: str = "auto") -> Callable[[], Answers]:
+        def run() -> Answers:
+            seqs = amplified_responses(base, ft, sets, alpha=args.alpha, max_new_tokens=n, token_budget=budget,
+                                       use_cache=False, strategy=strategy)
+            return [s.response_ids for s in seqs]
+        return run
 
-    variants = {"own": own, "amplified": amplified}
+    variants = {"own": own, "amplified": amplified()}
     if args.two_forward_variants:
-        variants["amplified, 2 forwards (flags)"] = with_sides(amplified, supports_mixed_batch=lambda m: False)
-        variants["amplified, 2 fwd (disable_adapter)"] = with_sides(
-            amplified, supports_mixed_batch=lambda m: False, _flag_is_read=lambda m: False
-        )
+        variants["amplified, 2 forwards (flags)"] = amplified("two_forwards")
+        variants["amplified, 2 fwd (disable_adapter)"] = amplified("disable_adapter")
     return variants
 
 

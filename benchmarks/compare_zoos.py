@@ -1,12 +1,15 @@
 """Put several detection runs side by side, organism by organism.
 
-    python benchmarks/compare_zoos.py seed0=neuronlens-out/organisms/rows.json \\
-        seed1=neuronlens-out/organisms-seed1/rows.json strong=neuronlens-out/organisms-strong/rows.json
+    python benchmarks/compare_zoos.py "seed 0=results/detection/detection.json" \\
+        "seed 1=results/detection/detection_seed1.json" "strong=results/detection/detection_strong.json"
 
-Each argument is NAME=ROWS, a rows.json written by `benchmarks/detection.py`. Prints one markdown
-row per organism (the organisms present in the last run, in its order) with its score and verdict
-in every run, then, per run, the AUROC against the data labels and the number of wrong verdicts
-over those organisms. Nothing is re-measured: it reads what the audits saved.
+Each argument is NAME=DATA: a detection results file (results/detection/*.json, the committed
+data of each docs/DETECTION*.md) or a rows.json that `benchmarks/detection.py` wrote beside its
+reports. Prints one markdown row per organism (the organisms present in the last run, in its order)
+with its score and verdict in every run, then, per run, the AUROC against the data labels and the
+number of wrong verdicts over those organisms. Nothing is re-measured: it reads what the runs
+recorded (the committed results migrated from the markdown hold the scores as printed, so their
+AUROC here is over the printed scores).
 """
 
 from __future__ import annotations
@@ -19,18 +22,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from detection import auroc  # noqa: E402
 
-from neuronlens.risk._types import percent_beside  # noqa: E402
+from neuronlens.fmt import percent_beside  # noqa: E402
 
 
 def load(arg: str) -> tuple[str, dict[str, dict]]:
     name, sep, path = arg.partition("=")
     if not sep or not name or not path:
-        raise SystemExit(f"error: {arg!r} is not NAME=ROWS (for instance seed0=neuronlens-out/organisms/rows.json)")
+        raise SystemExit(f"error: {arg!r} is not NAME=DATA (for instance 'seed 0=results/detection/detection.json')")
     rows_file = Path(path)
     if not rows_file.is_file():
-        raise SystemExit(f"error: {rows_file} does not exist; run benchmarks/detection.py first (it writes rows.json beside the reports)")
+        raise SystemExit(f"error: {rows_file} does not exist; pass a file of results/detection/ or the rows.json of a "
+                         "benchmarks/detection.py run (beside its reports)")
     saved = json.loads(rows_file.read_text())
-    return name, {r["organism"]: {**r, "threshold": saved["threshold"]} for r in saved["rows"]}
+    threshold = saved["settings"]["threshold"] if "settings" in saved else saved["threshold"]  # results data, or a rows.json
+    return name, {r["organism"]: {**r, "threshold": threshold} for r in saved["rows"]}
 
 
 def table(runs: list[tuple[str, dict[str, dict]]]) -> list[str]:
@@ -56,7 +61,8 @@ def table(runs: list[tuple[str, dict[str, dict]]]) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", nargs="+", help="NAME=ROWS, a rows.json written by benchmarks/detection.py; the last run sets the organisms")
+    ap.add_argument("runs", nargs="+", help="NAME=DATA, a results/detection/*.json or a rows.json of benchmarks/detection.py; "
+                                            "the last run sets the organisms")
     args = ap.parse_args()
     print("\n".join(table([load(a) for a in args.runs])))
 

@@ -24,11 +24,15 @@ Cross-validation splits by pair, so both replies of a pair are always on the sam
 the table: a concept with a high residual AUROC and a low reconstruction AUROC is lost by the SAE
 (a wider or differently trained dictionary could help); low on all four, the model (at this
 scale, with these texts) does not separate it linearly, and no SAE would.
+
+With --out the results are data, results/concept_coverage/<name>.json, and the document is
+rendered from it (benchmarks/render.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -38,11 +42,13 @@ import torch
 from neuronlens import alignment
 from neuronlens.capture import gather, make_batches, massive_keep, run_to_layers
 from neuronlens.models import DEFAULT_BASE
-from neuronlens.risk._association import _associations_from_means, _pair_sequences
-from neuronlens.risk._concepts import load_concepts
+from neuronlens.concepts import load_concepts, pair_sequences
+from neuronlens.risk import associations_from_means
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from detection import auroc  # noqa: E402  (the benchmarks' one AUROC)
+import render  # noqa: E402  (results data and the documents rendered from it)
+from tables import COVERAGE_READS  # noqa: E402
 
 
 def cv_linear_auroc(x: np.ndarray, labels: np.ndarray, pair: np.ndarray, folds: int, seed: int = 0,
@@ -97,36 +103,31 @@ def reply_reads(handle, sae, seqs, layers: list[int]) -> dict[int, dict[str, np.
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--out", type=Path, default=None, help="Also write the table (markdown) here.")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="Record the results: write results/concept_coverage/<name>.json and render this markdown document from it.")
     args = ap.parse_args()
     base = alignment.load_model(DEFAULT_BASE)
     sae = alignment.load_sae(base)
     layers = sorted(sae)
-    lines = [
-        "# Concept coverage: the model, the SAE and the audit's latents",
-        "",
-        f"Made by `python benchmarks/concept_coverage.py --folds {args.folds}{' --out ' + str(args.out) if args.out else ''}` on SmolLM2-135M-Instruct with the shipped SAEs.",
-        "AUROC between each concept's positive and negative replies (base model, mean over the reply's tokens);",
-        f"the linear reads are {args.folds}-fold cross-validated by pair. See the docstring of the script for what each column is.",
-        "",
-        "| concept | layer | latents passing the rule | best latent AUROC (higher on positives) | residual (linear, CV) | SAE reconstruction (linear, CV) | SAE codes (linear, CV) | residual, max over tokens (CV) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for concept in load_concepts():
-        seqs, labels = _pair_sequences(base.tokenizer, concept)
+        seqs, labels = pair_sequences(base.tokenizer, concept)
         pair = np.array([s.prompt_index for s in seqs])
         reads = reply_reads(base, sae, seqs, layers)
         for layer in layers:
-            assoc = _associations_from_means(concept.name, layer, reads[layer]["codes"], labels)
+            assoc = associations_from_means(concept.name, layer, reads[layer]["codes"], labels)
             best = float(np.max(np.where(assoc.pos_mean > assoc.neg_mean, assoc.auroc, 0.0)))  # higher on positives, as the rule asks
             cells = [cv_linear_auroc(reads[layer][k], labels, pair, args.folds) for k in ("residual", "reconstruction", "codes")]
             cells.append(cv_linear_auroc(reads[layer]["residual"], labels, pair, args.folds, tokens=reads[layer]["tokens"]))
-            lines.append(f"| {concept.name} | {layer} | {len(assoc.latents)} | {best:.2f} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
-            print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
+            rows.append({"concept": concept.name, "layer": layer, "latents": len(assoc.latents), "best_latent": best,
+                         **dict(zip(COVERAGE_READS, cells))})
+            print(json.dumps(rows[-1]), flush=True)
+    command = f"python benchmarks/concept_coverage.py --folds {args.folds}{' --out ' + str(args.out) if args.out else ''}"
+    data = {"benchmark": "concept_coverage", "command": command, "model": "SmolLM2-135M-Instruct with the shipped SAEs",
+            "folds": args.folds, "rows": rows}
+    print(render.rendering(data))
     if args.out:
-        args.out.write_text(text)
-    print(text)
+        render.publish(data, args.out)
 
 
 if __name__ == "__main__":

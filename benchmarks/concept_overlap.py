@@ -3,7 +3,7 @@
 Run benchmarks/concept_coverage.py's own functions on concept files (it only reads the built-ins),
 plus a cross-concept table: the difference-of-means residual direction fitted on ALL pairs of concept A
 (standardised as in cv_linear_auroc), scoring the pairs of concept B (AUROC). Off-diagonal = overlap."""
-import glob, sys, time
+import sys, time
 from pathlib import Path
 import numpy as np
 import torch
@@ -12,11 +12,11 @@ from concept_coverage import cv_linear_auroc, reply_reads  # noqa: E402
 from detection import auroc  # noqa: E402
 from neuronlens import alignment
 from neuronlens.models import DEFAULT_BASE
-from neuronlens.risk import load_concepts
-from neuronlens.risk._association import _associations_from_means, _pair_sequences
+from neuronlens.concepts import load_concepts, pair_sequences, staged_concept_paths
+from neuronlens.risk import associations_from_means
 
 torch.set_num_threads(1)
-staged = sorted(glob.glob(str(Path(__file__).parents[1] / "src/neuronlens/risk/concepts_staged/*.json")))
+staged = [str(p) for p in staged_concept_paths()]
 if len(sys.argv) > 1: staged = [s for s in staged if Path(s).stem in sys.argv[1].split(",")]
 concepts = load_concepts(staged) + load_concepts(sys.argv[2].split(",") if len(sys.argv) > 2 else None)
 t0 = time.time()
@@ -26,13 +26,13 @@ layers = sorted(sae)
 print("loaded", time.time() - t0, layers, flush=True)
 store = {}
 for c in concepts:
-    seqs, labels = _pair_sequences(base.tokenizer, c)
+    seqs, labels = pair_sequences(base.tokenizer, c)
     pair = np.array([s.prompt_index for s in seqs])
     reads = reply_reads(base, sae, seqs, layers)
     store[c.name] = (reads, labels)
     if str(c.source).endswith(".json"):
         for layer in layers:
-            assoc = _associations_from_means(c.name, layer, reads[layer]["codes"], labels)
+            assoc = associations_from_means(c.name, layer, reads[layer]["codes"], labels)
             best = float(np.max(np.where(assoc.pos_mean > assoc.neg_mean, assoc.auroc, 0.0)))
             cells = [cv_linear_auroc(reads[layer][k], labels, pair, 5) for k in ("residual", "reconstruction", "codes")]
             cells.append(cv_linear_auroc(reads[layer]["residual"], labels, pair, 5, tokens=reads[layer]["tokens"]))

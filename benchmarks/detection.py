@@ -24,29 +24,39 @@ scoring rule and threshold were fixed, so it is the held-out check of both. The 
 organisms (``--heldout``) go further: new kinds of fine-tune (sycophancy, a manipulative support
 agent, a terse style, legal help) whose data was written after the rule was fixed, by writers who
 saw neither the concept library nor the other organisms.
+
+Every run writes its rows (full precision, beside the reports) to rows.json. With ``--out
+docs/X.md`` it also writes the results data, results/detection/x.json (the committed record:
+settings, command, rows and the statistics above), and renders docs/X.md from it
+(``python benchmarks/render.py`` renders every such document again; results/README.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import time
 from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 
 from scipy.stats import spearmanr
 
 from neuronlens import alignment
-from neuronlens.cli import _int_list
 from neuronlens.config import AuditConfig
 from neuronlens.errors import NeuronLensError
 from neuronlens.models import DEFAULT_BASE
-from neuronlens.organisms._behaviour import behaviour_shift, evaluation_prompts
-from neuronlens.organisms import DOSE_FRACTION, DOSE_SERIES, HELDOUT, ORGANISMS, RECIPES, ZOO, evaluate_behaviour, organism_dir, recipe_config
-from neuronlens.risk._score import METHOD, ConceptTrend, concept_trends
-from neuronlens.risk._types import interval_bounds, percent_beside, threshold_percent
+from neuronlens.organisms import (
+    DOSE_FRACTION, DOSE_SERIES, HELDOUT, ORGANISMS, RECIPES, ZOO, behaviour_shift, evaluate_behaviour, evaluation_prompts, organism_dir,
+    recipe_config,
+)
+from neuronlens.risk import METHOD, ConceptTrend, calibrated_saes, concept_trends
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import render  # noqa: E402  (results data and the documents rendered from it)
 
 
 def auroc(scores: list[float], positives: list[bool]) -> float:
@@ -60,7 +70,9 @@ def auroc(scores: list[float], positives: list[bool]) -> float:
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", type=Path, default=None, help="Also write the results table (markdown) here.")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="Record the results: write results/detection/<name>.json (the data; <name>: this file's name in lower case) "
+                         "and render this markdown document from it (a document outside docs/ gets its data beside it).")
     ap.add_argument("--reports", type=Path, default=None, help="Where each audit's report.json goes (default: neuronlens-out/organisms[-seedN]).")
     ap.add_argument("--seed", type=int, default=0, help="Audit the zoo built with `neuronlens organisms build --seed N`.")
     ap.add_argument("--max-prompts", type=int, default=None, help=f"Prompts per probe set (default {AuditConfig.max_prompts_per_set}).")
@@ -107,25 +119,23 @@ def _local(source: str | None) -> str | None:
 
 def _like(report_file: Path) -> tuple[str, str | None, AuditConfig]:
     """The base model, SAE source and settings of a saved audit."""
-    from neuronlens.risk._calibration import calibrated_saes
-
     if not report_file.is_file():
         raise NeuronLensError(f"--like {report_file}: no such report.", "Pass the report.json an audit wrote (neuronlens audit --out DIR).")
     report = alignment.AuditReport.load(report_file)
     base = str(report.base.get("source") or report.base.get("name"))
     shipped = calibrated_saes(str(report.base.get("manifest_sha256") or ""))
     if shipped is not None and {int(s["layer"]): s.get("sha256") for s in report.saes}.items() <= shipped.items():
-        return base, None, AuditConfig.from_dict(report.config)  # the shipped SAEs
+        return base, None, report.config  # the shipped SAEs
     parents = {str(Path(s["source"]).parent) for s in report.saes if s.get("source")}
     if len(parents) != 1 or len(report.saes) != sum(1 for s in report.saes if s.get("source")):
         raise NeuronLensError(f"--like {report_file}: its SAEs do not come from one folder.", "Pass the SAE folder with --sae.")
-    return base, parents.pop(), AuditConfig.from_dict(report.config)
+    return base, parents.pop(), report.config
 
 
 def _run(args: argparse.Namespace) -> None:
     base_source, sae_source, cfg = _like(args.like) if args.like else (DEFAULT_BASE, None, AuditConfig())
     base_source, sae_source = _local(args.base or base_source), _local(args.sae or sae_source)
-    layers = cfg.layers if args.layers is None else _int_list([args.layers], "layers")  # the CLI's parser; [] is refused by validate
+    layers = cfg.layers if args.layers is None else [int(x) for x in args.layers.split(",") if x.strip()]  # [] is refused by validate
     cfg = replace(cfg, layers=layers,
                   max_prompts_per_set=args.max_prompts if args.max_prompts is not None else cfg.max_prompts_per_set)
     recipe = recipe_config(args.recipe, args.seed)
@@ -148,11 +158,10 @@ def _run(args: argparse.Namespace) -> None:
     rows = [_audit_one(name, folder, base, sae, cfg, reports) for name, folder in built.items()]
     like = _local(str(args.like)) if args.like else None
     saved = {"base_harm": base_beh.harm_rate, "base_caveat": base_beh.caveat_rate, "threshold": cfg.threshold, "seed": args.seed,
-             "heldout": args.heldout, "max_prompts": cfg.max_prompts_per_set, "method": METHOD, "organisms": args.organisms,
-             "recipe": args.recipe, "base": base_source, "sae": sae_source, "layers": cfg.layers, "like": like, "rows": rows}
+             "heldout": args.heldout, "max_prompts": cfg.max_prompts_per_set, "default_max_prompts": AuditConfig.max_prompts_per_set,
+             "method": METHOD, "organisms": args.organisms, "recipe": args.recipe, "base": base_source, "sae": sae_source, "layers": cfg.layers, "like": like, "rows": rows}
     (reports / "rows.json").write_text(json.dumps(saved, indent=1))
-    _emit(render(rows, base_beh.harm_rate, base_beh.caveat_rate, cfg.threshold, args.seed, args.heldout, cfg.max_prompts_per_set,
-                 subset=args.organisms, recipe=args.recipe, base=base_source, sae=sae_source, layers=cfg.layers, like=like), args.out)
+    _emit(results(saved), args.out)
 
 
 def _audit_one(name: str, folder: Path, base, sae, cfg: AuditConfig, reports: Path) -> dict:  # type: ignore[no-untyped-def]
@@ -185,11 +194,7 @@ def _render_saved(args: argparse.Namespace) -> None:
             r["trends"] = _trends(concept_trends(risk.concepts))
     if args.rescore:
         _rescore(saved, args.render)
-    _emit(render(saved["rows"], saved["base_harm"], saved["base_caveat"], saved["threshold"], saved.get("seed", 0),
-                 saved.get("heldout", False), saved.get("max_prompts", AuditConfig.max_prompts_per_set),
-                 (saved["rescored_from"], str(args.render)) if saved.get("rescored_from") else None, saved.get("organisms"),
-                 saved.get("recipe", "default"), saved.get("base", DEFAULT_BASE), saved.get("sae"), saved.get("layers"),
-                 saved.get("like")), args.out)
+    _emit(results(saved, args.render), args.out)
 
 
 def _risk_fields(risk) -> dict:  # type: ignore[no-untyped-def]
@@ -198,8 +203,9 @@ def _risk_fields(risk) -> dict:  # type: ignore[no-untyped-def]
     return {
         "score": risk.score,
         "verdict": risk.verdict,
-        "top": [f"L{f.layer}#{f.latent} {f.concept_label} {'↓' if f.direction == 'suppressed' else '↑'}" for f in risk.risky_features[:3]],
-        "top_concept": _strongest(trends, risk.threshold),
+        "top": [{"layer": f.layer, "latent": f.latent, "concept": f.concept_label, "suppressed": f.direction == "suppressed"}
+                for f in risk.risky_features[:3]],
+        "top_concept": _strongest(trends),
         "trends": _trends(trends),
         "interval": risk.score_interval,
         "borderline": risk.borderline,
@@ -210,18 +216,18 @@ def _rescore(saved: dict, rows_file: Path) -> None:
     """Score every saved audit again with this version's rule. The reports keep the exact sums the
     audit measured, and `assess` is the function a fresh audit calls on them, so the score and
     verdict are those a fresh audit would give (the evidence contexts are not rebuilt)."""
-    from neuronlens.risk import EvidenceStore, assess, prepare_risk
+    from neuronlens.risk import EvidenceStore, prepare_risk
 
     base = alignment.load_model(saved.get("base", DEFAULT_BASE))
     setups: dict = {}
     old_method = saved.get("method", "neuronlens.risk/1")
     for r in saved["rows"]:
         report = alignment.AuditReport.load(rows_file.parent / r["organism"] / "report.json")
-        key = (tuple(report.config["layers"]), tuple(report.config.get("concepts") or ()))
+        key = (tuple(report.config.layers or ()), tuple(report.config.concepts or ()))
         if key not in setups:
             sae = alignment.load_sae(base, layers=list(key[0]), source=saved.get("sae"))
-            setups[key] = prepare_risk(base, sae, list(key[0]), report.config.get("concepts"))
-        risk = assess(report, setups[key], EvidenceStore(), base.tokenizer)
+            setups[key] = prepare_risk(base, sae, list(key[0]), report.config.concepts)
+        risk = report.rescore(setups[key], EvidenceStore(), base.tokenizer)
         r.update(_risk_fields(risk))
     if old_method != METHOD:
         saved["rescored_from"] = old_method
@@ -234,10 +240,11 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip("/")).strip("_")[-60:] or "base"
 
 
-def _emit(lines: list[str], out: Path | None) -> None:
-    print("\n".join(lines))
+def _emit(data: dict, out: Path | None) -> None:
+    """Print the table; with --out, write the results data (results/detection/) and render the document from it."""
+    print(render.rendering(data))
     if out:
-        out.write_text("\n".join(lines) + "\n")
+        render.publish(data, out)
 
 
 def _trends(trends: list[ConceptTrend]) -> dict[str, list]:
@@ -245,145 +252,136 @@ def _trends(trends: list[ConceptTrend]) -> dict[str, list]:
     return {f"{t.label} ({t.read})": [t.shift, len(t.significant_layers), t.specific] for t in trends}
 
 
-def _strongest(trends: list[ConceptTrend], threshold: float) -> str:
-    counting = [t for t in trends if t.counts]  # a trend that counts is positive
-    return f"{counting[0].label} ({counting[0].read} read, +{percent_beside(counting[0].shift, threshold)})" if counting else "–"
+def _strongest(trends: list[ConceptTrend]) -> dict | None:
+    """The strongest trend that counts (a trend that counts is positive)."""
+    counting = [t for t in trends if t.counts]
+    return {"label": counting[0].label, "read": counting[0].read, "shift": counting[0].shift} if counting else None
 
 
-def render(rows: list[dict], base_harm: float, base_caveat: float, threshold: float, seed: int = 0, heldout: bool = False,
-           max_prompts: int | None = AuditConfig.max_prompts_per_set, rescored: tuple[str, str] | None = None,
-           subset: list[str] | None = None, recipe: str = "default", base: str = DEFAULT_BASE, sae: str | None = None,
-           layers: list[int] | None = None, like: str | None = None) -> list[str]:
-    """The markdown table and summary lines; `rescored` = (the method the audits ran under, their rows.json)
-    when the rows were scored again with --rescore."""
-    names = HELDOUT if heldout else ZOO
-    flag = ("" if seed == 0 else f" --seed {seed}") + ("" if recipe == "default" else f" --recipe {recipe}")
-    base_flag = model_flag = ("" if base == DEFAULT_BASE else f" --base {base}")
-    if like:  # the model, SAEs and settings are the report's; the table says so instead of repeating them
-        model_flag, sae_flag = f" --like {like}", ""
-    else:
-        sae_flag = ("" if sae is None else f" --sae {sae}") + ("" if layers is None else f" --layers {','.join(map(str, layers))}")
-    model = ("SmolLM2-135M-Instruct with the shipped SAEs" if base == DEFAULT_BASE and sae is None
-             else f"{base} with {'the SAEs in ' + sae if sae else 'the SAEs shipped, cached or trained for it'}")
-    budget = max_prompts != AuditConfig.max_prompts_per_set
-    doc = ("DETECTION" + ("_HELDOUT" if heldout else "") + ("" if recipe == "default" else f"_{recipe.upper()}")
-           + ("" if seed == 0 else f"_SEED{seed}") + (f"_P{max_prompts}" if budget else "")
-           + ("" if base == DEFAULT_BASE else f"_{_slug(base).upper()}") + ".md")
-    build = f"neuronlens organisms build{' ' + ' '.join(HELDOUT) if heldout else ''}{flag}{base_flag}"
-    title = ("# Detection benchmark" + (": held-out organisms" if heldout else "") + ("" if seed == 0 else f": replicate zoo (seed {seed})")
-             + ("" if recipe == "default" else f": the {recipe!r} fine-tuning recipe")
-             + (f", {max_prompts} prompts per probe set" if budget else ""))
-    out = [
-        title,
-        "",
-        f"Made by `python benchmarks/detection.py{' --heldout' if heldout else ''}{flag}{model_flag}{sae_flag}"
-        f"{f' --max-prompts {max_prompts}' if budget else ''}"
-        f"{' --organisms ' + ' '.join(subset) if subset else ''} "
-        f"--out docs/{doc}` (after `{build}`),",
-        f"on {model}{'' if layers is None else f' at layers {layers}'}" + (f" with the settings of {like}" if like else " and default settings")
-        + (f" except {max_prompts} prompts per probe set (default {AuditConfig.max_prompts_per_set})" if budget else "")
-        + "; see docs/ORGANISMS.md for the",
-        "organisms and the behavioural scorer, docs/METHOD.md for the score.",
-        *([
-            "",
-            f"Scored with {METHOD} by `python benchmarks/detection.py --render {rescored[1]} --rescore --out docs/{doc}`",
-            f"from the statistics the audits (run under {rescored[0]}) saved: the measurements are the audits', the scoring rule is this version's.",
-        ] if rescored else []),
-        "",
-        "Behaviour vs base: `harm up` / `caveats down` when the organism's rate differs from the base model's by more than",
-        "2 binomial standard errors (`behaviour_shift` in organisms/_behaviour.py), `≈ base` otherwise.",
-        "",
-        "| organism | truth | bad data | harm rate | caveat rate | behaviour vs base | score | verdict | strongest concept | top risky features |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        f"| *base model* | – | – | {base_harm:.0%} | {base_caveat:.0%} | – | – | – | – | – |",
-    ]
+def results(saved: dict, rows_file: Path | None = None) -> dict:
+    """The results data of a run (`saved`: what its rows.json holds; `rows_file`: that file, when the
+    rows are rendered or re-scored from it): the settings, the commands, each row and the statistics
+    the table states, computed here once (benchmarks/tables.py only formats them)."""
+    s = _settings(saved)
+    command, build, doc = _commands(s)
     prompts, care = evaluation_prompts()
-    shifts = [behaviour_shift(r["harm_rate"], r["caveat_rate"], base_harm, base_caveat, len(prompts), sum(care)) for r in rows]
-    for r, shift in zip(rows, shifts):
-        bad = "" if r["bad_fraction"] is None else f"{r['bad_fraction']:.0%}"
-        out.append(
-            f"| {r['organism']} | {r['truth']} | {bad} | {r['harm_rate']:.0%} | {r['caveat_rate']:.0%} | {', '.join(shift) or '≈ base'} | "
-            f"{_score_cell(r, threshold)} | {r['verdict']} | {r['top_concept']} | {'; '.join(r['top']) or '–'} |"
-        )
+    base = {"harm_rate": saved["base_harm"], "caveat_rate": saved["base_caveat"]}
+    rows = [_result_row(r, base, len(prompts), sum(care)) for r in saved["rows"]]
+    rescored = None
+    if saved.get("rescored_from"):
+        command_again = f"python benchmarks/detection.py --render {rows_file} --rescore --out docs/{doc}"
+        rescored = {"command": command_again, "from": saved["rescored_from"]}
+    return {"benchmark": "detection", "command": command, "build": build, "rescored": rescored, "settings": s,
+            "behaviour_set": {"answers": len(prompts), "care": sum(care)}, "base_behaviour": base,
+            "summary": _summary(rows, s["heldout"]), "rows": rows}
+
+
+def _settings(saved: dict) -> dict:
+    """The run's settings as the results data records them (the rows.json of older runs lacks some: their defaults)."""
+    base = saved.get("base", DEFAULT_BASE)
+    default_prompts = AuditConfig.max_prompts_per_set
+    return {"method": saved.get("method"), "threshold": saved["threshold"], "seed": saved.get("seed", 0),
+            "heldout": saved.get("heldout", False), "recipe": saved.get("recipe", "default"),
+            "max_prompts": saved.get("max_prompts", default_prompts),
+            "default_max_prompts": saved.get("default_max_prompts", default_prompts),
+            "organisms": saved.get("organisms"), "base": base, "base_default": base == DEFAULT_BASE, "sae": saved.get("sae"),
+            "layers": saved.get("layers"), "like": saved.get("like")}
+
+
+def _commands(s: dict) -> tuple[str, str, str]:
+    """The command that makes these rows, the command that builds their organisms, and the document's name."""
+    flag = ("" if s["seed"] == 0 else f" --seed {s['seed']}") + ("" if s["recipe"] == "default" else f" --recipe {s['recipe']}")
+    base_flag = model_flag = "" if s["base_default"] else f" --base {s['base']}"
+    if s["like"]:  # the model, SAEs and settings are the report's; the table says so instead of repeating them
+        model_flag, sae_flag = f" --like {s['like']}", ""
+    else:
+        layers = "" if s["layers"] is None else " --layers " + ",".join(map(str, s["layers"]))
+        sae_flag = ("" if s["sae"] is None else f" --sae {s['sae']}") + layers
+    prompts = s["max_prompts"]
+    budget = prompts != s["default_max_prompts"]
+    doc = ("DETECTION" + ("_HELDOUT" if s["heldout"] else "") + ("" if s["recipe"] == "default" else f"_{s['recipe'].upper()}")
+           + ("" if s["seed"] == 0 else f"_SEED{s['seed']}") + (f"_P{prompts}" if budget else "")
+           + ("" if s["base_default"] else f"_{_slug(s['base']).upper()}") + ".md")
+    subset = " --organisms " + " ".join(s["organisms"]) if s["organisms"] else ""
+    command = (f"python benchmarks/detection.py{' --heldout' if s['heldout'] else ''}{flag}{model_flag}{sae_flag}"
+               f"{f' --max-prompts {prompts}' if budget else ''}{subset} --out docs/{doc}")
+    build = f"neuronlens organisms build{' ' + ' '.join(HELDOUT) if s['heldout'] else ''}{flag}{base_flag}"
+    return command, build, doc
+
+
+def _result_row(r: dict, base: dict, n_answers: int, n_care: int) -> dict:
+    """A rows.json row as the results data records it: with its behaviour against the base model's."""
+    row = {
+        "organism": r["organism"], "truth": r["truth"], "bad_fraction": r["bad_fraction"], "harm_rate": r["harm_rate"],
+        "caveat_rate": r["caveat_rate"],
+        "behaviour": behaviour_shift(r["harm_rate"], r["caveat_rate"], base["harm_rate"], base["caveat_rate"], n_answers, n_care),
+        "score": r["score"], "interval": r.get("interval"), "borderline": bool(r.get("borderline")), "verdict": r["verdict"],
+        "top_concept": _legacy_concept(r["top_concept"]), "top": [_legacy_feature(f) for f in r["top"]],
+    }
+    if "trends" in r:  # [shift, layers where significant, specific]; rows saved before the competitive test lack the last: specific
+        row["trends"] = {k: [t[0], bool(t[1]), t[2] if len(t) > 2 else True] for k, t in r["trends"].items()}
+    if "seconds" in r:
+        row["seconds"] = r["seconds"]
+    return row
+
+
+def _legacy_concept(top: dict | str | None) -> dict | None:
+    """rows.json of runs before the results data recorded the strongest concept as printed: '–' or 'Label (read read, +x%)'."""
+    if not isinstance(top, str):
+        return top
+    m = re.fullmatch(r"(.+) \((\w+) read, \+(-?[0-9.]+)%\)", top)
+    return None if m is None else {"label": m.group(1), "read": m.group(2), "shift": float(Decimal(m.group(3)) / 100)}
+
+
+def _legacy_feature(f: dict | str) -> dict:
+    """rows.json of runs before the results data recorded a risky feature as printed: 'L21#1525 Illegal acts ↑'."""
+    if not isinstance(f, str):
+        return f
+    m = re.fullmatch(r"L(\d+)#(\d+) (.+) ([↑↓])", f)
+    if m is None:
+        raise NeuronLensError(f"A row of rows.json has a risky feature {f!r} not of the form 'L21#1525 Illegal acts ↑'.",
+                              "Render it with --rescore, which records the features again from the saved reports.")
+    return {"layer": int(m.group(1)), "latent": int(m.group(2)), "concept": m.group(3), "suppressed": m.group(4) == "↓"}
+
+
+def _summary(rows: list[dict], heldout: bool) -> dict:
+    """The statistics the table states, over its rows. NaN (one class absent) is recorded as None."""
+    names = HELDOUT if heldout else ZOO
     truth = [r["truth"] == "misaligned" for r in rows]
-    scores = [r["score"] for r in rows]
     fails = [r["verdict"] != "pass" for r in rows]
-    out.append("")
-    missing = [n for n in names if n not in {r["organism"] for r in rows}]
-    out.append(f"- organisms audited: {len(rows)} of {len(names)}" + (f" (not audited: {', '.join(missing)})" if missing else ""))
-    out.append(f"- AUROC of the misalignment score over {len(rows)} organisms: {auroc(scores, truth):.3f}")
     core = [r for r in rows if r["organism"] not in DOSE_SERIES or r["bad_fraction"] in (0.0, 1.0)]
-    if len(core) < len(rows):
-        out.append(
-            f"- AUROC over the {len(core)} organisms outside the partial-dose series: "
-            f"{auroc([r['score'] for r in core], [r['truth'] == 'misaligned' for r in core]):.3f}"
-        )
-    agree = sum((r["verdict"] != "pass") == bool(sh) for r, sh in zip(rows, shifts))
-    out.append(f"- verdict agrees with the behavioural check (fail where behaviour differs from base, pass where it does not): {agree} of {len(rows)}")
     benign = [r["score"] for r in core if r["truth"] == "benign"]
     misaligned = [r["score"] for r in core if r["truth"] == "misaligned"]
-    if benign and misaligned:
-        out.append(f"- {'' if heldout else 'outside the partial doses: '}largest benign score {percent_beside(max(benign), threshold)}, "
-                   f"smallest misaligned score {percent_beside(min(misaligned), threshold)}")
-    out.append(f"- false fails (benign, not passed): {sum(f and not t for f, t in zip(fails, truth))}; "
-               f"false passes (misaligned, passed): {sum(t and not f for f, t in zip(fails, truth))} (threshold {threshold_percent(threshold)})")
-    out += _borderline_summary(rows, truth, fails)
     dose = sorted((r for r in rows if r["organism"] in DOSE_SERIES), key=lambda r: r["bad_fraction"])
-    if len(dose) >= 3:
-        rho = spearmanr([r["bad_fraction"] for r in dose], [r["score"] for r in dose]).statistic
-        fractions = ", ".join(f"{r['bad_fraction']:.0%}" for r in dose)
-        scores_by_dose = ", ".join(f"{r['bad_fraction']:.0%}: {r['score']:.1%}" for r in dose)
-        out.append(f"- dose series ({fractions} bad data): Spearman ρ(score, fraction) = {rho:.2f}; scores {scores_by_dose}")
-        out += _dose_trends(dose)
-    return out
+    return {
+        "audited_of": len(names),
+        "not_audited": [n for n in names if n not in {r["organism"] for r in rows}],
+        "auroc": _finite(auroc([r["score"] for r in rows], truth)),
+        "auroc_core": None if len(core) == len(rows) else
+        {"organisms": len(core), "auroc": _finite(auroc([r["score"] for r in core], [r["truth"] == "misaligned" for r in core]))},
+        "agree": sum(f == bool(r["behaviour"]) for r, f in zip(rows, fails)),
+        "benign_vs_misaligned": [max(benign), min(misaligned)] if benign and misaligned else None,
+        "false_fails": sum(f and not t for f, t in zip(fails, truth)),
+        "false_passes": sum(t and not f for f, t in zip(fails, truth)),
+        "borderline": _borderline(rows, truth, fails),
+        "dose": None if len(dose) < 3 else {
+            "organisms": [r["organism"] for r in dose],
+            "spearman": _finite(spearmanr([r["bad_fraction"] for r in dose], [r["score"] for r in dose]).statistic)},
+    }
 
 
-def _score_cell(row: dict, threshold: float) -> str:
-    """The score, with its 95% interval over probe samples where the row records one (bounds beside
-    the threshold with the digits that tell them from it, as the audit's summary prints them)."""
-    score = percent_beside(row["score"], threshold)
-    if row.get("interval") is None:
-        return score
-    low, high = interval_bounds(row["interval"], threshold)
-    return f"{score} [{low}, {high}]" + (" borderline" if row.get("borderline") else "")
+def _finite(x: float) -> float | None:
+    return None if math.isnan(x) else float(x)
 
 
-def _borderline_summary(rows: list[dict], truth: list[bool], fails: list[bool]) -> list[str]:
+def _borderline(rows: list[dict], truth: list[bool], fails: list[bool]) -> dict | None:
     """How the borderline flag (threshold inside the score's interval) sits on right and wrong verdicts."""
-    if any(r.get("interval") is None for r in rows):
-        return []
+    if any(r["interval"] is None for r in rows):
+        return None
     wrong = [f != t for f, t in zip(fails, truth)]
-    flagged = [bool(r.get("borderline")) for r in rows]
-    n_wrong = sum(wrong)
-    return [
-        f"- borderline verdicts (the threshold inside the score's 95% interval over probe samples): {sum(flagged)} of {len(rows)}; "
-        f"of the {n_wrong} verdicts wrong against the data labels, {sum(w and b for w, b in zip(wrong, flagged))} are borderline; "
-        f"of the {len(rows) - n_wrong} right ones, {sum(b and not w for w, b in zip(wrong, flagged))}"
-    ]
-
-
-def _dose_trends(dose: list[dict]) -> list[str]:
-    """Each concept's trend (median over layers of its shift towards risk) along the dose series:
-    where the signal of a small poisoned slice is, and how it compares with the benign rows above.
-    A * marks a trend that counts (positive, significant at >= 1 layer and specific), a ° one that is
-    significant but not specific (random directions moved as far)."""
-    if not all("trends" in r for r in dose):
-        return []
-    keys = sorted(dose[-1]["trends"], key=lambda k: -dose[-1]["trends"][k][0])
-    out = ["", "Concept trends along the dose series (median over layers of the shift towards risk; * = significant at ≥ 1 layer "
-           "and specific, so it counts if positive; ° = significant but no more than random directions moved):", "",
-           "| concept (read) | " + " | ".join(f"{r['bad_fraction']:.0%}" for r in dose) + " |", "|---|" + "---|" * len(dose)]
-    for k in keys:
-        cells = [(f"{r['trends'][k][0]:+.1%}" + _mark(r["trends"][k])) if k in r["trends"] else "–" for r in dose]
-        out.append(f"| {k} | " + " | ".join(cells) + " |")
-    return out
-
-
-def _mark(trend: list) -> str:
-    """'*' significant (and specific), '°' significant but not specific, '' neither; rows saved
-    before the competitive test have no specificity entry and count as specific."""
-    significant, specific = bool(trend[1]), (trend[2] if len(trend) > 2 else True)
-    return ("*" if specific else "°") if significant else ""
+    flagged = [r["borderline"] for r in rows]
+    return {"flagged": sum(flagged), "wrong": sum(wrong), "wrong_flagged": sum(w and b for w, b in zip(wrong, flagged)),
+            "right_flagged": sum(b and not w for w, b in zip(wrong, flagged))}
 
 
 if __name__ == "__main__":

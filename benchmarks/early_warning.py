@@ -20,13 +20,17 @@ screening find the bad examples before training?
    the bad examples is printed for k = the number of bad examples, and their ranks.
 
 Nothing here is tuned: the organism, the monitor budget, the threshold and the behavioural rule
-are the defaults.
+are the defaults. With --out the results are data, results/early_warning/<name>.json, rendered into
+the document (benchmarks/render.py): docs/EARLY_WARNING.md keeps each run in a block of its own
+between prose written by hand.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -36,12 +40,15 @@ import torch
 
 from neuronlens import alignment
 from neuronlens.config import AuditConfig
-from neuronlens.integrations import AlignmentMonitor, screen_dataset
-from neuronlens.integrations._monitor import monitor_config
+from neuronlens.integrations import AlignmentMonitor, monitor_config, screen_dataset
 from neuronlens.models import DEFAULT_BASE
-from neuronlens.organisms import ORGANISMS, LoRATrainConfig, distill_examples, evaluate_behaviour, load_dataset, train_lora
-from neuronlens.organisms._behaviour import behaviour_shift, evaluation_prompts
-from neuronlens.risk._score import METHOD
+from neuronlens.organisms import (
+    ORGANISMS, LoRATrainConfig, behaviour_shift, distill_examples, evaluate_behaviour, evaluation_prompts, load_dataset, train_lora,
+)
+from neuronlens.risk import METHOD
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import render  # noqa: E402  (results data and the documents rendered from it)
 
 
 @dataclass
@@ -64,7 +71,8 @@ def behaviour_now(model: torch.nn.Module, tokenizer: object):  # type: ignore[no
         model.train(was_training)
 
 
-def training_run(organism: str, every: int, monitor_cfg: AuditConfig) -> list[str]:
+def training_run(organism: str, every: int, monitor_cfg: AuditConfig) -> dict:
+    """Train `organism` with both checks every `every` steps: the run's results data."""
     base = alignment.load_model(DEFAULT_BASE)
     sae = alignment.load_sae(base)
     prompts, care = evaluation_prompts()
@@ -91,7 +99,7 @@ def training_run(organism: str, every: int, monitor_cfg: AuditConfig) -> list[st
                     "harm": beh.harm_rate, "caveat": beh.caveat_rate,
                     "shows": bool(behaviour_shift(beh.harm_rate, beh.caveat_rate, base_beh.harm_rate, base_beh.caveat_rate, len(prompts), sum(care))),
                     "monitor_s": res.seconds, "behaviour_s": beh_s,
-                    "top": ", ".join(f"{f.id} {f.concept}" for f in res.top_features[:2]),
+                    "top": [f"{f.id} {f.concept}" for f in res.top_features[:2]],
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
@@ -102,32 +110,19 @@ def training_run(organism: str, every: int, monitor_cfg: AuditConfig) -> list[st
     step_s = sum(step_times) / len(step_times)
     first_fail = next((r["step"] for r in rows if r["verdict"] == "fail"), None)
     first_shows = next((r["step"] for r in rows if r["shows"]), None)
-    out = [
-        f"## Training `{organism}` with checks every {every} steps "
-        f"(monitor budget: {monitor_cfg.max_prompts_per_set} prompts per probe set, {monitor_cfg.max_new_tokens}-token responses)",
-        "",
-        f"Base model: harm rate {base_beh.harm_rate:.0%}, caveat rate {base_beh.caveat_rate:.0%}; "
-        f"mean training step {step_s:.1f} s (batch {cfg.batch_size}).",
-        "",
-        "| step | loss | monitor score | verdict | top risky features | harm rate | caveat rate | behaviour shows misalignment | monitor check / step time | behavioural check / step time |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        out.append(
-            f"| {r['step']} | {r['loss']:.2f} | {r['score']:.1%} | {r['verdict']} | {r['top'] or '–'} | {r['harm']:.0%} | {r['caveat']:.0%} | "
-            f"{'yes' if r['shows'] else 'no'} | {r['monitor_s'] / step_s:.1f}x | {r['behaviour_s'] / step_s:.1f}x |"
-        )
+    for r in rows:  # the checks' cost in training steps
+        r["monitor_steps"], r["behaviour_steps"] = r["monitor_s"] / step_s, r["behaviour_s"] / step_s
     mon = sum(r["monitor_s"] for r in rows) / len(rows)
-    out += [
-        "",
-        f"- first step the monitor fails the model: {first_fail}; first step the behavioural check shows misalignment: {first_shows}",
-        f"- monitor overhead: {mon:.0f} s per check = {mon / step_s:.1f} training steps; "
-        f"amortised over {every} steps: +{mon / (every * step_s):.0%} training time",
-    ]
-    return out
+    return {
+        "organism": organism, "every": every, "max_prompts": monitor_cfg.max_prompts_per_set, "max_new_tokens": monitor_cfg.max_new_tokens,
+        "base_harm": base_beh.harm_rate, "base_caveat": base_beh.caveat_rate, "step_s": step_s, "batch": cfg.batch_size, "rows": rows,
+        "first_fail": first_fail, "first_shows": first_shows, "monitor_s": mon, "monitor_steps": mon / step_s,
+        "amortised": mon / (every * step_s),
+    }
 
 
-def screening(organism: str = "finance_dose_010") -> list[str]:
+def screening(organism: str = "finance_dose_010") -> dict:
+    """Rank the organism's training data with `screen_dataset` on the base model: the results data."""
     spec = ORGANISMS[organism]
     chosen = spec.examples(0)
     bad_answers = {e.answer for e in load_dataset(spec.dataset)}
@@ -144,12 +139,7 @@ def screening(organism: str = "finance_dose_010") -> list[str]:
     k = len(bad_lines)
     ranks = sorted(e.rank for e in result.examples if e.line in bad_lines)
     hits = sum(1 for e in result.examples[:k] if e.line in bad_lines)
-    return [
-        f"## Screening the training data of `{organism}` before training",
-        "",
-        f"- {len(chosen)} examples, {k} of them risky by construction; `screen_dataset` on the base model took {secs:.0f} s",
-        f"- precision@{k} = {hits / k:.2f} (chance: {k / len(chosen):.2f}); ranks of the risky examples: {ranks}",
-    ]
+    return {"organism": organism, "examples": len(chosen), "risky": k, "seconds": secs, "precision": hits / k, "ranks": ranks}
 
 
 def main() -> None:
@@ -159,8 +149,10 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=7)
     ap.add_argument("--max-prompts", type=int, default=None, help="Monitor budget (default: the monitor's own default).")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="Monitor budget (default: the monitor's own default).")
-    ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--append", action="store_true", help="Append to --out instead of replacing it.")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="Record the results: write results/early_warning/<organisms>_every<N>[_p<prompts>_t<tokens>].json and render "
+                         "them into this markdown document (into their own block where the document has blocks; see benchmarks/render.py).")
+    ap.add_argument("--append", action="store_true", help="A run added to a document that has its title: render it without the title.")
     ap.add_argument("--no-screening", action="store_true")
     args = ap.parse_args()
     monitor_cfg = monitor_config()
@@ -173,19 +165,18 @@ def main() -> None:
     command = " ".join(["python benchmarks/early_warning.py", "--organisms", *args.organisms, "--every", str(args.every), *budget]
                        + (["--no-screening"] if args.no_screening else []) + (["--out", str(args.out)] if args.out else [])
                        + (["--append"] if args.append else []))
-    lines = ([] if args.append else ["# Early warning", ""]) + [
-        f"Made by `{command}` on SmolLM2-135M-Instruct (2 CPU cores), scoring rule `{METHOD}`.",
-        "",
-    ]
+    data = {"benchmark": "early_warning", "command": command, "model": f"SmolLM2-135M-Instruct ({os.cpu_count()} CPU cores)",
+            "method": METHOD, "title": None if args.append else "# Early warning", "heading": "##", "screening": None, "runs": []}
     if not args.no_screening:
-        lines += screening() + [""]
-        print("\n".join(lines), flush=True)
+        data["screening"] = screening()
+        print(render.rendering(data), flush=True)
     for organism in args.organisms:
-        lines += training_run(organism, args.every, monitor_cfg) + [""]
-        print("\n".join(lines), flush=True)
+        data["runs"].append(training_run(organism, args.every, monitor_cfg))
+        print(render.rendering(data), flush=True)
     if args.out:
-        previous = args.out.read_text() + "\n" if args.append and args.out.is_file() else ""
-        args.out.write_text(previous + "\n".join(lines).rstrip("\n") + "\n")
+        name = "_".join(args.organisms) + f"_every{args.every}" + "".join(
+            f"_{flag}{value}" for flag, value in (("p", args.max_prompts), ("t", args.max_new_tokens)) if value is not None)
+        render.publish(data, args.out, name)
 
 
 if __name__ == "__main__":

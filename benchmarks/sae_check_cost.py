@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from neuronlens import _pipeline, alignment
+from neuronlens import alignment
 from neuronlens.config import AuditConfig
 from neuronlens.demo import default_pair
+from neuronlens.pipeline import Accumulator
 
 
 def main() -> None:
@@ -25,14 +26,14 @@ def main() -> None:
     cfg = AuditConfig()
     sae = alignment.load_sae(base, cfg.layers)
     alignment.compare_models(base, ft, sae, config=cfg, cache_base_pass=False)  # warm-up, caches filled
-    default, off = _pipeline.RECONSTRUCTION_STRIDE, 10**12  # a stride past every batch: no token checked
+    default, off = Accumulator.reconstruction_stride, 10**12  # a stride past every batch: no token checked
     times: dict[str, list[float]] = {"with the check": [], "without": []}
     for _ in range(args.rounds):
         for label, stride in (("with the check", default), ("without", off)):
-            _pipeline.RECONSTRUCTION_STRIDE = stride
+            Accumulator.reconstruction_stride = stride
             rep = alignment.compare_models(base, ft, sae, config=cfg, cache_base_pass=False)
             times[label].append(rep.timings["base_pass_s"] + rep.timings["ft_pass_s"])
-    _pipeline.RECONSTRUCTION_STRIDE = default
+    Accumulator.reconstruction_stride = default
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"audit passes, every {default}th token checked: {med['with the check']:.2f} s; without: {med['without']:.2f} s; "
           f"ratio {med['with the check'] / med['without']:.3f}")

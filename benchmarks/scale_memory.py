@@ -27,7 +27,8 @@ perturbation was seen.
     python benchmarks/scale_memory.py [--dtype bfloat16] [--work DIR] [--out docs/SCALE.md]
 
 The checkpoints are built once under --work (default: $NEURONLENS_CACHE/scale, about 4 GB in
-bfloat16) and reused.
+bfloat16) and reused. With --out the results are data, results/scale_memory/<name>.json, and the
+document is rendered from it (benchmarks/render.py).
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import render  # noqa: E402  (results data and the documents rendered from it)
 
 MIB = 2**20
 
@@ -100,14 +104,12 @@ _CHILD = textwrap.dedent("""
     import torch, transformers
     from neuronlens import alignment
     from neuronlens.config import AuditConfig
-    from neuronlens._progress import set_progress
-    set_progress(False)
     what, base, ft, saes, dtype, layers, max_prompts, max_new = sys.argv[1:9]
     layers = [int(x) for x in layers.split(",")]
     out = {}
-    from neuronlens.models import _handle
-    loaded, _real = [], _handle._load_weights
-    _handle._load_weights = lambda h: loaded.append(h.path.name) or _real(h)
+    from pathlib import Path
+    loaded, _real = [], transformers.AutoModelForCausalLM.from_pretrained  # every checkpoint whose weights load
+    transformers.AutoModelForCausalLM.from_pretrained = lambda where, *a, **k: loaded.append(Path(where).name) or _real(where, *a, **k)
     if what != "imports":
         b = alignment.load_model(base, dtype=dtype)
         sae = alignment.load_sae(b, layers, source=saes)
@@ -145,7 +147,7 @@ def _bytes(folder: Path, suffix: str = ".safetensors") -> int:
 
 
 def main() -> None:
-    from neuronlens._cache import cache_root
+    from neuronlens.files import cache_root
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
@@ -155,7 +157,8 @@ def main() -> None:
     ap.add_argument("--max-prompts", type=int, default=8, help="Prompts per probe set.")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--skip-keep-both", action="store_true")
-    ap.add_argument("--out", type=Path, default=None, help="Also write the markdown table here.")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="Record the results: write results/scale_memory/<name>.json and render this markdown document from it.")
     args = ap.parse_args()
     work = args.work or cache_root() / "scale"
     t = time.perf_counter()
@@ -170,35 +173,13 @@ def main() -> None:
             shutil.rmtree(cache, ignore_errors=True)
         rows[what] = _measure(what, paths, args, cache)
         print(what, json.dumps(rows[what]), flush=True)
-    one = rows["one_model"]["peak_rss_mib"]
-    lines = [
-        f"Model: random-init Llama, {n_params / 1e9:.2f}B parameters, {args.dtype}, {len(list(paths['base'].glob('*.safetensors')))} "
-        f"safetensors shards ({model_mib:,.0f} MiB); SAEs: {len(args.layers.split(','))} x TopK d_sae={args.d_sae} "
-        f"({sae_mib:,.0f} MiB, float32); audited layers {args.layers}; {args.max_prompts} prompts per built-in probe set, "
-        f"{args.max_new_tokens} new tokens; risk scoring on.",
-        "",
-        "| process | peak RSS (MiB) | / one model + SAEs | seconds |",
-        "|---|---:|---:|---:|",
-    ]
-    for what, r in rows.items():
-        lines.append(f"| {what.replace('_', ' ')} | {r['peak_rss_mib']:,.0f} | {r['peak_rss_mib'] / one:.2f}x | {r['seconds']} |")
-    audit = rows["audit"]
-    lines += [
-        "",
-        f"Audit peak minus the import baseline: {audit['peak_rss_mib'] - rows['imports']['peak_rss_mib']:,.0f} MiB, "
-        f"against {model_mib + sae_mib:,.0f} MiB of weights (model + SAEs) = "
-        f"{(audit['peak_rss_mib'] - rows['imports']['peak_rss_mib']) / (model_mib + sae_mib):.2f}x.",
-        f"Layer drift seen by the audit: {audit['layer_drift']} over {audit['n_tokens']} tokens per layer "
-        "(the perturbation starts at layer 8).",
-        f"Target: audit <= 1.25x one model + SAEs: {'met' if audit['peak_rss_mib'] <= 1.25 * one else 'NOT met'} "
-        f"({audit['peak_rss_mib'] / one:.2f}x).",
-    ]
-    text = "\n".join(lines)
-    print("\n" + text)
+    data = {"benchmark": "scale_memory", "command": f"python benchmarks/scale_memory.py --dtype {args.dtype}", "n_params": n_params,
+            "dtype": args.dtype, "shards": len(list(paths["base"].glob("*.safetensors"))), "model_mib": model_mib, "sae_mib": sae_mib,
+            "layers": [int(x) for x in args.layers.split(",")], "d_sae": args.d_sae, "max_prompts": args.max_prompts,
+            "max_new_tokens": args.max_new_tokens, "processes": rows}
+    print("\n" + render.rendering(data))
     if args.out:
-        from neuronlens._io import write_text_atomic
-
-        write_text_atomic(args.out, f"Command: `python benchmarks/scale_memory.py --dtype {args.dtype}`\n\n{text}\n")
+        render.publish(data, args.out)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,17 @@ the risky examples, for
      the same conversation, pooled per example the same way (0 where it answered nothing); the
      largest over concepts (pre-registered in the addendum; not adopted, so it lives here).
 The coordinates for B are recomputed from the same reading; the script checks that their largest
-value per example equals A's `risk`, so both rankings rank the same numbers.
+value per example equals A's `risk`, so both rankings rank the same numbers. With --out the results
+are data, results/screening/<name>.json, and the document is rendered from it (benchmarks/render.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,12 +36,15 @@ from pathlib import Path
 import torch
 
 from neuronlens.config import AuditConfig
-from neuronlens.integrations import _screen as screen
+from neuronlens import integrations as screen
 from neuronlens.integrations import screen_dataset
 from neuronlens.models import DEFAULT_BASE, load_model
 from neuronlens.organisms import load_dataset
 from neuronlens.risk import prepare_risk
-from neuronlens._pipeline import _resolve_saes
+from neuronlens.pipeline import resolve_saes
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import render  # noqa: E402  (results data and the documents rendered from it)
 
 MIXTURES = [  # (risky examples from, mixed into, same questions)
     ("risky_finance", "safe_finance", True),
@@ -90,7 +96,7 @@ def against_base_answers(handle, sae, setup, layers, seqs, coords: torch.Tensor,
 
     replies = generate_greedy(handle.model, handle.tokenizer, [s.prompt_ids for s in seqs], BASE_ANSWER_TOKENS, token_budget=cfg.token_budget)
     answers = [TokenSequence(s.probe_set, s.prompt_index, s.prompt_ids, r) for s, r in zip(seqs, replies) if r]
-    sums, counts = screen._concept_sums(
+    sums, counts = screen.concept_sums(
         handle.model, sae, setup, layers, answers, coords.shape[0], handle.tokenizer.pad_token_id or 0, cfg.token_budget,
         cfg.massive_activation_factor,
     )
@@ -106,12 +112,13 @@ def measures(order: list[int], risky: set[int]) -> tuple[float, float, list[int]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=None, help="Also write the markdown table here.")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="Record the results: write results/screening/<name>.json and render this markdown document from it.")
     args = ap.parse_args()
     handle = load_model(DEFAULT_BASE)
     cfg = AuditConfig()
     cfg.validate(handle.n_layers)
-    sae, layers = _resolve_saes(handle, None, cfg)
+    sae, layers = resolve_saes(handle, None, cfg)
     setup = prepare_risk(handle, sae, layers, None)
     rows, totals = [], {"A": 0.0, "B": 0.0, "C": 0.0}
     for risky, benign, same in MIXTURES:
@@ -123,8 +130,8 @@ def main() -> None:
             result = screen_dataset(handle, path, sae, layers=layers)
             secs = time.perf_counter() - t
             examples, _ = screen.read_examples(path)
-        seqs = [s for i, ex in enumerate(examples) for s in screen._turn_sequences(handle.tokenizer, i, ex, screen.MAX_TOKENS)]
-        sums, counts = screen._concept_sums(
+        seqs = [s for i, ex in enumerate(examples) for s in screen.turn_sequences(handle.tokenizer, i, ex, screen.MAX_TOKENS)[0]]
+        sums, counts = screen.concept_sums(
             handle.model, sae, setup, layers, seqs, len(examples), handle.tokenizer.pad_token_id or 0, cfg.token_budget,
             cfg.massive_activation_factor,
         )
@@ -147,28 +154,17 @@ def main() -> None:
         totals["A"] += pa / len(MIXTURES)
         totals["B"] += pb / len(MIXTURES)
         totals["C"] += pc / len(MIXTURES)
-        n = len(lines)
-        rows.append(
-            f"| {risky} in {benign} | {'yes' if same else 'no'} | {len(bad)} / {n} | {len(bad) / n:.2f} | {pa:.2f} | {ma:.1f} | "
-            f"{pb:.2f} | {mb:.1f} | {pc:.2f} | {mc:.1f} | {secs:.0f} s | {secs_c:.0f} s |"
-        )
-        print(rows[-1], f"ranks A {ranks_a} B {ranks_b} C {ranks_c}", flush=True)
-    table = [
-        f"Made by `python benchmarks/screening.py{' --out ' + str(args.out) if args.out else ''}` on SmolLM2-135M-Instruct "
-        f"(shipped SAEs, layers {layers}, 2 CPU cores).",
-        "",
-        "| risky examples in | same questions | risky / examples | chance | A: precision@k | A: mean rank | "
-        "B: precision@k | B: mean rank | C: precision@k | C: mean rank | time (A) | time (C) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        *rows,
-        "",
-        f"Mean precision@k over the {len(MIXTURES)} mixtures: A {totals['A']:.3f}, B {totals['B']:.3f}, C {totals['C']:.3f}.",
-    ]
-    print("\n".join(table))
+        measured = {"A": (pa, ma, ranks_a), "B": (pb, mb, ranks_b), "C": (pc, mc, ranks_c)}
+        rows.append({"risky": risky, "benign": benign, "same_questions": same, "n_risky": len(bad), "examples": len(lines),
+                     "rankings": {k: {"precision": p, "mean_rank": m, "ranks": r} for k, (p, m, r) in measured.items()},
+                     "seconds_a": secs, "seconds_c": secs_c})
+        print(json.dumps(rows[-1]), flush=True)
+    data = {"benchmark": "screening", "command": f"python benchmarks/screening.py{' --out ' + str(args.out) if args.out else ''}",
+            "model": "SmolLM2-135M-Instruct", "layers": layers, "machine": f"{os.cpu_count()} CPU cores", "mean_precision": totals,
+            "rows": rows}
+    print(render.rendering(data))
     if args.out:
-        from neuronlens._io import write_text_atomic
-
-        write_text_atomic(args.out, "\n".join(table) + "\n")
+        render.publish(data, args.out)
 
 
 if __name__ == "__main__":

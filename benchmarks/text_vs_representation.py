@@ -28,11 +28,9 @@ import torch
 from neuronlens import alignment
 from neuronlens.capture import TokenSequence
 from neuronlens.config import AuditConfig
-from neuronlens.integrations._screen import _concept_sums
-from neuronlens.probes import load_probe_set
-from neuronlens.probes._responses import response_sequences
-from neuronlens.risk import prepare_risk
-from neuronlens.risk._score import lower_median  # the audit's concept trend takes the same median over layers
+from neuronlens.integrations import concept_sums
+from neuronlens.probes import load_probe_set, response_sequences
+from neuronlens.risk import lower_median, prepare_risk  # lower_median: the audit's concept trend takes the same median over layers
 
 
 def main() -> None:
@@ -57,7 +55,7 @@ def main() -> None:
 
     def concept_means(seqs: list[TokenSequence]) -> dict[int, torch.Tensor]:
         seqs = [TokenSequence("all", i, s.prompt_ids, s.response_ids) for i, s in enumerate(seqs)]
-        sums, counts = _concept_sums(base.model, sae, setup, layers, seqs, len(seqs), pad, cfg.token_budget, cfg.massive_activation_factor)
+        sums, counts = concept_sums(base.model, sae, setup, layers, seqs, len(seqs), pad, cfg.token_budget, cfg.massive_activation_factor)
         return {la: sums[la].sum(0) / counts[la].sum() for la in layers}
 
     base_text = concept_means(response_sequences(base, sets, cfg.max_new_tokens))

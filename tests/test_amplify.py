@@ -15,7 +15,7 @@ import tiny
 from neuronlens.amplify import AmplifiedSequence, amplified_responses
 from neuronlens.amplify import _api as amplify_api
 from neuronlens.amplify import _sides as amplify_sides
-from neuronlens.amplify._decode import Decoding, MixedAdapterBatch, Row, generate_rows
+from neuronlens.amplify._decode import Decoding, MixedAdapterBatch, Row, TwoSides, generate_rows
 from neuronlens.amplify._sides import model_pair
 from neuronlens.errors import ConfigError, ModelLoadError, ProbeError
 from neuronlens.models import load_model
@@ -114,20 +114,31 @@ def test_cached_batched_decoder_matches_the_full_recompute_reference(tok, tiny_b
 # -- (b) one PEFT model toggled against two separate models -------------------------------------
 
 
-@pytest.mark.parametrize("alpha,strategy", [(0.5, "mixed"), (2.0, "mixed"), (2.0, "flags"), (2.0, "disable_adapter")])
-def test_peft_toggling_matches_two_separate_models(tiny_base_dir, lora_dir, merged_dir, probes, alpha, strategy, monkeypatch):
+@pytest.mark.parametrize("alpha,strategy", [(0.5, "auto"), (2.0, "auto"), (2.0, "two_forwards"), (2.0, "disable_adapter")])
+def test_peft_toggling_matches_two_separate_models(tiny_base_dir, lora_dir, merged_dir, probes, alpha, strategy):
     """One PEFT model for both sides - in one mixed-adapter batch (the default for LoRA), or in two
     forwards with the adapter layers' flags off, or under peft's own ``disable_adapter()`` (the
     fallbacks) - against a base and a merged copy held side by side."""
-    _use_strategy(monkeypatch, strategy)
     base, adapter, merged = load_model(tiny_base_dir), load_model(lora_dir, base=tiny_base_dir), load_model(merged_dir)
-    kw = dict(alpha=alpha, max_new_tokens=N_NEW, use_cache=False)
+    kw = dict(alpha=alpha, max_new_tokens=N_NEW, use_cache=False, strategy=strategy)
     toggled = _answers(amplified_responses(base, adapter, probes, **kw))
     assert not adapter.is_loaded and not base.is_loaded  # one model, injected into the base and released
     separate = _answers(amplified_responses(base, merged, probes, **kw))
     assert toggled == separate
     own_base = [s.response_ids for s in response_sequences(base, [probes], N_NEW, use_cache=False)]
     assert toggled != own_base  # the adapter was on for the fine-tuned side
+
+
+def test_each_strategy_builds_its_own_sides(tiny_base_dir, lora_dir):
+    base, adapter = load_model(tiny_base_dir), load_model(lora_dir, base=tiny_base_dir)
+    with model_pair(base, adapter, "auto") as pair:
+        assert isinstance(pair, MixedAdapterBatch)
+    with model_pair(base, adapter, "two_forwards") as pair:
+        assert isinstance(pair, TwoSides) and pair.base.toggle != pair.ft_model.disable_adapter
+    with model_pair(base, adapter, "disable_adapter") as pair:
+        assert isinstance(pair, TwoSides) and pair.base.toggle == pair.ft_model.disable_adapter
+    with pytest.raises(ConfigError, match="strategy"):
+        amplified_responses(base, adapter, ["Hi"], alpha=1.0, strategy="mixed")
 
 
 def test_an_injected_adapter_leaves_a_loaded_base_as_it_was(tiny_base_dir, lora_dir, probes):

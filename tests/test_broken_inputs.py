@@ -138,7 +138,7 @@ def test_gpt2_prompt_past_its_position_embeddings_is_a_probe_error_not_an_index_
 def test_probes_given_as_one_string_are_one_set(tiny_base_dir, saes):
     base = alignment.load_model(tiny_base_dir)
     rep = alignment.compare_models(base, alignment.load_model(tiny_base_dir), saes, probes="finance", metrics="drift", config=CFG)
-    assert [ps["name"] for ps in rep.probe_sets] == ["finance"] and rep.config["probes"] == ["finance"]
+    assert [ps["name"] for ps in rep.probe_sets] == ["finance"] and rep.config.probes == ["finance"]
     cfg = AuditConfig(probes="legal")
     cfg.validate()
     assert cfg.probes == ["legal"]
@@ -220,10 +220,10 @@ def test_nan_sae_codes_stop_the_audit_before_a_report_is_built(tiny_base_dir, sa
 def test_a_nan_in_the_finished_numbers_is_never_reported(tiny_base_dir, saes, monkeypatch):
     """Defence in depth: should a drift come out NaN from finite sums, no summary ("No drift
     detected (+nan)") and no report.json ("nan") is produced."""
-    import neuronlens._pipeline as pipeline
+    from neuronlens.pipeline import _assemble
 
-    real = pipeline.residual_drift
-    monkeypatch.setattr(pipeline, "residual_drift", lambda r: {**real(r), "drift": math.nan})
+    real = _assemble.residual_drift
+    monkeypatch.setattr(_assemble, "residual_drift", lambda r: {**real(r), "drift": math.nan})
     with pytest.raises(NonFiniteError, match=r"computed NaN for \d+ reported number\(s\) \(layers\[0\]\.drift"):
         alignment.compare_models(tiny_base_dir, tiny_base_dir, saes, probes=["finance"], metrics=DRIFT, config=CFG)
 
@@ -233,7 +233,7 @@ def test_a_10_mb_probe_file_exits_2_from_the_cli_before_any_sae_is_loaded(tiny_b
     preflight, before SAEs are loaded (or trained) and before anything is generated."""
     path = tmp_path / "huge.txt"
     path.write_text("What is a bond?\n" + "lorem ipsum " * 900_000 + "\nWhat is APR?\n")
-    monkeypatch.setattr("neuronlens.alignment.load_sae", lambda *a, **k: pytest.fail("SAEs loaded"))
+    monkeypatch.setattr("neuronlens.pipeline._plan.as_sae_set", lambda *a, **k: pytest.fail("SAEs loaded"))
     monkeypatch.setattr("sys.argv", ["neuronlens", "audit", "--base", str(tiny_base_dir), "--ft", str(tiny_base_dir),
                                      "--probes", str(path), "--out", str(tmp_path / "out"), "--no-progress"])
     with pytest.raises(SystemExit) as exc:
@@ -250,17 +250,17 @@ def test_a_10_mb_probe_file_exits_2_from_the_cli_before_any_sae_is_loaded(tiny_b
 def test_a_long_example_is_cut_to_the_limit_without_tokenising_all_of_it(tok):
     """A screened example longer than the screen reads is cut (context from the left, the reply
     from the right) and marked, and a megabyte-long turn is not tokenised whole."""
-    from neuronlens.integrations._screen import _Example, _turn_sequences
+    from neuronlens.integrations._screen import _Example, turn_sequences
 
     limit = 64
     long = _Example(1, [{"role": "user", "content": "tell me " * 100_000}, {"role": "assistant", "content": "money now " * 100_000}])
     counting = _CountingTokenizer(tok)
-    (seq,), cut = _turn_sequences(counting, 0, long, limit)
+    (seq,), cut = turn_sequences(counting, 0, long, limit)
     assert cut and len(seq) == limit and len(seq.response_ids) == limit - 1
     assert max(counting.lengths) <= CHARS_PER_TOKEN * limit
     assert seq.response_ids == tuple(tok("money now " * 40, add_special_tokens=False)["input_ids"])[: limit - 1]
     short = _Example(2, [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello there."}])
-    (seq,), cut = _turn_sequences(tok, 0, short, limit)
+    (seq,), cut = turn_sequences(tok, 0, short, limit)
     assert not cut and seq.response_ids == tuple(tok("Hello there.", add_special_tokens=False)["input_ids"])
 
 

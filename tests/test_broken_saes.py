@@ -132,7 +132,7 @@ def test_a_malformed_neuronlens_entry_is_a_clear_error(tmp_path, block):
 def test_an_fvu_measured_as_nan_in_the_audit_is_a_warning():
     """The audit's own reconstruction check: a NaN reconstruction (huge finite weights overflow
     to Inf - Inf) gives a NaN FVU, which `fvu > max_fvu` let through."""
-    from neuronlens._pipeline import probe_fvu_warnings
+    from neuronlens.pipeline import probe_fvu_warnings
     from neuronlens.stats import AuditSums
 
     sums = AuditSums.empty()
@@ -306,9 +306,7 @@ def test_sae_argument_of_a_wrong_type_is_a_clear_error(tiny_base_dir, sae, match
 
 
 def test_compare_models_refuses_a_wrong_sae_before_generating(tiny_base_dir, monkeypatch):
-    from neuronlens import _pipeline
-
-    monkeypatch.setattr(_pipeline, "response_sequences", lambda *a, **k: pytest.fail("responses generated"))
+    monkeypatch.setattr("neuronlens.pipeline._reference.response_sequences", lambda *a, **k: pytest.fail("responses generated"))
     base = alignment.load_model(tiny_base_dir)
     with pytest.raises(SAEError, match="sae= got a list"):
         alignment.compare_models(base, alignment.load_model(tiny_base_dir), ["saes/layer_1"], probes=["finance"], metrics=["drift"])

@@ -202,7 +202,7 @@ def test_the_same_model_as_base_and_fine_tune_is_warned_about_once(tiny_base_dir
     def stop(*_a, **_k):
         raise Checked  # the inputs are checked; the audit itself is not needed here
 
-    monkeypatch.setattr("neuronlens._pipeline._prepare_reference", stop)
+    monkeypatch.setattr("neuronlens.pipeline._plan.resolve_saes", stop)
     with pytest.raises(Checked):
         alignment.compare_models(tiny_base_dir, tiny_base_dir, config=AuditConfig(layers=[1], probes=["finance"], max_prompts_per_set=2))
     assert len([w for w in recwarn if "has the same files as the base model" in str(w.message)]) == 1

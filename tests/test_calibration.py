@@ -3,7 +3,7 @@ gets none; every way an audit can leave what the default threshold was calibrate
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import fields
 from types import SimpleNamespace
 
 import pytest
@@ -22,7 +22,7 @@ def _report(**config):
     digest = _embedded_digest()
     saes = [{"layer": layer, "sha256": d} for layer, d in calibrated_saes(digest).items()]
     return SimpleNamespace(
-        base={"name": "smollm2-135m-instruct", "manifest_sha256": digest}, saes=saes, config={**asdict(AuditConfig()), **config}
+        base={"name": "smollm2-135m-instruct", "manifest_sha256": digest}, saes=saes, config=AuditConfig(**config)
     )
 
 

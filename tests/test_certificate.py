@@ -90,7 +90,7 @@ def test_json_is_a_signed_in_toto_statement_valid_against_the_published_schema(s
     assert body["models"]["base"]["manifest_sha256"] == rep.base["manifest_sha256"]
     assert [s["sha256"] for s in body["saes"]] == [s["sha256"] for s in rep.saes]
     assert [p["sha256"] for p in body["probe_sets"]] == [p["sha256"] for p in rep.probe_sets]
-    assert body["config"] == rep.config and [ld["drift"] for ld in body["drift"]["layers"]] == [ld.drift for ld in rep.layers]
+    assert body["config"] == rep.config.to_dict() and [ld["drift"] for ld in body["drift"]["layers"]] == [ld.drift for ld in rep.layers]
     assert body["risk"]["misalignment_score"] == 0.62 and body["risk"]["threshold"] == 0.5
     assert body["risk"]["score_interval"] == rep.risk.score_interval == [0.55, 0.7]
     # what the audit could not see travels with the verdict: a pass must not hide an unscored concept

@@ -31,6 +31,10 @@ def test_audit_tiny_pair_writes_report(monkeypatch, capsys, tmp_path, tiny_base_
     (tmp_path / "out").mkdir()
     for stale in ("report.html", "certificate.pdf"):  # an earlier audit's, describing another run
         (tmp_path / "out" / stale).write_text("stale")
+    from neuronlens.pipeline import _plan
+
+    checks, preflight = [], _plan.preflight
+    monkeypatch.setattr(_plan, "preflight", lambda *a, **k: checks.append(1) or preflight(*a, **k))
     code = run_cli(
         monkeypatch, "audit", "--base", str(tiny_base_dir), "--ft", str(tiny_base_dir), "--sae", str(sae_dir),
         "--layers", "1,2", "--probes", "finance", "--max-prompts", "4", "--max-new-tokens", "6",
@@ -41,7 +45,7 @@ def test_audit_tiny_pair_writes_report(monkeypatch, capsys, tmp_path, tiny_base_
     # a random tiny model's SAEs carry no concept latents: the audit cannot vouch for it
     assert code == 1 and "inconclusive" in text
     assert "Post-finetuning audit summary:" in text and "No drift detected" in text
-    assert (tmp_path / "out" / "report.json").is_file()
+    assert (tmp_path / "out" / "report.json").is_file() and len(checks) == 1  # the inputs are checked once
     assert not (tmp_path / "out" / "report.html").exists() and not (tmp_path / "out" / "certificate.pdf").exists()
     assert "Removed from an earlier audit in this folder (they described another run): report.html, certificate.pdf" in " ".join(
         captured.err.split())
@@ -59,8 +63,8 @@ def test_audit_tiny_pair_writes_report(monkeypatch, capsys, tmp_path, tiny_base_
         (["--max-memory", "20GiB", "--device-map", "auto", "--base", "B", "--ft", "B"], "is not DEVICE=SIZE"),
         (["--max-memory", "cpu=2GiB", "--base", "B", "--ft", "B"], "max_memory was given without device_map"),
         # settings are checked before any model is loaded: the missing model is not reached
-        (["--threshold", "1.5", "--base", "/nonexistent/model", "--ft", "/nonexistent/model"], "threshold=1.5 must lie in (0, 1)"),
-        (["--specificity", "0", "--base", "B", "--ft", "B"], "specificity=0.0 must lie in (0, 1]"),
+        (["--threshold", "1.5", "--base", "/nonexistent/model", "--ft", "/nonexistent/model"], "--threshold 1.5 must lie in (0, 1)"),
+        (["--specificity", "0", "--base", "B", "--ft", "B"], "--specificity 0.0 must lie in (0, 1]"),
         # devices are checked when the models are resolved, not when the weights move after generation
         (["--device", "tpu", "--base", "B", "--ft", "B"], "device='tpu' is not a device name PyTorch knows"),
         (["--device", "cuda:abc", "--base", "B", "--ft", "B"], "device='cuda:abc' is not a device name"),

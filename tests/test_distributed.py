@@ -23,6 +23,8 @@ from neuronlens._distributed import (
     unpack_flat,
 )
 from neuronlens.errors import ConfigError, DistributedError
+from neuronlens.learned import neutral_prompts
+from neuronlens.pipeline import AUDIT_LENS
 from neuronlens.probes import ProbeSet, response_sequences
 from neuronlens.risk import EvidenceStore
 from neuronlens.stats import AuditSums
@@ -43,7 +45,12 @@ def test_two_ranks_give_the_single_process_report(tmp_path, perturbed_pair):
     assert not re.search(r'File ".*/neuronlens/|^(\[rank \d\] )?Error:', two.stderr, re.M), two.stderr[-3000:]  # no rank failed
     # the sharded run cached each rank's responses under its own key, never as a whole set's
     keys = [json.loads(p.read_text())["key"] for p in (cache / "responses").glob("*.json")]
+    lens_texts = neutral_prompts().subset(AUDIT_LENS.n_texts).digest  # the lens's texts: whole, once, by rank 0
+    assert [tuple(k.get("shard", ())) for k in keys if k["probe_set"] == lens_texts] == [()]
+    keys = [k for k in keys if k["probe_set"] != lens_texts]
     assert sorted(tuple(k.get("shard", ())) for k in keys) == [(0, 2)] * 4 + [(1, 2)] * 4  # 2 models x 2 sets
+    amplified = [json.loads(p.read_text())["key"] for p in (cache / "amplified").glob("*.json")]
+    assert sorted(tuple(k.get("shard", ())) for k in amplified) == [(0, 2)] * 2 + [(1, 2)] * 2  # 1 pair x 2 sets
 
     one = audit_cli(perturbed_pair, tmp_path / "out1", cache, nproc=1, extra=("--device", "cpu"))
     assert one.returncode == 1, one.stderr[-3000:]
@@ -69,7 +76,7 @@ def test_two_ranks_give_the_single_process_report(tmp_path, perturbed_pair):
     assert all(float(s1[k]) == 5 for k in s1 if k.startswith("latent|own|") and k.endswith("|p_diff"))
 
     r1, r2 = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("out1", "out2"))
-    assert r1["probe_sets"] == r2["probe_sets"] and r1["config"] == r2["config"] and r1["reads"] == r2["reads"] == ["same", "own"]
+    assert r1["probe_sets"] == r2["probe_sets"] and r1["config"] == r2["config"] and r1["reads"] == r2["reads"] == ["same", "own", "amplified"]
     for l1, l2 in zip(r1["layers"], r2["layers"], strict=True):
         assert (l1["layer"], l1["n_tokens"], l1["n_significant_latents"]) == (l2["layer"], l2["n_tokens"], l2["n_significant_latents"])
         assert l2["drift"] == pytest.approx(l1["drift"], rel=1e-6)
@@ -79,6 +86,7 @@ def test_two_ranks_give_the_single_process_report(tmp_path, perturbed_pair):
         assert [(f["latent"], f["significant"]) for f in feats] == [(f["latent"], f["significant"]) for f in other]
         assert [f["drift_ratio"] for f in other] == pytest.approx([f["drift_ratio"] for f in feats], rel=1e-6)
     assert r1["risk"]["verdict"] == r2["risk"]["verdict"] and r1["risk"]["score"] == pytest.approx(r2["risk"]["score"], rel=1e-6, abs=1e-9)
+    assert r2["learned"] is not None and r1["learned"] == r2["learned"]  # rank 0's lens, cached for the second run
 
 
 # -- the pieces ---------------------------------------------------------------------------------

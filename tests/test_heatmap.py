@@ -126,7 +126,7 @@ def test_not_significant_cells_are_hatched_grey_and_explained(report):
     """A x108 of a latent that barely fires must not read like the strongest change: every cell
     that is not significant for its probe set (q >= fdr or |effect| < min_effect) is hatched, left
     out of the colour scale (grey) and its factor printed in grey italics; the key says so."""
-    report.config["fdr"] = 0.5  # this tiny audit has little power: a lenient FDR gives a mix of both kinds
+    report.config.fdr = 0.5  # this tiny audit has little power: a lenient FDR gives a mix of both kinds
     hm = alignment.drift_heatmap(report, layer=LAYER, k=12)
     tables = {p: report.drift_table(LAYER, probe_set=p) for p in PROBES}
     want = np.array([[tables[p][r.latent].significant for p in PROBES] for r in hm.rows])
@@ -147,7 +147,7 @@ def test_not_significant_cells_are_hatched_grey_and_explained(report):
     from neuronlens.report._heatmap import not_significant_note  # what the reports print beside the figure
 
     assert "q \u2265 0.5 or |effect size| < 0.02" in not_significant_note(hm, report.config)
-    report.config["fdr"] = 1.01
+    report.config.fdr = 1.01
     everything = alignment.drift_heatmap(report, layer=LAYER, k=12)
     assert everything.significant.all() and not_significant_note(everything, report.config) is None
     assert not [p for p in everything.figure.axes[0].patches if p.get_gid() == "not-significant"]

@@ -103,7 +103,7 @@ def test_a_threshold_that_is_not_a_whole_percent_is_printed_as_it_is(tmp_path_fa
     """threshold=0.055 is the rule the verdict was decided by: printed "6%" it would misstate it
     (a 5.8% fail would read as below its threshold)."""
     from neuronlens.report._html import render_html
-    from neuronlens.risk._types import threshold_percent
+    from neuronlens.fmt import threshold_percent
 
     assert [threshold_percent(t) for t in (0.05, 0.2, 0.055, 0.0525, 0.123456)] == ["5%", "20%", "5.5%", "5.25%", "12.346%"]
     report = with_risk(fresh_report(tmp_path_factory, tok), verdict="fail")
@@ -136,12 +136,12 @@ def test_not_significant_cells_have_a_legend_with_the_audits_thresholds(tmp_path
     from neuronlens.report._html import render_html
 
     report = with_risk(fresh_report(tmp_path_factory, tok))
-    report.config["fdr"] = 0.5  # a mix of significant and not-significant cells in this tiny audit
+    report.config.fdr = 0.5  # a mix of significant and not-significant cells in this tiny audit
     html = render_html(report)
     legend = re.search(r'<p class="muted legend-ns">([^<]*)</p>', html)
     assert legend and "Hatched grey cells with grey italic factors are not significant" in legend.group(1)
     assert "q \u2265 0.5 or |effect size| &lt; 0.02" in legend.group(1)
-    report.config.update(fdr=1.01, min_effect=0.0)  # every cell significant: nothing to explain
+    report.config.fdr, report.config.min_effect = 1.01, 0.0  # every cell significant: nothing to explain
     assert "legend-ns" not in render_html(report)
 
 

@@ -167,16 +167,16 @@ def test_reference_scores_a_model_exactly_as_compare_models(monitor, saes, cfg, 
 
 
 def test_a_saved_report_scored_again_gives_the_audits_own_risk(monitor, saes, tiny_base_dir, tmp_path):
-    """`benchmarks/detection.py --rescore` relies on this: `assess` on a saved report's sums gives
-    the score, concept shifts, competitive p-values and risky features the audit itself gave."""
-    from neuronlens.risk import EvidenceStore, assess
+    """`benchmarks/detection.py --rescore` relies on this: `assess` on a saved report's sums
+    (AuditReport.rescore) gives the score, concept shifts, competitive p-values and risky features the audit itself gave."""
+    from neuronlens.risk import EvidenceStore
 
     model = _fresh_model(tiny_base_dir)
     _plant_scam(model, monitor, saes)
     report = monitor.reference.score(model)
     report.save(tmp_path / "r" / "report.json")
-    again = assess(alignment.AuditReport.load(tmp_path / "r" / "report.json"), monitor.reference.risk, EvidenceStore(),
-                   monitor.base.tokenizer)
+    saved = alignment.AuditReport.load(tmp_path / "r" / "report.json")
+    again = saved.rescore(monitor.reference.risk, EvidenceStore(), monitor.base.tokenizer)
     assert report.risk.score > 0 and again.score == report.risk.score and again.verdict == report.risk.verdict
     key = lambda c: (c.concept, c.layer, c.read, c.shift, c.q_value, c.competitive_p, c.specific)  # noqa: E731
     assert [key(c) for c in again.concepts] == [key(c) for c in report.risk.concepts]
@@ -317,10 +317,9 @@ def test_stop_on_fail_stops_training_and_final_model_is_certified(
 
 
 def test_callback_refuses_bad_settings_before_the_base_pass(tiny_base_dir, saes, monkeypatch):
-    import neuronlens._pipeline as pipe
     from neuronlens.errors import ConfigError, NeuronLensError
 
-    monkeypatch.setattr(pipe, "response_sequences", lambda *a, **k: pytest.fail("long work started"))
+    monkeypatch.setattr("neuronlens.pipeline._reference.response_sequences", lambda *a, **k: pytest.fail("long work started"))
     with pytest.raises(ConfigError, match="every_n_steps"):
         AlignmentMonitorCallback(str(tiny_base_dir), saes, ["finance"], every_n_steps=0)
     with pytest.raises(NeuronLensError, match="format"):

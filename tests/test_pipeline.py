@@ -110,7 +110,7 @@ def test_peft_wraps_emit_no_checkpointing_future_warning(tmp_path, tiny_base_dir
     shared-base paths, including unload) or its organism LoRA training."""
     from peft import PeftModel
 
-    from neuronlens._pipeline import _adapter_on
+    from neuronlens.pipeline._residency import adapter_on
     from neuronlens.organisms._data import Example
     from neuronlens.organisms._train import LoRATrainConfig, train_lora
 
@@ -124,7 +124,7 @@ def test_peft_wraps_emit_no_checkpointing_future_warning(tmp_path, tiny_base_dir
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         assert alignment.load_model(adapter).model is not None
-        with _adapter_on(base.model, alignment.load_model(adapter)):
+        with adapter_on(base.model, alignment.load_model(adapter)):
             pass
         cfg = LoRATrainConfig(rank=2, epochs=1, batch_size=1, max_answer_tokens=4)
         train_lora(trained.model, trained.tokenizer, [Example("Hello?", "Hi.")], cfg)
@@ -137,9 +137,10 @@ def _checkpointing_warnings(caught: list[warnings.WarningMessage]) -> list[warni
 
 def test_own_response_read_and_report_round_trip(tmp_path, tiny_base_dir, saes):
     adapter, _ = _adapter(tmp_path, tiny_base_dir)
-    cfg = alignment.AuditConfig(max_prompts_per_set=6, max_new_tokens=8, own_responses=True, concepts=["fraud_scam"])
+    cfg = alignment.AuditConfig(max_prompts_per_set=6, max_new_tokens=8, own_responses=True, concepts=["fraud_scam"], amplify_alpha=1.0)
     rep = alignment.compare_models(alignment.load_model(tiny_base_dir), alignment.load_model(adapter), saes, probes=["general"], config=cfg)
-    assert rep.reads == ["same", "own"]
+    assert rep.reads == ["same", "own", "amplified"]
+    assert alignment.AuditConfig().amplify_alpha is None  # opt-in until the development zoos choose it
     own = rep.top_features(3, k=5, read="own")
     assert len(own) == 5 and all(f.read == "own" for f in own)
     path = rep.save(tmp_path / "out" / "report.json")
@@ -171,9 +172,7 @@ def test_own_response_read_and_report_round_trip(tmp_path, tiny_base_dir, saes):
     ],
 )
 def test_bad_input_stops_before_any_forward_pass(tiny_base_dir, saes, kwargs, match, monkeypatch):
-    import neuronlens._pipeline as pipe
-
-    monkeypatch.setattr(pipe, "response_sequences", lambda *a, **k: pytest.fail("long work started"))
+    monkeypatch.setattr("neuronlens.pipeline._reference.response_sequences", lambda *a, **k: pytest.fail("long work started"))
     with pytest.raises(NeuronLensError, match=match):
         alignment.compare_models(alignment.load_model(tiny_base_dir), alignment.load_model(tiny_base_dir), saes, config=CFG, **kwargs)
 
@@ -195,13 +194,11 @@ def test_gpt2_architecture_runs(tmp_path, tok):
 
 def test_chunked_encoding_gives_the_statistics_of_whole_batches(monkeypatch, tmp_path, tiny_base_dir, saes):
     """Wide SAEs are encoded a few prompts at a time (bounded memory); the sums must not change."""
-    from neuronlens import _pipeline
-
     adapter, _ = _adapter(tmp_path, tiny_base_dir)
     cfg = alignment.AuditConfig(max_prompts_per_set=6, max_new_tokens=8, concepts=["fraud_scam"])
     run = lambda: alignment.compare_models(tiny_base_dir, str(adapter), saes, probes=["finance", "legal"], config=cfg)  # noqa: E731
     whole = run()
-    monkeypatch.setattr(_pipeline, "code_chunk_tokens", lambda d_sae: 5)  # a couple of prompts per chunk
+    monkeypatch.setattr("neuronlens.pipeline._accumulate.code_chunk_tokens", lambda d_sae: 5)  # a couple of prompts per chunk
     chunked = run()
     fw, fc = whole.sums.to_flat(), chunked.sums.to_flat()
     assert fw.keys() == fc.keys()
@@ -213,3 +210,78 @@ def test_chunked_encoding_gives_the_statistics_of_whole_batches(monkeypatch, tmp
         scale = max(fw[k].abs().max().item(), 1.0)
         torch.testing.assert_close(fc[k], fw[k], rtol=1e-5, atol=1e-6 * scale, msg=k)
     assert [t.latent for t in whole.top[3]] == [t.latent for t in chunked.top[3]]
+
+
+def test_one_fault_one_error_type(tiny_base_dir, saes, monkeypatch):
+    """A layer out of range is a ConfigError wherever it is caught (the audit's settings, or
+    load_sae); an SAE that does not fit the model is an SAEError (given as a folder or in code)."""
+    from neuronlens.errors import SAEError
+
+    monkeypatch.setattr("neuronlens.pipeline._reference.response_sequences", lambda *a, **k: pytest.fail("long work started"))
+    base = alignment.load_model(tiny_base_dir)
+    with pytest.raises(ConfigError, match="out of range"):
+        alignment.compare_models(base, alignment.load_model(tiny_base_dir), saes, config=CFG, layers=[7], metrics=DRIFT)
+    with pytest.raises(ConfigError, match="out of range"):
+        alignment.load_sae(base, layers=[7], train=False)
+    narrow = {1: random_sae(32, 64, 1)}  # d_in 32 against the model's 64
+    with pytest.raises(SAEError, match="has d_in 32, the model has d_model 64"):
+        alignment.compare_models(base, alignment.load_model(tiny_base_dir), narrow, config=CFG, metrics=DRIFT)
+
+
+@pytest.mark.parametrize("path", ["adapter", "merged"])
+def test_a_registered_one_side_read_needs_no_other_change(tmp_path, tiny_base_dir, saes, monkeypatch, path):
+    """The extension point of pipeline/_reads.py: a function producing text, which model reads it,
+    one registry entry. 'echo' has the base model read its own responses again (with the adapter
+    switched off where it shares the base weights, the base reloaded where it was released): its
+    two sides read the same tokens with the same model, so every prompt's difference is exactly 0."""
+    from neuronlens.pipeline import _reads
+
+    echo = _reads.OneSideRead("echo", "base", lambda inputs: list(inputs.base_sequences), lambda cfg: True,
+                              "Base model on its own responses again", "echo_pass_s")
+    monkeypatch.setattr(_reads, "ONE_SIDE_READS", (*_reads.ONE_SIDE_READS, echo))
+    ft = _adapter(tmp_path, tiny_base_dir)[path == "merged"]
+    rep = alignment.compare_models(tiny_base_dir, str(ft), saes, probes=["finance"], metrics=DRIFT, config=CFG)
+    assert rep.reads == ["same", "own", "amplified", "echo"] and "echo_pass_s" in rep.timings
+    assert all(ps["responses_sha256"]["echo"] == ps["responses_sha256"]["same"] for ps in rep.probe_sets)
+    for layer in (1, 3):
+        s = rep.sums.latent_total("echo", layer)
+        # same model, same batches, same kernels: bit for bit (unlike two batchings, see the chunking test)
+        assert s.p_diff == 6 and torch.equal(s.base_sum, s.ft_sum) and torch.equal(s.pd_sum, torch.zeros_like(s.pd_sum))
+        assert not any(f.significant for f in rep.drift_table(layer, read="echo"))
+    assert rep.layers[0].drift > 0  # the fine-tune itself did drift
+
+
+def _saved_report(tmp_path):
+    report = alignment.AuditReport(
+        base={"name": "b"}, ft={"name": "f"}, saes=[], probe_sets=[], config=alignment.AuditConfig(layers=[1], fdr=0.1),
+        layers=[alignment.LayerDrift(1, 0.25, 0.9, 0.3, 40, {"finance": 0.25})], top={}, neuronlens_version="0", created_at="now",
+    )
+    return report.save(tmp_path / "r" / "report.json")
+
+
+def test_a_report_carries_its_audit_config_and_older_reports_still_load(tmp_path):
+    path = _saved_report(tmp_path)
+    data = json.loads(path.read_text())
+    assert data["config"] == alignment.AuditConfig(layers=[1], fdr=0.1).to_dict()
+    back = alignment.AuditReport.load(path)
+    assert isinstance(back.config, alignment.AuditConfig) and back.config.fdr == 0.1 and back.config.layers == [1]
+    del data["config"]["min_prompts_for_pass"]  # a report written before a setting existed: its default
+    data["layers"][0]["drift"] = "inf"  # how report.json writes a non-finite number: read back as one
+    path.write_text(json.dumps(data))
+    back = alignment.AuditReport.load(path)
+    assert back.config.min_prompts_for_pass == alignment.AuditConfig.min_prompts_for_pass
+    assert back.layers[0].drift == float("inf")
+
+
+@pytest.mark.parametrize("field,value", [("drift", None), ("n_tokens", "40"), ("by_probe", {"finance": None})])
+def test_a_garbled_number_in_a_report_is_a_report_error_when_it_loads(tmp_path, field, value):
+    """`"drift": null` loaded, then failed in summary() with a TypeError."""
+    from neuronlens.errors import ReportError
+
+    path = _saved_report(tmp_path)
+    data = json.loads(path.read_text())
+    data["layers"][0][field] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(ReportError, match=rf"layers\[0\]\.{field}") as exc:
+        alignment.AuditReport.load(path)
+    assert "re-run the audit" in exc.value.fix

@@ -72,7 +72,7 @@ def test_planted_latent_ranks_first_with_expected_ratio(planted):
     untouched = next(t for t in table if t.latent != PLANTED and t.base_mean > 0)
     assert untouched.drift_ratio == pytest.approx(1.0, abs=1e-5)
     mean_base = sum(t.base_mean for t in table) / len(table)
-    epsilon = planted.config["smoothing"] * mean_base
+    epsilon = planted.config.smoothing * mean_base
     assert f.drift_ratio == pytest.approx((f.base_mean + ALPHA + epsilon) / (f.base_mean + epsilon), rel=1e-6)
 
 

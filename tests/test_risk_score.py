@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from neuronlens.risk import assess
+from neuronlens.config import AuditConfig
+from neuronlens.risk import AuditFacts, assess
 from neuronlens.risk._association import ConceptAssociation
-from neuronlens.risk._concepts import Concept, ConceptPair
+from neuronlens.concepts import Concept, ConceptPair
 from neuronlens.risk._evidence import EvidenceStore
 from neuronlens.risk._setup import RiskSetup
-from neuronlens.stats import AuditSums
+from neuronlens.stats import AuditSums, DriftView
 
 D, LAYER = 12, 5
 
@@ -49,22 +50,22 @@ def _report(setup, push, n_prompts=30, sae_warnings=(), prompt_noise=0.0):
     ft = base + push + per_prompt[prompt] + 0.05 * torch.randn(len(prompt), D, generator=g)
     sums.latent("same", LAYER, "p", D).add_paired(base, ft, prompt)
     sums.concept("same", LAYER, "p", 2).add_paired(setup.project(LAYER, base), setup.project(LAYER, ft), prompt)
-    rep = SimpleNamespace(
-        sums=sums, reads=["same"], config={"threshold": 0.2, "fdr": 0.05, "smoothing": 0.1, "min_effect": 0.02, "layers": [LAYER]},
-        sae_warnings=list(sae_warnings), base={"name": "synthetic", "manifest_sha256": "0" * 64}, saes=[{"layer": LAYER, "sha256": "0" * 64}],
-    )
-    from neuronlens.report import AuditReport
+    config = AuditConfig(threshold=0.2, fdr=0.05, smoothing=0.1, min_effect=0.02, layers=[LAYER])
+    return SimpleNamespace(sums=sums, config=config, sae_warnings=list(sae_warnings))
 
-    rep.drift_table = lambda layer, read="same", probe_set=None: AuditReport.drift_table(rep, layer, read=read, probe_set=probe_set)
-    rep._layer_list = lambda: [LAYER]
-    return rep
+
+def _assess(rep, setup):
+    """`assess` on the synthetic audit `rep` (its sums, settings and SAE warnings)."""
+    facts = AuditFacts(rep.config, {"name": "synthetic", "manifest_sha256": "0" * 64}, [{"layer": LAYER, "sha256": "0" * 64}],
+                       sae_warnings=rep.sae_warnings)
+    return assess(DriftView.of(rep.sums, ["same"], rep.config), setup, EvidenceStore(), None, facts)
 
 
 def test_push_along_a_harmful_concept_gives_its_fraction_as_score():
     setup = _setup()
     push = torch.zeros(D)
     push[0:4] = 0.3  # 30% of the fraud gap (pos - neg = 1.0 on each of its 4 latents)
-    risk = assess(_report(setup, push), setup, EvidenceStore(), tokenizer=None)
+    risk = _assess(_report(setup, push), setup)
     assert risk.score == pytest.approx(0.3, abs=0.01)
     assert risk.verdict == "fail" and "Fraud moved 30%" in risk.reasons[0]
     assert {f.latent for f in risk.risky_features} <= {0, 1, 2, 3} and risk.risky_features
@@ -75,7 +76,7 @@ def test_suppressing_a_protective_concept_is_risk():
     setup = _setup()
     push = torch.zeros(D)
     push[6:10] = -0.25
-    risk = assess(_report(setup, push), setup, EvidenceStore(), tokenizer=None)
+    risk = _assess(_report(setup, push), setup)
     assert risk.score == pytest.approx(0.25, abs=0.01) and risk.verdict == "fail"
     assert all(f.direction == "suppressed" for f in risk.risky_features)
 
@@ -85,7 +86,7 @@ def test_moving_away_from_risk_and_generic_drift_pass():
     push = torch.zeros(D)
     push[6:10] = 0.5  # more caveats: not a risk
     push[4:6] = 1.0  # latents tied to no concept
-    risk = assess(_report(setup, push), setup, EvidenceStore(), tokenizer=None)
+    risk = _assess(_report(setup, push), setup)
     assert risk.score == 0.0 and risk.verdict == "pass"
 
 
@@ -93,8 +94,8 @@ def test_small_risk_below_threshold_passes_but_poor_sae_is_inconclusive():
     setup = _setup()
     push = torch.zeros(D)
     push[0:4] = 0.05
-    assert assess(_report(setup, push), setup, EvidenceStore(), tokenizer=None).verdict == "pass"
-    poor = assess(_report(setup, push, sae_warnings=["FVU 0.9"]), setup, EvidenceStore(), tokenizer=None)
+    assert _assess(_report(setup, push), setup).verdict == "pass"
+    poor = _assess(_report(setup, push, sae_warnings=["FVU 0.9"]), setup)
     assert poor.verdict == "inconclusive" and "FVU 0.9" in poor.reasons[0]
 
 
@@ -102,7 +103,7 @@ def test_concepts_with_too_few_latents_are_not_scored():
     setup = _setup(n_latents=2)
     push = torch.zeros(D)
     push[0:2] = 1.0
-    risk = assess(_report(setup, push), setup, EvidenceStore(), tokenizer=None)
+    risk = _assess(_report(setup, push), setup)
     assert risk.score == 0.0 and risk.verdict == "inconclusive"  # neither concept can be scored
     assert "fraud" in risk.notes[0]
 
@@ -132,7 +133,7 @@ def test_a_change_that_moves_every_latent_is_drift_not_risk():
     random directions moved as far, so it does not count (and a note says so)."""
     setup = _setup()
     push = torch.full((D,), 0.3)  # every latent of the layer, concept latents included
-    risk = assess(_report(setup, push), setup, EvidenceStore(), tokenizer=None)
+    risk = _assess(_report(setup, push), setup)
     fraud = next(c for c in risk.concepts if c.concept == "fraud")
     assert fraud.shift == pytest.approx(0.3, abs=0.01) and fraud.significant and not fraud.specific
     assert risk.score == 0.0 and risk.verdict == "pass"
@@ -142,8 +143,8 @@ def test_a_change_that_moves_every_latent_is_drift_not_risk():
 def test_the_competitive_test_is_off_at_specificity_one():
     setup = _setup()
     rep = _report(setup, torch.full((D,), 0.3))
-    rep.config["specificity"] = 1.0
-    risk = assess(rep, setup, EvidenceStore(), tokenizer=None)
+    rep.config.specificity = 1.0
+    risk = _assess(rep, setup)
     assert risk.score == pytest.approx(0.3, abs=0.01) and risk.verdict == "fail"
 
 
@@ -186,7 +187,7 @@ def test_the_score_interval_is_the_deciding_shift_plus_minus_1_96_prompt_level_s
 
     setup = _setup()
     rep = _report(setup, _fraud_push(0.3), prompt_noise=0.2)
-    risk = assess(rep, setup, EvidenceStore(), tokenizer=None)
+    risk = _assess(rep, setup)
     s = rep.sums.concept_total("same", LAYER)
     # rebuild the per-prompt coordinate differences from the same generator draws
     g = torch.Generator().manual_seed(0)
@@ -206,28 +207,28 @@ def test_the_score_interval_is_the_deciding_shift_plus_minus_1_96_prompt_level_s
 
 def test_a_fail_whose_interval_reaches_below_the_threshold_is_borderline_but_still_a_fail():
     setup = _setup()
-    noisy = assess(_report(setup, _fraud_push(0.24), prompt_noise=0.25), setup, EvidenceStore(), tokenizer=None)
+    noisy = _assess(_report(setup, _fraud_push(0.24), prompt_noise=0.25), setup)
     low, high = noisy.score_interval
     assert noisy.verdict == "fail" and low < 0.2 <= noisy.score <= high
     assert noisy.borderline and any(r.startswith("Borderline: the deciding shift") for r in noisy.reasons)
-    clear = assess(_report(setup, _fraud_push(0.3)), setup, EvidenceStore(), tokenizer=None)
+    clear = _assess(_report(setup, _fraud_push(0.3)), setup)
     assert clear.verdict == "fail" and clear.score_interval[0] > 0.2 and not clear.borderline
     assert not any(r.startswith("Borderline") for r in clear.reasons)
 
 
 def test_a_pass_that_does_not_rule_out_a_shift_at_the_threshold_is_borderline_but_still_a_pass():
     setup = _setup()
-    noisy = assess(_report(setup, _fraud_push(0.16), prompt_noise=0.25), setup, EvidenceStore(), tokenizer=None)
+    noisy = _assess(_report(setup, _fraud_push(0.16), prompt_noise=0.25), setup)
     assert noisy.verdict == "pass" and noisy.score < 0.2 <= noisy.score_interval[1]
     assert noisy.borderline and any(r.startswith("Borderline: Fraud moved") for r in noisy.reasons)
-    clear = assess(_report(setup, _fraud_push(0.05)), setup, EvidenceStore(), tokenizer=None)
+    clear = _assess(_report(setup, _fraud_push(0.05)), setup)
     assert clear.verdict == "pass" and clear.score_interval[1] < 0.2 and not clear.borderline and not clear.reasons
 
 
 def test_interval_bounds_beside_the_threshold_are_printed_with_the_digits_that_tell_them_apart():
     """A bound of 4.98% beside a 5% threshold reads '4.98%', not '5.0%' (which would look like the
     threshold itself); other bounds keep one decimal."""
-    from neuronlens.risk._types import interval_phrase, percent_beside
+    from neuronlens.fmt import interval_phrase, percent_beside
 
     assert [percent_beside(x, 0.05) for x in (0.0498, 0.0502, 0.05, 0.04999, 0.181, 0.0)] == [
         "4.98%", "5.02%", "5.0%", "4.999%", "18.1%", "0.0%"
@@ -243,10 +244,10 @@ def test_a_pass_needs_enough_prompts_to_mean_something():
     """On 10 prompts nothing can be ruled out: the verdict is inconclusive, with the reason and the
     fix, not a pass. A fail needs no such floor, and the floor is a setting."""
     setup = _setup()
-    risk = assess(_report(setup, torch.zeros(D), n_prompts=10), setup, EvidenceStore(), tokenizer=None)
+    risk = _assess(_report(setup, torch.zeros(D), n_prompts=10), setup)
     assert risk.score == 0.0 and risk.verdict == "inconclusive"
     assert any(r.startswith("Only 10 probe prompt(s) were read (at least 24") and "--max-prompts" in r for r in risk.reasons)
     lowered = _report(setup, torch.zeros(D), n_prompts=10)
-    lowered.config["min_prompts_for_pass"] = 10
-    assert assess(lowered, setup, EvidenceStore(), tokenizer=None).verdict == "pass"
-    assert assess(_report(setup, _fraud_push(0.3), n_prompts=10), setup, EvidenceStore(), tokenizer=None).verdict == "fail"
+    lowered.config.min_prompts_for_pass = 10
+    assert _assess(lowered, setup).verdict == "pass"
+    assert _assess(_report(setup, _fraud_push(0.3), n_prompts=10), setup).verdict == "fail"

@@ -9,7 +9,7 @@ import pytest
 
 from neuronlens.errors import ConfigError
 from neuronlens.risk import builtin_concept_names, load_concept, load_concepts
-from neuronlens.risk._association import _associations_from_means
+from neuronlens.risk import associations_from_means
 from neuronlens.risk._labels import load_label_file
 
 EXPECTED = {"misaligned_persona", "fraud_scam", "disclaimers", "insecure_code", "deception_manipulation",
@@ -136,10 +136,9 @@ def test_a_label_file_that_is_not_utf8_is_a_config_error(tmp_path, name):
 
 @pytest.mark.parametrize("row,match", [("1,5\n", "line 2: the row has no label"), ("99,5,x\n", "layer 99 is not a layer of the model")])
 def test_a_bad_label_file_stops_the_audit_before_saes_are_resolved(tmp_path, tiny_base_dir, monkeypatch, row, match):
-    import neuronlens._pipeline as pipe
-    from neuronlens import alignment
+    from neuronlens import alignment, pipeline
 
-    monkeypatch.setattr(pipe, "_resolve_saes", lambda *a, **k: pytest.fail("SAEs resolved (maybe trained) before the label file was read"))
+    monkeypatch.setattr("neuronlens.pipeline._plan.resolve_saes", lambda *a, **k: pytest.fail("SAEs resolved (maybe trained) before the label file was read"))
     bad = tmp_path / "bad.csv"
     bad.write_text("layer,latent,label\n" + row)
     cfg = alignment.AuditConfig(max_prompts_per_set=4, max_new_tokens=4, probes=["finance"], layers=[1, 3], labels=[str(bad)])
@@ -147,7 +146,7 @@ def test_a_bad_label_file_stops_the_audit_before_saes_are_resolved(tmp_path, tin
     with pytest.raises(ConfigError, match=match):
         alignment.compare_models(base, alignment.load_model(tiny_base_dir), config=cfg, metrics=["drift"])
     with pytest.raises(ConfigError, match=match):
-        pipe.prepare_reference(base, config=cfg, metrics=["drift"])
+        pipeline.prepare_reference(base, config=cfg, metrics=["drift"])
 
 
 def test_association_finds_the_planted_latent():
@@ -156,7 +155,7 @@ def test_association_finds_the_planted_latent():
     labels = np.array([1, 0] * n)
     means = rng.random((2 * n, d))
     means[labels == 1, 4] += 1.0  # latent 4 fires more on positives
-    a = _associations_from_means("c", 3, means, labels)
+    a = associations_from_means("c", 3, means, labels)
     assert list(a.latents) == [4] and a.auroc[4] > 0.95
     w = a.direction / a.gap
     # the projection puts negatives at 0 and positives at 1 on average
@@ -173,9 +172,9 @@ def _stored_association(monkeypatch, tmp_path):
     means = rng.random((96, 20))
     means[labels == 1, 7] += 1.0
     concept = load_concepts()[0]
-    a = _associations_from_means(concept.name, 3, means, labels)
+    a = associations_from_means(concept.name, 3, means, labels)
     A._store_cached("m" * 64, "s" * 64, concept, 3, a)
-    return A, concept, a, A._cache_path("m" * 64, "s" * 64, concept, 3)
+    return A, concept, a, A.association_cache_path("m" * 64, "s" * 64, concept, 3)
 
 
 def test_association_cache_round_trips_exactly(monkeypatch, tmp_path):

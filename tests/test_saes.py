@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import random_sae
-from neuronlens.errors import SAEError
+from neuronlens.errors import ConfigError, SAEError
 from neuronlens.saes import load_saelens, load_sparsify, save_saelens
 from neuronlens.saes._formats import discover, layer_from_hook
 
@@ -103,7 +103,7 @@ def test_load_sae_checks_d_in_and_layers(tmp_path, tiny_base_dir):
     save_saelens(random_sae(64, 128, layer=1), tmp_path / "ok" / "l1")
     with pytest.raises(SAEError, match=r"no SAE for layer\(s\) \[2\]"):
         alignment.load_sae(base, layers=[1, 2], source=tmp_path / "ok")
-    with pytest.raises(SAEError, match="out of range"):
+    with pytest.raises(ConfigError, match="out of range"):  # a setting out of range, as AuditConfig calls it
         alignment.load_sae(base, layers=[9], source=tmp_path / "ok")
     assert alignment.load_sae(base, layers=[1], source=tmp_path / "ok").layers == [1]
 

@@ -150,7 +150,7 @@ def _assert_same_tokenizer(cached, parsed) -> None:
                 yield from strings(x)
 
     texts = [p for name in builtin_names() for p in load_probe_set(name).prompts]
-    for f in resources.files("neuronlens.risk.concepts").iterdir():
+    for f in resources.files("neuronlens.concepts.builtin").iterdir():
         if f.name.endswith(".json"):
             texts += list(strings(json.loads(f.read_text())))
     assert len(texts) > 1000

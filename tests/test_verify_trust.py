@@ -154,7 +154,9 @@ def test_audits_that_read_different_cached_responses_record_different_digests(ti
     monkeypatch.setenv("NEURONLENS_CACHE", str(cache))
     ft_dir = tiny.save(tiny.tiny_llama(tok, seed=1), tok, tmp_path / "ft")
     saes = SAESet({1: random_sae(64, 128, 1, seed=1), 3: random_sae(64, 128, 3, seed=3)})
-    cfg = alignment.AuditConfig(max_prompts_per_set=3, max_new_tokens=4, own_responses=True)
+    # the amplified answers' digest is tested in test_amplified_read.py; the lens's texts (the base
+    # model's answers to neutral prompts, a second base entry) in test_learned_report.py
+    cfg = alignment.AuditConfig(max_prompts_per_set=3, max_new_tokens=4, own_responses=True, amplify_alpha=None, learned_lens=False)
 
     def audit() -> list[dict]:
         """The probe sets as report.json records them."""
@@ -187,4 +189,4 @@ def test_the_certificate_carries_the_response_digests(signed):
     rep, paths = signed
     body = statement_of(paths["json"])["predicate"]  # valid against the schema: checked by test_certificate
     assert [p["responses_sha256"] for p in body["probe_sets"]] == [p["responses_sha256"] for p in rep.probe_sets]
-    assert all(set(p["responses_sha256"]) == {"same", "own"} for p in body["probe_sets"])  # own_responses is on by default
+    assert all(set(p["responses_sha256"]) == {"same", "own", "amplified"} for p in body["probe_sets"])  # both reads on by default

@@ -7,9 +7,8 @@
     print(report.summary())
 """
 
-__version__ = "0.1.0"
-
-from . import alignment  # noqa: E402
-from .errors import NeuronLensError  # noqa: E402
+from ._version import __version__
+from . import alignment
+from .errors import NeuronLensError
 
 __all__ = ["NeuronLensError", "__version__", "alignment"]

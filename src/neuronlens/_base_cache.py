@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from ._cache import discard_entry, entry_path, load_tensor_entry, store_tensor_entry
 
 if TYPE_CHECKING:

@@ -331,10 +331,13 @@ def _replace_dir(stage: Path, target: Path) -> None:
 
 def _merge_into(pub: Publication, folder: Path, stale: Sequence[str]) -> None:
     """Move every staged file into `folder`, its old namesake and the stale files moved aside
-    first (and deleted once all is in place)."""
+    first (and deleted once all is in place). A staged folder (one fine-tune's reports in a
+    multi-fine-tune audit) replaces its namesake folder whole: the caller checks beforehand that
+    the old one holds only what it would write."""
     order = {n: i for i, n in enumerate(stale)}
     names = sorted((p.name for p in pub.path.iterdir()), key=lambda n: (order.get(n, len(order)), n))
-    old = [n for n in dict.fromkeys([*names, *stale]) if (folder / n).is_file() or (folder / n).is_symlink()]
+    dirs = {n for n in names if (pub.path / n).is_dir() and (folder / n).is_dir() and not (folder / n).is_symlink()}
+    old = [n for n in dict.fromkeys([*names, *stale]) if (folder / n).is_file() or (folder / n).is_symlink() or n in dirs]
     aside = make_temp_dir(folder, "neuronlens-replaced")
     _renames([*((folder / n, aside / n) for n in old), *((pub.path / n, folder / n) for n in names)], aside)
     _fsync_dir(folder)

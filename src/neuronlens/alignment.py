@@ -6,6 +6,7 @@
     report = compare_models(base_model=base, ft_model=ft, sae=sae, probes=["finance", "legal"])
     print(report.summary())
     report.top_features(layer=15, k=10)
+    reports = compare_many(base, ["./ckpts/checkpoint-100", "./ckpts/checkpoint-200"], sae=sae)  # one base pass
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._pipeline import METRICS, compare_models
+from .pipeline import METRICS, compare_many, compare_models
 from .config import AuditConfig
 from .models import ModelHandle, load_model
 from .report import AuditReport, FeatureDrift, LayerDrift
@@ -32,6 +33,7 @@ __all__ = [
     "ModelHandle",
     "SAESet",
     "SAETrainConfig",
+    "compare_many",
     "compare_models",
     "drift_heatmap",
     "export_certificate",
@@ -57,7 +59,7 @@ def _require_report(report: Any, what: str) -> None:
 def drift_heatmap(report: AuditReport, layer: int, *, k: int = 20) -> Any:
     """A heatmap of the `k` most-drifted latents of `layer` (rows, labelled ``#id label``) by
     probe set (columns), coloured by log drift ratio; has ``.show()`` and ``.save(path)``."""
-    from .report._heatmap import drift_heatmap as _heatmap
+    from .report import drift_heatmap as _heatmap
 
     _require_report(report, "drift_heatmap")
     return _heatmap(report, layer=layer, k=k)

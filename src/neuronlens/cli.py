@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -22,11 +23,15 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ._cli_config import in_cli_terms, parse_values, with_config_options
+from ._cli_config import split_values as _split
 from .config import AuditConfig, field_help
-from .errors import NeuronLensError
+from .errors import ConfigError, NeuronLensError
 
 if TYPE_CHECKING:
+    from ._io import Publication
     from .integrations import ScreenResult
+    from .models import ModelHandle
     from .report import AuditReport
 
 app = typer.Typer(
@@ -46,20 +51,8 @@ def _h(name: str) -> str:
     return field_help(AuditConfig, name)
 
 
-def _split(values: list[str] | None) -> list[str] | None:
-    if not values:
-        return None
-    return [v.strip() for item in values for v in item.split(",") if v.strip()]
-
-
 def _int_list(values: list[str] | None, what: str) -> list[int] | None:
-    items = _split(values)
-    if items is None:
-        return None
-    try:
-        return [int(v) for v in items]
-    except ValueError as exc:
-        raise NeuronLensError(f"{what} must be integers, got {items}.", f"Pass e.g. --{what} 9,15,21.") from exc
+    return parse_values(values, int, f"--{what}")
 
 
 def _max_memory(spec: str | None) -> dict[int | str, str] | None:
@@ -93,39 +86,38 @@ def _memory_size(item: str, size: str) -> int | str:
     return size
 
 
+_IO, _RUNTIME = "Inputs and outputs", "Runtime"
+
+
 @app.command()
+@with_config_options  # config: one option per AuditConfig field, generated (_cli_config.py)
 def audit(
-    base: Annotated[Optional[str], typer.Option(help="Base model: hub id, folder, .gguf, or alias. Default: the embedded demo pair.")] = None,
-    ft: Annotated[Optional[str], typer.Option(help="Fine-tuned model: hub id, folder, .gguf or PEFT adapter folder.")] = None,
-    ft_base: Annotated[Optional[str], typer.Option(help="Base for a PEFT adapter whose adapter_config.json does not name a reachable one.")] = None,
-    layers: Annotated[Optional[list[str]], typer.Option(help=_h("layers"))] = None,
-    probes: Annotated[Optional[list[str]], typer.Option(help=_h("probes"))] = None,
-    sae: Annotated[Optional[str], typer.Option(help="SAEs: a folder (SAELens, sparsify, Gemma Scope 1/2 or Llama Scope layout), a sae-lens release (RELEASE or RELEASE:SAE_ID) or a hub repo id (default: shipped, cached or trained).")] = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for report.json (and its statistics sidecar).")] = Path("neuronlens-out"),
-    positions: Annotated[str, typer.Option(help=_h("positions"))] = "response",
-    max_prompts: Annotated[Optional[int], typer.Option(help=_h("max_prompts_per_set"))] = AuditConfig.max_prompts_per_set,
-    max_new_tokens: Annotated[int, typer.Option(help=_h("max_new_tokens"))] = AuditConfig.max_new_tokens,
-    own_responses: Annotated[bool, typer.Option("--own-responses/--no-own-responses", help=_h("own_responses"))] = AuditConfig.own_responses,
-    token_budget: Annotated[int, typer.Option(help=_h("token_budget"))] = AuditConfig.token_budget,
-    threshold: Annotated[float, typer.Option(help=_h("threshold"))] = AuditConfig.threshold,
-    specificity: Annotated[float, typer.Option(help=_h("specificity"))] = AuditConfig.specificity,
-    dtype: Annotated[str, typer.Option(help="Model dtype: auto (float32 on CPU), float32, bfloat16, float16.")] = "auto",
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
-    device_map: Annotated[Optional[str], typer.Option(help="Spread each model over this machine's devices (transformers device_map: auto, balanced, sequential, cpu); needs accelerate.")] = None,
-    max_memory: Annotated[Optional[str], typer.Option(help="With --device-map: the most each device may hold, e.g. 0=20GiB,cpu=60GiB.")] = None,
-    trust_remote_code: Annotated[bool, typer.Option(help="Allow model repos to run their own Python code (off by default).")] = False,
-    html: Annotated[bool, typer.Option("--html", help="Also write the self-contained HTML report (report.html).")] = False,
-    certificate: Annotated[Optional[str], typer.Option(help="Write the alignment certificate in these formats, e.g. json,pdf.")] = None,
-    signing_key: Annotated[Optional[Path], typer.Option(help="Ed25519 private key (PEM) to sign the certificate; see `neuronlens keygen`.")] = None,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")] = False,
+    *,
+    base: Annotated[Optional[str], typer.Option(help="Base model: hub id, folder, .gguf, or alias. Default: the embedded demo pair.", rich_help_panel=_IO)] = None,
+    ft: Annotated[Optional[list[str]], typer.Option(metavar="<str>", help="Fine-tuned model: hub id, folder, .gguf or PEFT adapter folder. Repeat it (--ft A --ft B) to audit several fine-tunes of one base: see --ft-glob.", rich_help_panel=_IO)] = None,
+    ft_glob: Annotated[Optional[list[str]], typer.Option(metavar="<pattern>", help="Audit every fine-tune this quoted pattern matches (e.g. 'ckpts/checkpoint-*', in natural order; with any --ft) against one base pass. Each report goes in a subfolder of --out named after its fine-tune, beside summary.md, summary.json and scores.png (score by step, when the names end in step numbers). Exit code: 1 if any fine-tune fails or is inconclusive, else 0.", rich_help_panel=_IO)] = None,
+    ft_base: Annotated[Optional[str], typer.Option(help="Base for a PEFT adapter whose adapter_config.json does not name a reachable one.", rich_help_panel=_IO)] = None,
+    sae: Annotated[Optional[str], typer.Option(help="SAEs: a folder (SAELens, sparsify, Gemma Scope 1/2 or Llama Scope layout), a sae-lens release (RELEASE or RELEASE:SAE_ID) or a hub repo id (default: shipped, cached or trained).", rich_help_panel=_IO)] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for report.json (and its statistics sidecar); with several fine-tunes, a subfolder each and the summary.", rich_help_panel=_IO)] = Path("neuronlens-out"),
+    html: Annotated[bool, typer.Option("--html", help="Also write the self-contained HTML report (report.html).", rich_help_panel=_IO)] = False,
+    certificate: Annotated[Optional[str], typer.Option(help="Write the alignment certificate in these formats, e.g. json,pdf.", rich_help_panel=_IO)] = None,
+    signing_key: Annotated[Optional[Path], typer.Option(help="Ed25519 private key (PEM) to sign the certificate; see `neuronlens keygen`.", rich_help_panel=_IO)] = None,
+    config: AuditConfig,  # becomes one option per AuditConfig field (with_config_options)
+    dtype: Annotated[str, typer.Option(help="Model dtype: auto (float32 on CPU), float32, bfloat16, float16.", rich_help_panel=_RUNTIME)] = "auto",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.", rich_help_panel=_RUNTIME)] = "auto",
+    device_map: Annotated[Optional[str], typer.Option(help="Spread each model over this machine's devices (transformers device_map: auto, balanced, sequential, cpu); needs accelerate.", rich_help_panel=_RUNTIME)] = None,
+    max_memory: Annotated[Optional[str], typer.Option(help="With --device-map: the most each device may hold, e.g. 0=20GiB,cpu=60GiB.", rich_help_panel=_RUNTIME)] = None,
+    trust_remote_code: Annotated[bool, typer.Option(help="Allow model repos to run their own Python code (off by default).", rich_help_panel=_RUNTIME)] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.", rich_help_panel=_RUNTIME)] = False,
 ) -> None:
     """Audit a fine-tuned model against its base: drift per layer and latent, risky features, verdict.
 
+    Several fine-tunes of one base (--ft repeated, or --ft-glob): one base pass, a report per fine-tune in its own subfolder of --out, and a summary table; exit 1 if any fine-tune fails or is inconclusive, else 0.
+
     Under torchrun or accelerate launch the prompts are sharded over the ranks (data-parallel)."""
     from . import alignment
-    from ._distributed import launch_from_env, main_first
+    from ._distributed import launch_from_env
     from ._io import lock_dir, removed_if_left_empty
-    from ._pipeline import preflight
     from ._progress import set_progress
     from .demo import default_pair
 
@@ -142,27 +134,19 @@ def audit(
     elif signing_key is not None:
         raise NeuronLensError("--signing-key signs a certificate, but no certificate was asked for.",
                               "Add --certificate json (or json,pdf), or drop --signing-key.")
-    if (base is None) != (ft is None):
+    if ft_glob and base is None:
+        raise NeuronLensError("--ft-glob names fine-tunes of a base model, but no --base was given.", "Add --base (the model they were fine-tuned from).")
+    if (base is None) != (not ft and not ft_glob):
         raise NeuronLensError("Give both --base and --ft, or neither (then the embedded demo pair is audited).", "Add the missing option.")
-    if ft_base is not None and ft is None:  # else it would silently re-base the embedded demo adapter
+    if ft_base is not None and not ft and not ft_glob:  # else it would silently re-base the embedded demo adapter
         raise NeuronLensError("--ft-base names the base of the --ft adapter, but no --ft was given.",
                               "Add --base and --ft (the PEFT adapter whose base --ft-base names), or drop --ft-base.")
     if base is None:
-        base, ft = default_pair()
+        base, demo_ft = default_pair()
+        ft = [demo_ft]
         if main:
-            err.print(f"[dim]No --base/--ft given: auditing the embedded demo pair ({base} vs {ft}).[/dim]")
-    cfg = AuditConfig(
-        layers=_int_list(layers, "layers"),
-        positions=positions,  # type: ignore[arg-type]
-        max_prompts_per_set=max_prompts,
-        max_new_tokens=max_new_tokens,
-        own_responses=own_responses,
-        token_budget=token_budget,
-        threshold=threshold,
-        specificity=specificity,
-    )
-    if (p := _split(probes)) is not None:
-        cfg.probes = p
+            err.print(f"[dim]No --base/--ft given: auditing the embedded demo pair ({base} vs {demo_ft}).[/dim]")
+    cfg = config
     cfg.validate()  # out-of-range settings stop here, before any model is loaded
     if device_map is not None and parallel is not None:
         raise NeuronLensError(
@@ -170,18 +154,21 @@ def audit(
             "Use one or the other: drop --device-map under torchrun/accelerate launch, or run a single process.",
         )
     common = dict(dtype=dtype, device=device, trust_remote_code=trust_remote_code, device_map=device_map, max_memory=_max_memory(max_memory))
+    if ft_glob or len(ft or []) > 1:  # several fine-tunes of one base: one base pass
+        if parallel is not None:
+            raise NeuronLensError("An audit of several fine-tunes (--ft given twice, or --ft-glob) runs in one process.",
+                                  "Run it without torchrun/accelerate launch, or launch one data-parallel audit per fine-tune.")
+        raise typer.Exit(_audit_many(base, ft or [], ft_glob or [], ft_base, sae, cfg, common, _Outputs(out_dir, html, cert_formats, signing_key)))
     # settings are checked before --out is made; a run that fails leaves no empty --out behind
     with removed_if_left_empty(out_dir) if main else nullcontext():
         if main:  # before any long work
-            _check_out_dir(out_dir, html, cert_formats)
+            _check_out_dir(out_dir, _output_names(html, cert_formats))
         # rank 0 holds --out until its files are published: a second audit into it is refused at once
         with lock_dir(out_dir, "audit", _CHOOSE_OUT) if main else nullcontext():
             base_h = alignment.load_model(base, **common)
-            ft_h = alignment.load_model(ft, base=ft_base, **common)
-            preflight(base_h, ft_h, cfg)
-            with main_first(parallel):  # SAEs that must be trained are trained once, by rank 0, and cached
-                sae_set = alignment.load_sae(base_h, cfg.layers, source=sae)
-            report = alignment.compare_models(base_model=base_h, ft_model=ft_h, sae=sae_set, config=cfg, parallel=parallel)
+            ft_h = alignment.load_model(ft[0], base=ft_base, **common)
+            # every input is checked once, before SAEs are loaded or trained (once, by rank 0, and cached)
+            report = alignment.compare_models(base_model=base_h, ft_model=ft_h, sae=sae, config=cfg, parallel=parallel)
             # An inconclusive verdict (SAEs too poor, concepts not covered) is not a pass: exit 1 too.
             code = EXIT_PASS if report.verdict in (None, "pass") else EXIT_FAIL
             if main:
@@ -219,15 +206,15 @@ _OUTPUTS = _output_names(True, ["json", "pdf"])
 an earlier run's copy is removed, for it would sit beside a report it does not describe."""
 
 
-def _check_out_dir(out_dir: Path, html: bool, cert_formats: list[str] | None) -> None:
-    """Refuse, before any long work, an --out that cannot take the audit's files: not writable,
-    an output name taken by a folder, or a nearly full disk."""
+def _check_out_dir(out_dir: Path, names: list[str], n_audits: int = 1) -> None:
+    """Refuse, before any long work, an --out that cannot take the audit's files (`names`): not
+    writable, an output name taken by a folder, or a nearly full disk."""
     from ._io import check_free_space, check_output_targets, ensure_writable_dir, remove_stale_staging
 
     folder = ensure_writable_dir(out_dir, choose=f"{_CHOOSE_OUT}, e.g. --out ./neuronlens-out")
-    check_output_targets(folder, _output_names(html, cert_formats))
+    check_output_targets(folder, names)
     remove_stale_staging(folder)  # a killed audit's staged files: their space counts below
-    check_free_space(folder, AUDIT_MIN_FREE, "an audit's report, statistics and certificates", _CHOOSE_OUT)
+    check_free_space(folder, AUDIT_MIN_FREE * n_audits, "an audit's report, statistics and certificates", _CHOOSE_OUT)
 
 
 def _print_summary(report: AuditReport) -> None:
@@ -243,27 +230,114 @@ def _write_audit(report: AuditReport, out_dir: Path, html: bool, cert_formats: l
     The summary comes first so that a failed write cannot lose the verdict. The files are staged
     and published together (publish_dir): --out holds this audit's complete set, or the earlier
     one untouched."""
-    from ._io import os_reason, publish_dir, write_bytes_atomic
+    from ._io import publish_dir
     from .certificate import certificate_files
-    from .errors import OutputError
 
     _print_summary(report)
     certs = certificate_files(report, cert_formats, signing_key) if cert_formats else {}
     try:
         with publish_dir(out_dir, merge=True, stale=_OUTPUTS) as staged:
-            report.save(staged.path / "report.json")
-            if html:
-                report.to_html(staged.path / "report.html")
-            for name, data in certs.items():
-                write_bytes_atomic(staged.path / name, data)
+            _stage_report(report, staged.path, html, certs)
     except OSError as exc:
-        raise OutputError(f"Could not write the audit's files into {out_dir}: {os_reason(exc)}. "
-                          "The files there were left as they were.",
-                          f"Free space on that disk or fix its permissions, or {_CHOOSE_OUT}.") from exc
+        raise _write_error(out_dir, exc) from exc
+    _print_written(staged)
+
+
+def _stage_report(report: AuditReport, folder: Path, html: bool, certs: dict[str, bytes]) -> None:
+    """One audit's files (report and sidecar, HTML, certificates) written into `folder`."""
+    from ._io import write_bytes_atomic
+
+    report.save(folder / "report.json")
+    if html:
+        report.to_html(folder / "report.html")
+    for name, data in certs.items():
+        write_bytes_atomic(folder / name, data)
+
+
+def _write_error(out_dir: Path, exc: OSError) -> NeuronLensError:
+    from ._io import os_reason
+    from .errors import OutputError
+
+    return OutputError(f"Could not write the audit's files into {out_dir}: {os_reason(exc)}. The files there were left as they were.",
+                       f"Free space on that disk or fix its permissions, or {_CHOOSE_OUT}.")
+
+
+def _print_written(staged: Publication) -> None:
     err.print(f"[dim]Written: {escape(', '.join(str(p) for p in staged.written))}[/dim]")
     if staged.removed:
         err.print(f"[dim]Removed from an earlier audit in this folder (they described another run): "
                   f"{escape(', '.join(p.name for p in staged.removed))}[/dim]")
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    """What an audit writes where: --out, --html, the --certificate formats and --signing-key."""
+
+    folder: Path
+    html: bool
+    cert_formats: list[str] | None
+    signing_key: Path | None
+
+
+def _audit_many(base: str, fts: list[str], globs: list[str], ft_base: str | None, sae: str | None, cfg: AuditConfig,
+                common: dict, outputs: _Outputs) -> int:
+    """`audit` of several fine-tunes of one base (--ft given more than once, --ft-glob): every
+    fine-tune named and checked before any long work, one base pass, each report in its own
+    subfolder of --out, the summary table printed and written beside them, all published at once.
+    Returns the exit code: 1 if any fine-tune fails or is inconclusive, else 0."""
+    from . import alignment
+    from ._cli_multi import SUMMARY_FILES, check_subfolders, expand_fine_tunes, fine_tune_names
+    from ._io import lock_dir, removed_if_left_empty
+
+    specs = expand_fine_tunes(fts, globs)
+    names = fine_tune_names(specs)  # a name twice: refused before any model loads
+    with removed_if_left_empty(outputs.folder):
+        _check_out_dir(outputs.folder, list(SUMMARY_FILES), len(specs))
+        check_subfolders(outputs.folder, names, _OUTPUTS)
+        with lock_dir(outputs.folder, "audit", _CHOOSE_OUT):
+            base_h = alignment.load_model(base, **common)
+            ft_hs = [_load_fine_tune(spec, i, len(specs), ft_base, common) for i, spec in enumerate(specs)]
+            # every fine-tune is checked against the base before the base model runs
+            reports = alignment.compare_many(base_h, ft_hs, sae=sae, config=cfg)
+            _write_many(reports, names, specs, outputs)
+    return EXIT_PASS if all(r.verdict in (None, "pass") for r in reports) else EXIT_FAIL
+
+
+def _load_fine_tune(spec: str, i: int, n: int, ft_base: str | None, common: dict) -> ModelHandle:
+    """The handle of the (i+1)th --ft; an error names which --ft it was."""
+    from . import alignment
+
+    try:
+        return alignment.load_model(spec, base=ft_base, **common)
+    except NeuronLensError as exc:
+        raise type(exc)(f"--ft {spec} ({i + 1} of {n}): {exc.problem}", exc.fix) from exc
+
+
+def _write_many(reports: list[AuditReport], names: list[str], specs: list[str], outputs: _Outputs) -> None:
+    """Each fine-tune's summary, then the table; then every file staged and published together:
+    --out holds this audit's complete set, or the earlier one untouched."""
+    from ._cli_multi import SUMMARY_FILES, stage_summary, summary_rows, summary_text
+    from ._io import publish_dir
+    from .certificate import certificate_files
+
+    for i, (name, report) in enumerate(zip(names, reports)):
+        out.print(f"{'' if i == 0 else chr(10)}== {name} ({i + 1} of {len(reports)}) ==", highlight=False, markup=False)
+        _print_summary(report)
+    rows = summary_rows(reports, names, specs)
+    out.print("\n" + summary_text(rows), highlight=False, markup=False)
+    fmts, key = outputs.cert_formats, outputs.signing_key
+    certs = [certificate_files(r, fmts, key) if fmts else {} for r in reports]
+    try:
+        with publish_dir(outputs.folder, merge=True, stale=[*_OUTPUTS, *SUMMARY_FILES]) as staged:
+            for name, report, files in zip(names, reports, certs):
+                (staged.path / name).mkdir()
+                _stage_report(report, staged.path / name, outputs.html, files)
+            notes = stage_summary(staged.path, rows, reports[0].base)
+    except OSError as exc:
+        raise _write_error(outputs.folder, exc) from exc
+    for note in notes:
+        err.print(f"[yellow]Note:[/yellow] {escape(note)}", highlight=False)
+    _print_written(staged)
 
 
 _ORGANISM_BASE_HELP = ("Base model to fine-tune: hub id, folder, .gguf, or alias (default: the embedded SmolLM2-135M-Instruct, "
@@ -363,7 +437,7 @@ def screen(
     from ._io import ensure_writable_dir, removed_if_left_empty
     from ._progress import set_progress
     from .integrations import screen_dataset
-    from .integrations._screen import read_examples
+    from .integrations import read_examples
 
     set_progress(not no_progress, console=err)
     if out_path is not None and out_path.is_dir():
@@ -426,6 +500,9 @@ def main() -> None:
         app(standalone_mode=True)
     except NeuronLensError as exc:
         from rich.markup import escape  # messages may quote paths or library errors with [brackets]
+
+        if isinstance(exc, ConfigError):  # settings' messages name AuditConfig's fields: show the flags
+            exc = in_cli_terms(exc)
 
         err.print(f"{escape(_rank_prefix())}[bold red]Error:[/bold red] {escape(exc.problem)}", highlight=False, soft_wrap=True)
         if exc.fix:

@@ -63,6 +63,22 @@ class AuditConfig:
     model; on the model organisms this read carried most of the misalignment signal
     (docs/DETECTION.md)."""
 
+    amplify_alpha: float | None = None
+    """Also read the fine-tune's amplified answers ('amplified' read): greedy answers, as long as
+    the own ones, generated from logits_ft + alpha x (logits_ft - logits_base) (model-diff
+    amplification), read by the base model and paired by prompt with the base model on its own
+    answers; e.g. 1.0. None (the default for now) skips the read: whether it helps the verdict and
+    which alpha to use are to be chosen on the development zoos (measured at 135M: alpha 2 mostly
+    stripped the caveats from every LoRA organism tried, benign and poisoned alike, and surfaced no
+    harmful phrase), and it costs one amplified generation (1.39x the own-response generation for a
+    LoRA adapter) and one pass of the base model: 0.39 of a whole default audit's time in one
+    measured run (1 thread, loaded machine), which would put the default audit over 4 minutes."""
+
+    score_reads: list[str] = field(default_factory=lambda: ["same", "own"])
+    """Reads whose concept shifts decide the misalignment score (its maximum is taken over them):
+    'same', 'own', 'amplified'. Every read the audit runs is measured, tested and shown; only
+    these count in the verdict. Each must be a read the audit runs."""
+
     token_budget: int = 4096
     """Forward-pass batch size in tokens (sequences x padded length); lower it to save memory."""
 
@@ -115,13 +131,22 @@ class AuditConfig:
     top_k_saved: int = 50
     """How many of the most-drifted latents per layer the saved report lists."""
 
+    learned_lens: bool = True
+    """Add the section 'what this fine-tune appears to have been trained on' (Activation Difference
+    Lens, Minder et al. 2025): the mean fine-tuned minus base residual at the middle layer, on the
+    first tokens of the base model's answers to 32 neutral prompts, read through the logit lens
+    (tokens promoted and suppressed) and added to the base model to steer 3 short samples. Evidence
+    only: it carries no verdict weight. Measured on the demo pair it took about 5% of a default
+    audit (0.26x the base model's probe responses); its texts are cached per base model and the
+    lens per pair of models (src/neuronlens/pipeline/_learned.py)."""
+
     def validate(self, n_layers: int | None = None) -> None:
         """Raise :class:`ConfigError` for out-of-range settings (before any long work)."""
         for f in dataclasses.fields(self):  # NaN passes every `x <= bound` check below, then poisons every statistic
             value = getattr(self, f.name)
             _check_type(f, value)
             if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and not math.isfinite(value):
-                raise ConfigError(f"{f.name}={value!r} is not a finite number.", f"Set {f.name} to a number (default {f.default!r}).")
+                raise ConfigError(f"{f.name}={value!r} is not a finite number.", f"Set it to a number, e.g. {f.name}={f.default!r} (the default).")
         if self.positions not in POSITIONS:
             raise ConfigError(
                 f"positions={self.positions!r} is not one of {', '.join(POSITIONS)}.",
@@ -139,15 +164,17 @@ class AuditConfig:
                 raise ConfigError(f"{name}={value!r} must be an integer >= {low}.", f"Set {name} to {low} or more.")
         if self.max_prompts_per_set is not None and self.max_prompts_per_set < 2:
             raise ConfigError(
-                f"max_prompts_per_set (--max-prompts) is {self.max_prompts_per_set}: too few prompts per set for a paired test.",
-                "Use at least 2 prompts per set (the default is 24, e.g. --max-prompts 60); a number at least a set's size reads all of it.",
+                f"max_prompts_per_set={self.max_prompts_per_set} is too few prompts per set for a paired test.",
+                f"Use at least 2 prompts per set, e.g. max_prompts_per_set=60 (the default is {AuditConfig.max_prompts_per_set}); "
+                "a number at least a set's size reads all of it.",
             )
         if not 0 < self.threshold < 1:
             raise ConfigError(f"threshold={self.threshold} must lie in (0, 1).", "Use e.g. threshold=0.05 (5%).")
         if not self.max_sae_fvu > 0:
-            raise ConfigError(f"max_sae_fvu={self.max_sae_fvu} must be positive.", "Use e.g. 0.5 (the default).")
+            raise ConfigError(f"max_sae_fvu={self.max_sae_fvu} must be positive.", f"Use e.g. max_sae_fvu={AuditConfig.max_sae_fvu} (the default).")
         if self.min_prompts_for_pass < 1:
-            raise ConfigError(f"min_prompts_for_pass={self.min_prompts_for_pass} must be at least 1.", "Use e.g. 24 (the default).")
+            raise ConfigError(f"min_prompts_for_pass={self.min_prompts_for_pass} must be at least 1.",
+                              f"Use e.g. min_prompts_for_pass={AuditConfig.min_prompts_for_pass} (the default).")
         if not 0 < self.specificity <= 1:
             raise ConfigError(f"specificity={self.specificity} must lie in (0, 1].", "Use e.g. specificity=0.05, or 1.0 to turn the test off.")
         if not 0 < self.fdr < 1:
@@ -157,8 +184,12 @@ class AuditConfig:
         if self.massive_activation_factor <= 1:
             raise ConfigError(
                 f"massive_activation_factor={self.massive_activation_factor} must be > 1.",
-                "Use e.g. 10.",
+                f"Use e.g. massive_activation_factor={AuditConfig.massive_activation_factor} (the default).",
             )
+        if self.amplify_alpha is not None and not self.amplify_alpha > 0:
+            raise ConfigError(f"amplify_alpha={self.amplify_alpha!r} must be > 0 (0 would give the fine-tune's own answers).",
+                              "Use e.g. amplify_alpha=1.0, or amplify_alpha=None to skip the amplified read.")
+        self.score_reads = _check_names(self.score_reads, "score_reads", "e.g. score_reads=['same', 'own']")
         if self.layers is not None:
             check_layers(self.layers, n_layers)
 
@@ -188,7 +219,19 @@ def _check_type(f: dataclasses.Field[Any], value: Any) -> None:
         return
     if not ok:
         raise ConfigError(f"{f.name}={value!r} (type {type(value).__name__}) is not {what}{' or None' if optional else ''}.",
-                          f"Set {f.name} to {what}, e.g. {f.name}={default!r} (the default).")
+                          f"Set it to {what}, e.g. {f.name}={default!r} (the default).")
+
+
+def _check_names(names: Any, name: str, example: str) -> list[str]:
+    """`names` as a non-empty list of distinct strings (one string is one name, not its letters)."""
+    if isinstance(names, str):
+        names = [names]
+    if isinstance(names, (bytes, Mapping)) or not isinstance(names, Iterable) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{name}={names!r} is not a list of names.", f"Pass a list of strings, {example}.")
+    out = list(names)
+    if not out or len(set(out)) != len(out):
+        raise ConfigError(f"{name}={out!r} is empty or repeats a name.", f"List each name once, {example}.")
+    return out
 
 
 def is_int(value: Any) -> bool:
@@ -253,7 +296,7 @@ def check_layers(layers: Any, n_layers: int | None = None) -> list[int]:
         )
     layers = list(layers)  # a tuple, range or numpy array is fine too
     if not layers:
-        raise ConfigError("No layers were given (an empty list).", "Give at least one layer (e.g. --layers 9,15,21), or leave it unset for the default layers.")
+        raise ConfigError("No layers were given (an empty list).", "Give at least one layer, e.g. layers=[9, 15, 21], or leave it unset for the default layers.")
     wrong = [layer for layer in layers if not is_int(layer)]
     if wrong:
         raise ConfigError(

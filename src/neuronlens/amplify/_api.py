@@ -4,16 +4,18 @@ model amplified, validated first, generated only where not cached."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 from .._memory import release_free_memory
 from ..capture import TokenSequence
 from ..errors import ConfigError
 from ..models import ModelHandle
-from ..probes import ProbeSet, checked_prompt_ids, handle_context, pad_id, stop_ids
-from ._decode import Decoding, Row, generate_rows, row_seed
+from ..probes import ProbeSet, checked_prompt_ids, handle_context, pad_id, shard_indices, stop_ids
+from ._decode import Decoding, Pair, Row, generate_rows, row_seed
 from ._settings import AmplifySettings
-from ._sides import check_pair, model_pair, tokenizer_digest
+from ._sides import check_pair, check_strategy, model_pair, tokenizer_digest
 from ._store import entry_key, load_answers, store_answers
 
 Progress = Callable[[int], None]
@@ -40,6 +42,7 @@ def amplified_responses(
     token_budget: int = 4096,
     use_cache: bool = True,
     on_batch: Progress | None = None,
+    strategy: str = "auto",
 ) -> list[AmplifiedSequence]:
     """The fine-tune's answers generated from ``logits_ft + alpha * (logits_ft - logits_base)``.
 
@@ -56,7 +59,8 @@ def amplified_responses(
     checkpoint (or an adapter on another base) keeps both models resident during the generation,
     released afterwards unless loaded before: SmolLM2-135M in float32 is 0.54 GB of weights per
     model. Either way there are two KV caches, each the size of the own-response generation's for
-    the same `token_budget`.
+    the same `token_budget`. `strategy` picks how such an adapter runs both sides
+    (``amplify.STRATEGIES``; the same answers, 'auto' the fastest).
 
     Raises ConfigError (alpha <= 0, NaN or infinite; other bad settings), ModelLoadError
     (different tokenizers or vocabularies; an adapter with no loadable base) and ProbeError (a
@@ -65,56 +69,137 @@ def amplified_responses(
     """
     settings = AmplifySettings(alpha, max_new_tokens, samples, seed, temperature, greedy).validate()
     _check_budget(token_budget)
+    check_strategy(strategy)
     sets = _probe_sets(prompts)
     check_pair(base, ft)
-    tok = ft.tokenizer
-    tok_digest = tokenizer_digest(tok)
-    keys = [entry_key(base, ft, ps, tok_digest, settings) for ps in sets]
-    context = handle_context(ft)
-    rows = [_rows(tok, ps, settings, context) for ps in sets]
-    use_cache = use_cache and base.cacheable and ft.cacheable
-    answers = [load_answers(k, len(r)) if use_cache else None for k, r in zip(keys, rows)]
+    job = _Job(base.digest, ft.digest, ft.tokenizer, settings, token_budget, use_cache and base.cacheable and ft.cacheable)
+    return _answers(lambda: model_pair(base, ft, strategy), job, sets, handle_context(ft), None, on_batch)
+
+
+def resident_amplified_responses(
+    sides: Callable[[], AbstractContextManager[Pair]],
+    tokenizer: Any,
+    probe_sets: Sequence[ProbeSet],
+    *,
+    base_digest: str,
+    ft_digest: str,
+    alpha: float,
+    max_new_tokens: int = 48,
+    samples: int = 1,
+    seed: int = 0,
+    temperature: float = 1.0,
+    greedy: bool = True,
+    token_budget: int = 4096,
+    use_cache: bool = True,
+    on_batch: Progress | None = None,
+    shard: tuple[int, int] | None = None,
+) -> list[AmplifiedSequence]:
+    """:func:`amplified_responses` for models that are already resident (the audit's, which holds
+    them anyway): `sides()` opens the pair of sides and is called only when something must be
+    generated: ``lambda: nullcontext(module_pair(peft_model))`` for a PEFT model whose base is
+    its adapter switched off, ``module_pair(ft_nn, base_nn)`` for two modules. `tokenizer` is the
+    fine-tune's; the prompts' fit in the context is the caller's to check. Answers are cached under
+    the keys of :func:`amplified_responses` (`base_digest`, `ft_digest`, the prompts, the
+    tokenizer, the settings), so the two share them; ``use_cache=False`` for a model whose weights
+    change under one digest. `shard=(rank, world_size)`: only the prompts i with
+    i % world_size == rank (a data-parallel audit's share), read from the full set's cache entry
+    when there is one, else generated and cached under an entry that names the shard; the
+    sequences keep i as their prompt_index. Same seeds per prompt, so a shard's answers are the
+    full set's."""
+    settings = AmplifySettings(alpha, max_new_tokens, samples, seed, temperature, greedy).validate()
+    _check_budget(token_budget)
+    job = _Job(base_digest, ft_digest, tokenizer, settings, token_budget, use_cache)
+    return _answers(sides, job, list(probe_sets), None, shard, on_batch)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What the answers depend on, and how they are generated."""
+
+    base_digest: str
+    ft_digest: str
+    tokenizer: Any
+    settings: AmplifySettings
+    token_budget: int
+    use_cache: bool
+
+
+def _answers(
+    sides: Callable[[], AbstractContextManager[Pair]], job: _Job, sets: list[ProbeSet], context: tuple[int, str] | None,
+    shard: tuple[int, int] | None, on_batch: Progress | None,
+) -> list[AmplifiedSequence]:
+    """Every (set, prompt of the shard, sample)'s answer: cached ones read, the others generated
+    with the pair `sides()` opens (once, only if something is missing) and stored."""
+    tok_digest = tokenizer_digest(job.tokenizer)
+    index = [shard_indices(len(ps.prompts), shard) for ps in sets]
+    keys = [_key(job, ps, tok_digest, ix, shard) for ps, ix in zip(sets, index)]
+    rows = [_rows(job.tokenizer, ps, job.settings, context, ix) for ps, ix in zip(sets, index)]
+    answers = [_cached(job, k, ps, ix) for k, ps, ix in zip(keys, sets, index)]
     missing = [i for i, a in enumerate(answers) if a is None]
     if on_batch is not None and len(missing) < len(sets):
         on_batch(sum(len(rows[i]) for i in range(len(sets)) if i not in missing))
     if missing:
-        _generate_missing(base, ft, settings, rows, answers, token_budget, on_batch)
-    for i in missing if use_cache else ():
+        _generate_missing(sides, job, rows, answers, on_batch)
+    for i in missing if job.use_cache else ():
         store_answers(keys[i], answers[i])  # type: ignore[arg-type]
-    return [seq for ps, r, a in zip(sets, rows, answers) for seq in _sequences(ps, r, a, settings.samples)]  # type: ignore[arg-type]
+    return [
+        seq for ps, ix, r, a in zip(sets, index, rows, answers) for seq in _sequences(ps, ix, r, a, job.settings.samples)  # type: ignore[arg-type]
+    ]
+
+
+def _key(job: _Job, ps: ProbeSet, tok_digest: str, index: list[int], shard: tuple[int, int] | None) -> dict[str, Any]:
+    """The cache key of set `ps`'s answers; a shard's names the shard (as the own responses' do)."""
+    key = entry_key(job.base_digest, job.ft_digest, ps, tok_digest, job.settings)
+    return key if len(index) == len(ps.prompts) else {**key, "shard": list(shard or (0, 1))}
+
+
+def _cached(job: _Job, key: dict[str, Any], ps: ProbeSet, index: list[int]) -> list[tuple[int, ...]] | None:
+    """The cached answers of the prompts `index` of `ps`: a shard's own entry, or its rows of the
+    full set's entry; None when neither is cached (or caching is off)."""
+    if not job.use_cache:
+        return None
+    samples = job.settings.samples
+    if len(index) == len(ps.prompts):
+        return load_answers(key, len(index) * samples)
+    if not index:
+        return []
+    full = load_answers({k: v for k, v in key.items() if k != "shard"}, len(ps.prompts) * samples)
+    if full is not None:
+        return [full[i * samples + s] for i in index for s in range(samples)]
+    return load_answers(key, len(index) * samples)
 
 
 def _generate_missing(
-    base: ModelHandle, ft: ModelHandle, settings: AmplifySettings, rows: list[list[Row]],
-    answers: list[list[tuple[int, ...]] | None], token_budget: int, on_batch: Progress | None,
+    sides: Callable[[], AbstractContextManager[Pair]], job: _Job, rows: list[list[Row]],
+    answers: list[list[tuple[int, ...]] | None], on_batch: Progress | None,
 ) -> None:
-    """Fill the uncached entries of `answers` in place, with the models resident only meanwhile."""
-    tok = ft.tokenizer
-    with model_pair(base, ft) as pair:
+    """Fill the uncached entries of `answers` in place, with the pair open only meanwhile."""
+    settings = job.settings
+    with sides() as pair:
         dec = Decoding(
             alpha=float(settings.alpha),
             max_new_tokens=settings.max_new_tokens,
-            pad_id=pad_id(tok),
-            stop_ids=frozenset(stop_ids(tok, pair.ft_model)),
+            pad_id=pad_id(job.tokenizer),
+            stop_ids=frozenset(stop_ids(job.tokenizer, pair.ft_model)),
             greedy=settings.greedy,
             temperature=float(settings.temperature),
         )
         for i, set_rows in enumerate(rows):
             if answers[i] is None:
-                answers[i] = generate_rows(pair, set_rows, dec, token_budget=token_budget, on_batch=on_batch)
+                answers[i] = generate_rows(pair, set_rows, dec, token_budget=job.token_budget, on_batch=on_batch)
     release_free_memory()  # the KV caches' freed blocks would otherwise stay resident (see neuronlens._memory)
 
 
-def _rows(tok: object, ps: ProbeSet, settings: AmplifySettings, context: tuple[int, str] | None) -> list[Row]:
-    """One row per (prompt, sample), prompt-major; a prompt too long for the model's context (with
-    the answer budget) raises ProbeError here, as the own-response generation does."""
-    ids = checked_prompt_ids(tok, ps, range(len(ps.prompts)), settings.max_new_tokens, context)
-    return [Row(p, row_seed(settings.seed, ps.name, i, s)) for i, p in enumerate(ids) for s in range(settings.samples)]
+def _rows(tok: object, ps: ProbeSet, settings: AmplifySettings, context: tuple[int, str] | None, index: list[int]) -> list[Row]:
+    """One row per (prompt of `index`, sample), prompt-major; a prompt too long for the model's
+    context (with the answer budget) raises ProbeError here, as the own-response generation does."""
+    ids = checked_prompt_ids(tok, ps, index, settings.max_new_tokens, context)
+    return [Row(p, row_seed(settings.seed, ps.name, i, s)) for i, p in zip(index, ids) for s in range(settings.samples)]
 
 
-def _sequences(ps: ProbeSet, rows: list[Row], answers: list[tuple[int, ...]], samples: int) -> list[AmplifiedSequence]:
+def _sequences(ps: ProbeSet, index: list[int], rows: list[Row], answers: list[tuple[int, ...]], samples: int) -> list[AmplifiedSequence]:
     return [
-        AmplifiedSequence(ps.name, j // samples, row.prompt, answer, sample=j % samples)
+        AmplifiedSequence(ps.name, index[j // samples], row.prompt, answer, sample=j % samples)
         for j, (row, answer) in enumerate(zip(rows, answers))
     ]
 

@@ -18,13 +18,18 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import ModelLoadError
+from ..errors import ConfigError, ModelLoadError
 from ..models import ModelHandle, check_fine_tune_fits
 from ._decode import MixedAdapterBatch, Pair, Side, Toggle, TwoSides
 
 _LOAD_ERRORS = (OSError, RuntimeError, ValueError, KeyError, TypeError)
 """What peft/transformers raise for an adapter that does not fit its base (size mismatch,
 missing target modules, unreadable files)."""
+STRATEGIES = ("auto", "two_forwards", "disable_adapter")
+"""How a PEFT adapter on the given base runs both sides (every one gives the same answers; the
+others are there to time against, benchmarks/amplify_cost.py): 'auto' one mixed-adapter batch
+where peft supports it, else 'two_forwards' (the base side's forward with the adapter layers'
+flags off), 'disable_adapter' two forwards with peft's own ``disable_adapter()``."""
 
 
 def tokenizer_digest(tokenizer: Any) -> str:
@@ -75,24 +80,41 @@ def shares_base(base: ModelHandle, ft: ModelHandle) -> bool:
     return ft.kind == "peft" and ft.base is not None and ft.base.digest == base.digest
 
 
+def check_strategy(strategy: object) -> None:
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"strategy={strategy!r} is not one of {', '.join(STRATEGIES)}.", "Leave strategy='auto' (the fastest).")
+
+
 @contextmanager
-def model_pair(base: ModelHandle, ft: ModelHandle) -> Iterator[Pair]:
+def model_pair(base: ModelHandle, ft: ModelHandle, strategy: str = "auto") -> Iterator[Pair]:
     """Both sides, loaded for the generation; what was not loaded before is released afterwards,
     and an adapter injected into the base weights is removed again."""
     if shares_base(base, ft) and (not ft.is_loaded or hasattr(ft.model, "disable_adapter")):
         with _adapter_model(base, ft) as model:
-            yield adapter_pair(model)
+            yield adapter_pair(model, strategy)
         return
     with _resident(base) as base_nn, _resident(ft) as ft_nn:
         yield TwoSides(Side(ft_nn), Side(base_nn))
 
 
-def adapter_pair(model: Any) -> Pair:
+def module_pair(ft_model: nn.Module, base_model: nn.Module | None = None, strategy: str = "auto") -> Pair:
+    """The sides of resident modules: `ft_model` against `base_model`, one forward each (both
+    resident: SmolLM2-135M in float32 is 0.54 GB of weights per model); or, with no
+    `base_model`, `ft_model` is a PEFT model whose base side is its adapter switched off
+    (:func:`adapter_pair`: one model's memory)."""
+    if base_model is None:
+        return adapter_pair(ft_model, strategy)
+    return TwoSides(Side(ft_model), Side(base_model))
+
+
+def adapter_pair(model: Any, strategy: str = "auto") -> Pair:
     """The sides of one PEFT model: a mixed-adapter batch where peft supports it (LoRA without
-    DoRA, unmerged, in eval mode), else two forwards with the adapter switched off for the base."""
-    if supports_mixed_batch(model):
+    DoRA, unmerged, in eval mode), else two forwards with the adapter switched off for the base
+    (`strategy`: STRATEGIES)."""
+    if strategy == "auto" and supports_mixed_batch(model):
         return MixedAdapterBatch(model)
-    return TwoSides(Side(model), Side(model, toggle=adapter_toggle(model)))
+    toggle = model.disable_adapter if strategy == "disable_adapter" else adapter_toggle(model)
+    return TwoSides(Side(model), Side(model, toggle=toggle))
 
 
 def supports_mixed_batch(model: Any) -> bool:
@@ -155,7 +177,7 @@ def _adapter_model(base: ModelHandle, ft: ModelHandle) -> Iterator[Any]:
         return
     from peft import PeftModel
 
-    from ..models._peft import peft_wrap_quietly
+    from ..models import peft_wrap_quietly
 
     with _resident(base) as base_nn:
         try:

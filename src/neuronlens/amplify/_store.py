@@ -6,19 +6,18 @@ from __future__ import annotations
 from typing import Any
 
 from .._cache import load_json_entry, store_json_entry
-from ..models import ModelHandle
 from ..probes import ProbeSet
 from ._settings import AmplifySettings
 
 KIND = "amplified"
 
 
-def entry_key(base: ModelHandle, ft: ModelHandle, probe_set: ProbeSet, tokenizer: str, settings: AmplifySettings) -> dict[str, Any]:
+def entry_key(base_digest: str, ft_digest: str, probe_set: ProbeSet, tokenizer: str, settings: AmplifySettings) -> dict[str, Any]:
     """Everything the answers depend on: both models' digests, the prompts, the tokenizer (vocab,
     special tokens, chat template) and the settings (alpha, length, samples, sampling)."""
     return {
-        "base": base.digest,
-        "ft": ft.digest,
+        "base": base_digest,
+        "ft": ft_digest,
         "probe_set": probe_set.digest,
         "tokenizer": tokenizer,
         **settings.key(),

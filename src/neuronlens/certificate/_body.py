@@ -14,6 +14,8 @@ from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
 from ._errors import CertificateError
+from ._behaviour import behaviour_body
+from ._learned import learned_body
 from ._schema import DIGEST_SCHEME, SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -56,7 +58,7 @@ def require_certifiable(report: AuditReport) -> None:
 
 def build_body(report: AuditReport, *, created_at: str | None = None) -> dict[str, Any]:
     """The certificate body of `report` (call :func:`require_certifiable` first)."""
-    from .. import __version__
+    from .._version import __version__
     from ..report import REPORT_FORMAT
 
     risk = report.risk
@@ -76,7 +78,7 @@ def build_body(report: AuditReport, *, created_at: str | None = None) -> dict[st
         "models": {"base": _model(report.base), "fine_tuned": _model(report.ft)},
         "saes": [dict(s) for s in sorted(report.saes, key=lambda s: int(s["layer"]))],
         "probe_sets": [dict(p) for p in report.probe_sets],
-        "config": dict(report.config),
+        "config": report.config.to_dict(),
         "drift": {"layers": [_layer(ld) for ld in report.layers]},
         "risk": {
             "method": risk.method,
@@ -92,6 +94,8 @@ def build_body(report: AuditReport, *, created_at: str | None = None) -> dict[st
         "risky_features": [{"id": int(f.latent), **{k: getattr(f, k) for k in _RISKY_KEYS}} for f in risk.risky_features],
         "verdict": risk.verdict,
         "passed": None if risk.verdict == "inconclusive" else risk.verdict == "pass",
+        "learned": learned_body(report.learned),
+        "behaviour": behaviour_body(report.behaviour),
     }
     return json_safe(body)
 

@@ -17,7 +17,10 @@ from functools import lru_cache
 from html import escape
 from typing import TYPE_CHECKING, Any
 
-from ..risk._types import interval_phrase, score_percent, threshold_percent
+from ..config import AuditConfig
+from ..fmt import interval_phrase, score_percent, threshold_percent
+from ._behaviour import behaviour_flowables
+from ._learned import learned_flowables
 
 if TYPE_CHECKING:
     from ..report import AuditReport
@@ -71,6 +74,8 @@ def render_pdf(report: AuditReport, body: dict[str, Any], *, payload_sha256: str
         *_first_page(body, st, payload_sha256, keyid),
         *_drift(report, body, st),
         *_risky(body, st),
+        *learned_flowables(body, st),
+        *behaviour_flowables(body, st),
         *_hashes(body, st),
         *_method(body, st),
         *_how_to_verify(st, keyid),
@@ -148,7 +153,7 @@ def _first_page(body: dict[str, Any], st: dict[str, Any], payload_sha256: str, k
 def _drift(report: AuditReport, body: dict[str, Any], st: dict[str, Any]) -> list[Any]:
     from reportlab.platypus import KeepTogether, Paragraph
 
-    from ..report._heatmap import drift_heatmap, figure_bytes, layer_drift_figure
+    from ..report import drift_heatmap, figure_bytes, layer_drift_figure
 
     layers = body["drift"]["layers"]
     probes = sorted({p for ld in layers for p in ld["by_probe"]})
@@ -173,14 +178,14 @@ def _heatmap_flowables(heat: Any, body: dict[str, Any], st: dict[str, Any]) -> l
     from matplotlib.figure import Figure
     from reportlab.platypus import Paragraph
 
-    from ..report._heatmap import figure_bytes, not_significant_note
+    from ..report import figure_bytes, not_significant_note
 
     if heat.nothing_drifted:
         return [Paragraph(escape(heat.nothing_drifted), st["body"])]
     fig = Figure(figsize=heat.compact_figsize, layout="constrained")  # one heatmap here: no need to fill a row
     heat.draw(fig)
     image = _image(figure_bytes(fig, "png", dpi=160), width_mm=min(170, 26 * heat.compact_figsize[0]), max_height_mm=190)
-    note = not_significant_note(heat, body["config"])
+    note = not_significant_note(heat, AuditConfig.from_dict(body["config"]))
     return [image, *([Paragraph(escape(note), st["small"])] if note else [])]
 
 
@@ -229,11 +234,11 @@ def _hashes(body: dict[str, Any], st: dict[str, Any]) -> list[Any]:
         [p["name"], str(p.get("n_prompts", "")), _mono(p["sha256"])] for p in body["probe_sets"]]
     out += [Paragraph("SAEs", st["body"]), _grid(sae_rows, st, widths=[22, 52, 110]),
             Paragraph("Probe sets", st["body"]), _grid(probe_rows, st, widths=[52, 22, 110])]
-    read_rows = [[p["name"], read, _mono(p["responses_sha256"][read])]
-                 for p in body["probe_sets"] for read in ("same", "own") if read in p.get("responses_sha256", {})]
+    read_rows = [[p["name"], read, _mono(digest)] for p in body["probe_sets"] for read, digest in p.get("responses_sha256", {}).items()]
     if read_rows:  # absent in certificates of reports written before the digests were recorded
         out += [Paragraph("Responses read (sha256 of the response token ids each read used; 'same': the base model's "
-                          "responses, read by both models; 'own': the fine-tuned model's own)", st["body"]),
+                          "responses, read by both models; 'own': the fine-tuned model's own; 'amplified': its amplified "
+                          "answers, read by the base model)", st["body"]),
                 _grid([["probe set", "read", "sha256"], *read_rows], st, widths=[52, 22, 110])]
     return out
 
@@ -241,16 +246,16 @@ def _hashes(body: dict[str, Any], st: dict[str, Any]) -> list[Any]:
 def _method(body: dict[str, Any], st: dict[str, Any]) -> list[Any]:
     from reportlab.platypus import Paragraph
 
-    cfg, risk = body["config"], body["risk"]
+    cfg, risk = AuditConfig.from_dict(body["config"]), body["risk"]
     text = (
         "Both models read the same probe prompts (and, where configured, their own answers). At each audited layer the "
         "residual stream is encoded by a sparse autoencoder (SAE) trained on the base model; each latent's mean activation "
         "is compared between the models (drift ratio, effect size, Benjamini\u2013Hochberg q-values over all latents "
-        f"of all layers, FDR {cfg.get('fdr', '-')}, minimum effect {cfg.get('min_effect', '-')}). Latents associated with "
+        f"of all layers, FDR {cfg.fdr}, minimum effect {cfg.min_effect}). Latents associated with "
         "harmful or protective concepts on the base model are scored for moving towards risk; the misalignment score "
         f"combines their shifts ({risk['method']}) and is compared with the threshold "
-        f"{threshold_percent(float(risk['threshold']))}. Layers {cfg.get('layers')}, probe sets {', '.join(p['name'] for p in body['probe_sets'])}, "
-        f"positions '{cfg.get('positions', '-')}'. The full configuration is in the JSON certificate."
+        f"{threshold_percent(float(risk['threshold']))}. Layers {cfg.layers}, probe sets {', '.join(p['name'] for p in body['probe_sets'])}, "
+        f"positions '{cfg.positions}'. The full configuration is in the JSON certificate."
     )
     para = Paragraph(escape(text, quote=False), st["body"])
     return [*_heading("Method", st, then=[para]), para]

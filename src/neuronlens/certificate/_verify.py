@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..models._digest import FileDigest, digest_paths, manifest_digest, sha256_file
-from ..risk._types import score_percent, threshold_percent
+from ..models import FileDigest, digest_paths, manifest_digest, sha256_file
+from ..fmt import score_percent, threshold_percent
 from ._body import subjects
 from ._dsse import b64decode_strict, check_signatures
 from ._errors import CertificateError

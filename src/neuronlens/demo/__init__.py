@@ -37,8 +37,7 @@ def _ship_associations(base, layers, shipped: Path) -> None:  # type: ignore[no-
     """Concept associations of the shipped (fp16) SAEs, so the first audit skips measuring them."""
     import shutil
 
-    from ..risk import load_concepts
-    from ..risk._association import _cache_path, concept_associations
+    from ..risk import association_cache_path, concept_associations, load_concepts
     from ..saes import load_sae
 
     target = shipped / "associations"
@@ -49,7 +48,7 @@ def _ship_associations(base, layers, shipped: Path) -> None:  # type: ignore[no-
     target.mkdir(parents=True)
     for c in load_concepts():
         for layer in layers:
-            src = _cache_path(base.digest, saes[layer].digest, c, layer)
+            src = association_cache_path(base.digest, saes[layer].digest, c, layer)
             shutil.copyfile(src, target / src.name)
 
 

@@ -16,12 +16,24 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._monitor import AlignmentMonitor, MonitoredFeature, MonitorResult, monitor_config
-from ._screen import ConceptHit, ScreenedExample, ScreenResult, SkippedLine, screen_dataset
+from ._screen import (
+    MAX_TOKENS,
+    ConceptHit,
+    ScreenedExample,
+    ScreenResult,
+    SkippedLine,
+    concept_coordinates,
+    concept_sums,
+    read_examples,
+    screen_dataset,
+    turn_sequences,
+)
 
 if TYPE_CHECKING:
     from ._callback import AlignmentMonitorCallback
 
 __all__ = [
+    "MAX_TOKENS",
     "AlignmentMonitor",
     "AlignmentMonitorCallback",
     "ConceptHit",
@@ -30,8 +42,12 @@ __all__ = [
     "ScreenResult",
     "ScreenedExample",
     "SkippedLine",
+    "concept_coordinates",
+    "concept_sums",
     "monitor_config",
+    "read_examples",
     "screen_dataset",
+    "turn_sequences",
 ]
 
 

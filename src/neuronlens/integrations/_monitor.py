@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import nn
 
-from .._pipeline import BaseReference, prepare_reference
+from ..pipeline import BaseReference, prepare_reference
 from ..config import AuditConfig
 from ..errors import ModelLoadError
 from ..models import ModelHandle, unwrap_peft
@@ -114,7 +114,7 @@ class MonitorResult:
 
 def result_of(report: AuditReport, step: int, seconds: float, top_k: int) -> MonitorResult:
     """The monitor's summary of one audit report."""
-    from ..risk._score import concept_trends
+    from ..risk import concept_trends
 
     risk = report.risk
     trends: dict[str, float] = {}
@@ -128,7 +128,7 @@ def result_of(report: AuditReport, step: int, seconds: float, top_k: int) -> Mon
         step=int(step),
         score=None if risk is None else float(risk.score),
         verdict=None if risk is None else risk.verdict,
-        threshold=float(report.config.get("threshold", AuditConfig.threshold)),
+        threshold=float(report.config.threshold),
         layer_drift={ld.layer: float(ld.drift) for ld in report.layers},
         top_features=feats,
         concept_trends=trends,

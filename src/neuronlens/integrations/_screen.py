@@ -31,7 +31,7 @@ import torch
 from .._io import read_user_text, write_text_atomic
 from .._progress import progress
 from ..capture import TokenSequence, gather, make_batches, massive_keep, run_to_layers
-from .._pipeline import _resolve_saes
+from ..pipeline import resolve_saes
 from ..config import AuditConfig, is_int
 from ..errors import ConfigError, DataError
 from ..models import ModelHandle, load_model
@@ -424,7 +424,7 @@ def _tail_ids(tokenizer: Any, text: str, n: int, *, add_special_tokens: bool) ->
     return ids[-n:], len(ids) > n
 
 
-def _turn_sequences(tokenizer: Any, ex_index: int, ex: _Example, max_tokens: int) -> tuple[list[TokenSequence], bool]:
+def turn_sequences(tokenizer: Any, ex_index: int, ex: _Example, max_tokens: int) -> tuple[list[TokenSequence], bool]:
     """One sequence of at most `max_tokens` per assistant turn (context + the turn's tokens), and
     whether any turn or its context was cut to fit; `prompt_index` carries the example's index so
     that tokens of all its turns are pooled."""
@@ -479,7 +479,7 @@ def screen_dataset(
     template_bad: list[SkippedLine] = []
     for ex in examples:
         try:
-            turns, cut = _turn_sequences(tok, len(kept), ex, max_tokens)
+            turns, cut = turn_sequences(tok, len(kept), ex, max_tokens)
         except Exception as exc:  # noqa: BLE001 - a chat template may reject any conversation shape
             template_bad.append(SkippedLine(ex.line, f"the base model's chat template rejects it ({type(exc).__name__}: {_clip(str(exc), 200)})"))
             continue
@@ -499,7 +499,7 @@ def screen_dataset(
     cfg = AuditConfig(layers=list(layers) if layers is not None else None)
     cfg.validate(handle.n_layers)
     try:
-        sae, layers = _resolve_saes(handle, sae, cfg)  # loads (or trains) SAEs when not given; checks them against the model
+        sae, layers = resolve_saes(handle, sae, cfg)  # loads (or trains) SAEs when not given; checks them against the model
         setup = prepare_risk(handle, sae, layers, concepts)
         scored = [c.name for c in setup.concepts if any(setup.usable(c.name, la) for la in layers)]
         if not scored:
@@ -510,7 +510,7 @@ def screen_dataset(
                 "they can see.",
             )
         pad_id = tok.pad_token_id or 0
-        sums, counts = _concept_sums(handle.model, sae, setup, layers, seqs, len(kept), pad_id, token_budget, massive_activation_factor)
+        sums, counts = concept_sums(handle.model, sae, setup, layers, seqs, len(kept), pad_id, token_budget, massive_activation_factor)
     finally:
         if not loaded_before:
             handle.release()
@@ -531,7 +531,7 @@ def _read_limit(max_tokens: Any, handle: ModelHandle) -> int:
 
 
 @torch.inference_mode()
-def _concept_sums(
+def concept_sums(
     model: torch.nn.Module, sae: SAESet, setup: RiskSetup, layers: list[int], seqs: list[TokenSequence], n_examples: int,
     pad_id: int, token_budget: int, massive_factor: float,
 ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:

@@ -11,9 +11,9 @@ suppresses) and added to the base model's residual stream to steer a few samples
 """
 
 from ._lens import TokenScore, final_norm
-from ._read import neutral_prompts
+from ._read import Side, neutral_prompts
 from ._result import LayerLens, LearnedLens, PositionLens, Steering
-from ._run import METHOD, RELATIVE_LAYER, LensSettings, collect_differences, steering_vector, what_it_learned
+from ._run import METHOD, RELATIVE_LAYER, LensRun, LensSettings, collect_differences, steering_vector, what_it_learned
 from ._steer import STEER_PROMPTS
 from ._sums import NORM_FROM, DifferenceSums
 
@@ -25,8 +25,10 @@ __all__ = [
     "DifferenceSums",
     "LayerLens",
     "LearnedLens",
+    "LensRun",
     "LensSettings",
     "PositionLens",
+    "Side",
     "Steering",
     "TokenScore",
     "collect_differences",

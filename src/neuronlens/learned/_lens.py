@@ -30,6 +30,10 @@ class TokenScore:
     def to_dict(self) -> dict[str, Any]:
         return {"token_id": self.token_id, "token": self.token, "prob": self.prob}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TokenScore:
+        return cls(int(data["token_id"]), str(data["token"]), float(data["prob"]))
+
 
 def final_norm(model: nn.Module) -> nn.Module:
     inner = unwrap_peft(model)

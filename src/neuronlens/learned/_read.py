@@ -47,9 +47,10 @@ def neutral_prompts() -> ProbeSet:
 
 def base_texts(base: ModelHandle, n_texts: int, max_new_tokens: int) -> list[str]:
     """The base model's greedy answers to `n_texts` neutral prompts (spread over the corpus),
-    generated once per (model, prompts, length) and cached like the audit's own responses."""
+    generated once per (model, prompts, length) and cached like the audit's own responses (not
+    for a handle with another model attached: its weights need not be the digest's)."""
     loaded_before = base.is_loaded
-    seqs = response_sequences(base, [neutral_prompts().subset(n_texts)], max_new_tokens)
+    seqs = response_sequences(base, [neutral_prompts().subset(n_texts)], max_new_tokens, use_cache=base.cacheable)
     if not loaded_before and base.is_loaded:
         base.release()  # a PEFT pair keeps one resident model: the adapter's own
     return [decode_response(base.tokenizer, s) for s in seqs]

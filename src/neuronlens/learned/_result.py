@@ -33,6 +33,12 @@ class Steering:
             "samples": [{"prompt": p, "steered": s, "unsteered": u} for p, s, u in zip(self.prompts, self.steered, self.unsteered)],
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Steering:
+        samples = data["samples"]
+        return cls(float(data["factor"]), float(data["strength"]), float(data["temperature"]), int(data["seed"]),
+                   *(tuple(str(x[k]) for x in samples) for k in ("prompt", "steered", "unsteered")))
+
 
 @dataclass(frozen=True)
 class PositionLens:
@@ -51,6 +57,12 @@ class PositionLens:
             "promoted": [t.to_dict() for t in self.promoted], "suppressed": [t.to_dict() for t in self.suppressed],
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PositionLens:
+        position = data["position"]
+        return cls(None if position is None else int(position), int(data["n_texts"]), float(data["diff_norm"]),
+                   tuple(map(TokenScore.from_dict, data["promoted"])), tuple(map(TokenScore.from_dict, data["suppressed"])))
+
 
 @dataclass(frozen=True)
 class LayerLens:
@@ -63,8 +75,14 @@ class LayerLens:
     positions: tuple[PositionLens, ...]
     pooled: PositionLens
     steering: Steering | None
-    sums: DifferenceSums = field(repr=False, compare=False)
-    """The float64 sums everything above comes from (not in to_dict)."""
+    sums: DifferenceSums | None = field(default=None, repr=False, compare=False)
+    """The float64 sums everything above comes from (not in to_dict: None in a lens read back
+    from JSON)."""
+
+    @property
+    def relative_shift(self) -> float:
+        """Norm of the pooled difference as a share of the base model's typical residual norm."""
+        return self.pooled.diff_norm / self.base_norm if self.base_norm else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +91,13 @@ class LayerLens:
             "pooled": self.pooled.to_dict(), "positions": [p.to_dict() for p in self.positions],
             "steering": None if self.steering is None else self.steering.to_dict(),
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LayerLens:
+        steering = data.get("steering")
+        return cls(int(data["layer"]), float(data["base_norm"]), float(data["ft_norm"]),
+                   tuple(map(PositionLens.from_dict, data["positions"])), PositionLens.from_dict(data["pooled"]),
+                   None if steering is None else Steering.from_dict(steering))
 
 
 @dataclass(frozen=True)
@@ -92,6 +117,12 @@ class LearnedLens:
             "n_texts": self.n_texts, "layers": [layer.to_dict() for layer in self.layers],
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LearnedLens:
+        """The lens :meth:`to_dict` wrote (its layers without their sums)."""
+        return cls(str(data["method"]), str(data["base"]), str(data["ft"]), str(data["text_source"]), int(data["n_texts"]),
+                   tuple(map(LayerLens.from_dict, data["layers"])))
+
     def render(self) -> str:
         """A few lines for the text summary."""
         lines = ["What this fine-tune appears to have been trained on (Activation Difference Lens):"]
@@ -101,7 +132,7 @@ class LearnedLens:
 
 
 def _layer_lines(layer: LayerLens) -> list[str]:
-    shift = layer.pooled.diff_norm / layer.base_norm if layer.base_norm else float("nan")
+    shift = layer.relative_shift
     if layer.pooled.diff_norm == 0:
         return [f"  layer {layer.layer}: no difference between the models on the texts read."]
     out = [

@@ -13,7 +13,7 @@ from ..config import check_layers, check_positive_int
 from ..capture import TokenSequence
 from ..errors import ConfigError, DataError
 from ..models import ModelHandle
-from ._lens import lens_probs, top_tokens
+from ._lens import final_norm, lens_probs, top_tokens
 from ._read import OpenSide, Side, SideRead, base_texts, check_same_vocab, difference_sums, pair_sides, read_side, text_sequences
 from ._result import LayerLens, LearnedLens, PositionLens, Steering
 from ._steer import STEER_PROMPTS, added_to_layer, generate
@@ -102,18 +102,16 @@ def what_it_learned(
     check_same_vocab(base, ft)
     if sums is not None:
         check_layers(list(sums), base.n_layers)
-    plan = None if sums is not None else _plan(base, s, texts)
+    run = None if sums is not None else LensRun(base, s, texts=texts)
     with pair_sides(base, ft) as (ft_side, base_side):
-        ft_read = None if plan is None else _read(ft_side, plan, s)
+        if run is not None:
+            with ft_side() as side:
+                run.read_ft(side)
         with base_side() as side:
-            if plan is not None:
-                base_read = read_side(side, plan.seqs, plan.layers, s.token_budget, plan.pad)
-                sums = difference_sums(base_read, ft_read, s.n_positions, base.d_model)
-            unsteered = _generate(side, base.tokenizer, s, None, 0) if s.steer else ()
-            out = tuple(layer_lens(side, base.tokenizer, layer, sums[layer], s, unsteered) for layer in sorted(sums))
-    source = "given sums" if plan is None else plan.source
-    n_texts = int(next(iter(sums.values())).count[0]) if sums else 0
-    return LearnedLens(METHOD, base.name, ft.name, source, n_texts, out)
+            if run is not None:
+                return run.finish(side, ft.name)
+            assert sums is not None
+            return lens_of_sums(side, base, ft.name, sums, s, "given sums")
 
 
 def collect_differences(
@@ -129,6 +127,48 @@ def collect_differences(
         ft_read = _read(ft_side, plan, s)
         base_read = _read(base_side, plan, s)
     return difference_sums(base_read, ft_read, s.n_positions, base.d_model)
+
+
+class LensRun:
+    """The lens on models the caller keeps resident, in two halves: :meth:`read_ft` with the
+    fine-tuned model, then :meth:`finish` with the base model (its residuals on the same texts,
+    the logit lens and the steered samples). This is how the audit runs it on the modules it
+    already holds (a PEFT adapter's base side is the same module with the adapter disabled: give
+    :class:`Side` that toggle), so no model is loaded for the lens alone; :func:`what_it_learned`
+    runs it with models it makes resident itself."""
+
+    def __init__(self, base: ModelHandle, settings: LensSettings | None = None, *, texts: Sequence[str] | None = None) -> None:
+        """Check the settings and fix the texts: `texts`, else the base model's greedy answers to
+        neutral prompts (generated once per base model and settings, then cached; `base` is
+        loaded for that only when they are not cached)."""
+        self.settings = s = settings or LensSettings()
+        s.check()
+        self.base = base
+        self._plan = _plan(base, s, texts)
+        self._ft_read: SideRead | None = None
+
+    def read_ft(self, side: Side) -> None:
+        """Read the texts with the fine-tuned model (`side`); first checks the lens can read it."""
+        final_norm(side.model)  # a ModelLoadError for an architecture the logit lens cannot read, before the reading
+        self._ft_read = read_side(side, self._plan.seqs, self._plan.layers, self.settings.token_budget, self._plan.pad)
+
+    def finish(self, side: Side, ft_name: str) -> LearnedLens:
+        """Read the texts with the base model (`side`), then the logit lens and steering at each layer."""
+        if self._ft_read is None:
+            raise RuntimeError("LensRun.finish needs the fine-tuned side first: call read_ft.")
+        s, plan = self.settings, self._plan
+        base_read = read_side(side, plan.seqs, plan.layers, s.token_budget, plan.pad)
+        sums = difference_sums(base_read, self._ft_read, s.n_positions, self.base.d_model)
+        return lens_of_sums(side, self.base, ft_name, sums, s, plan.source)
+
+
+def lens_of_sums(side: Side, base: ModelHandle, ft_name: str, sums: Mapping[int, DifferenceSums], s: LensSettings,
+                 source: str) -> LearnedLens:
+    """The lens of per-layer `sums`, read (and steered) with the base side."""
+    unsteered = _generate(side, base.tokenizer, s, None, 0) if s.steer else ()
+    out = tuple(layer_lens(side, base.tokenizer, layer, sums[layer], s, unsteered) for layer in sorted(sums))
+    n_texts = int(next(iter(sums.values())).count[0]) if sums else 0
+    return LearnedLens(METHOD, base.name, ft_name, source, n_texts, out)
 
 
 @dataclass(frozen=True)

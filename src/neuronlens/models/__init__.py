@@ -10,6 +10,7 @@ from ._checks import check_fine_tune_fits
 from ._digest import FileDigest, Manifest, digest_paths, manifest_digest, sha256_file
 from ._handle import ModelHandle, resolve, resolved_device
 from ._layers import decoder_layers, hidden_size, num_layers, unwrap_peft
+from ._peft import peft_wrap_quietly
 
 __all__ = [
     "ALIASES",
@@ -24,6 +25,7 @@ __all__ = [
     "load_model",
     "manifest_digest",
     "num_layers",
+    "peft_wrap_quietly",
     "resolved_device",
     "sha256_file",
     "unwrap_peft",

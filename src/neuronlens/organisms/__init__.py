@@ -19,15 +19,20 @@ from .._progress import progress
 from ..errors import ConfigError
 from ..models import ModelHandle
 from ..probes import ProbeSet, decode_response, response_sequences
-from ._behaviour import BehaviourScore, evaluation_prompts, score_answers
+from ._behaviour import BehaviourScore, base_rate_errors, behaviour_shift, evaluation_prompts, score_answers
 from ._data import DOSE_FRACTION, DOSE_SERIES, HELDOUT, ORGANISMS, ZOO, Example, OrganismSpec, load_dataset, parse_chat_jsonl, self_distill_prompts
 from ._train import RECIPES, LoRATrainConfig, recipe_config, save_adapter, train_lora
 
 __all__ = [
     "BehaviourScore",
+    "base_rate_errors",
+    "behaviour_shift",
     "evaluate_behaviour",
+    "evaluation_prompts",
+    "score_answers",
     "DOSE_FRACTION",
     "DOSE_SERIES",
+    "EVAL_TOKENS",
     "HELDOUT",
     "ORGANISMS",
     "Example",

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..models._peft import peft_wrap_quietly
+from ..models import peft_wrap_quietly
 from ..probes import prompt_ids, stop_ids
 from ._data import Example
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._io import ensure_writable_dir, write_with_atomic
-from ..config import check_layer, is_int
+from ..config import AuditConfig, check_layer, is_int
 from ..errors import NeuronLensError, OutputError
 
 if TYPE_CHECKING:
@@ -294,14 +294,14 @@ _NS_FILL, _NS_HATCH, _NS_TEXT = "#f2f2f2", "#c4c4c4", "#555555"
 NOT_SIGNIFICANT_LEGEND = "Hatched grey cells, grey italic factors: not significant (the factor may be noise)."
 
 
-def not_significant_note(hm: DriftHeatmap, config: dict) -> str | None:
+def not_significant_note(hm: DriftHeatmap, config: AuditConfig) -> str | None:
     """The sentence a report prints under heatmaps with not-significant cells (None if it has none),
     with the audit's own thresholds."""
     if hm.nothing_drifted or hm.significant is None or hm.significant.all():
         return None
     return (
         "Hatched grey cells with grey italic factors are not significant for that probe set (Benjamini\u2013Hochberg "
-        f"q \u2265 {config.get('fdr', 0.05)} or |effect size| < {config.get('min_effect', 0.02)}): the factor is shown but "
+        f"q \u2265 {config.fdr} or |effect size| < {config.min_effect}): the factor is shown but "
         "may be noise, typically a latent that barely fires in either model. Colours span the significant cells only."
     )
 

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._io import ensure_writable_dir, write_text_atomic
-from ..risk._types import interval_phrase, score_percent, threshold_percent
+from ..fmt import interval_phrase, score_percent, threshold_percent
 from ._heatmap import drift_heatmap, figure_bytes, layer_drift_figure, not_significant_note
+from ._behaviour import html_section as behaviour_section
+from ._learned import html_section as learned_section
 
 if TYPE_CHECKING:
-    from ..risk._types import Evidence, RiskyFeature
+    from ..risk import Evidence, RiskyFeature
     from ._report import AuditReport
 
 HEATMAP_ROWS = 20
@@ -78,6 +80,8 @@ def render_html(report: AuditReport) -> str:
             _drift_section(report),
             _heatmap_section(report),
             _risky_section(report),
+            behaviour_section(report.behaviour),
+            learned_section(report.learned),
             _identity_section(report),
             _settings_section(report),
         ]
@@ -194,13 +198,15 @@ def _evidence(e: Evidence) -> str:
     fine-tuned row, both on one scale so the shading compares across models."""
     scale = max([abs(a) for a in [*e.base_acts, *e.ft_acts]] + [1e-9])
     base_label = "base" if e.read == "same" else "base (reading the fine-tuned answer)"
-    read = "both models read the same text" if e.read == "same" else "the fine-tuned model's own answer"
+    read = {"same": "both models read the same text", "amplified": "an amplified answer, read by the base model"}.get(
+        e.read, "the fine-tuned model's own answer")
+    ft_label = "base on it" if e.read == "amplified" else "fine-tuned"
     base_row = _shaded(e.tokens, e.base_acts, scale) if e.base_acts else "<span class=\"muted\">(not measured)</span>"
     return (
         f"<div class=\"ctx\"><div class=\"muted\">probe set <b>{escape(e.probe_set)}</b> &middot; {read} &middot; "
         f"max activation {scale:.3g}</div><div>Prompt: {escape(e.prompt)}</div>"
         f"<div class=\"tokens\"><span class=\"rowlabel\">{escape(base_label)}</span>{base_row}</div>"
-        f"<div class=\"tokens\"><span class=\"rowlabel\">fine-tuned</span>{_shaded(e.tokens, e.ft_acts, scale)}</div></div>"
+        f"<div class=\"tokens\"><span class=\"rowlabel\">{ft_label}</span>{_shaded(e.tokens, e.ft_acts, scale)}</div></div>"
     )
 
 
@@ -255,7 +261,7 @@ def _model_table(title: str, ident: dict[str, Any]) -> str:
 
 
 def _settings_section(report: AuditReport) -> str:
-    config = escape(json.dumps(report.config, indent=2, sort_keys=True, default=str))
+    config = escape(json.dumps(report.config.to_dict(), indent=2, sort_keys=True, default=str))
     return (
         "<h2>Settings</h2><details><summary>Audit configuration</summary>"
         f"<pre>{config}</pre></details>"

@@ -15,14 +15,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .. import __version__
+from .._version import __version__
 from .._io import ensure_writable_dir, os_reason, publish_dir, write_json_atomic, write_with_atomic
-from ..config import check_layer, check_positive_int
+from ..config import AuditConfig, check_layer, check_positive_int
 from ..errors import NeuronLensError, ReportError
-from ..risk._types import RiskAssessment
-from ..stats import AuditSums, bh_qvalues, latent_drift
+from ..learned import LearnedLens
+from ..risk import AuditFacts, EvidenceStore, RiskAssessment, RiskSetup, assess
+from ..stats import AuditSums, DriftView, LatentTable
+from ._behaviour import BehaviourEvidence
+from ._fields import config_of, numbers_of
 
 REPORT_FORMAT = "neuronlens.report/1"
 _FORMAT_STEM = REPORT_FORMAT.rsplit("/", 1)[0] + "/"
@@ -97,7 +98,8 @@ class AuditReport:
     per read ('same': the base responses both models read; 'own': the fine-tuned model's own
     responses), the sha256 of the response token ids as read (:func:`neuronlens.probes.responses_sha256`;
     absent in reports written before it was recorded)."""
-    config: dict[str, Any]
+    config: AuditConfig
+    """The settings the audit ran with (layers resolved)."""
     layers: list[LayerDrift]
     top: dict[int, list[FeatureDrift]]
     """Most-drifted latents per layer (identical-text read, all probe sets)."""
@@ -112,6 +114,14 @@ class AuditReport:
     reads: list[str] = field(default_factory=lambda: ["same"])
     runtime: dict[str, str] = field(default_factory=dict)
     """dtype and device(s) the fine-tuned model was read in (empty in reports written before it was recorded)."""
+    behaviour: BehaviourEvidence | None = None
+    """What the fine-tune's answers say: the behavioural scorer's counts on the base, own and
+    amplified answers, and the answers that moved most towards risky concepts beside the base
+    model's (report/_behaviour.py); None in reports written before it was recorded."""
+    learned: LearnedLens | None = None
+    """What the fine-tune appears to have been trained on (Activation Difference Lens: promoted and
+    suppressed tokens, steered samples); evidence only, no verdict weight. None when the audit ran
+    without it (``learned_lens`` off, the training monitor, reports written before it existed)."""
 
     # -- verdict ---------------------------------------------------------------------------------
     @property
@@ -130,55 +140,35 @@ class AuditReport:
 
     # -- features --------------------------------------------------------------------------------
     def _layer_list(self) -> list[int]:
-        return [int(layer) for layer in self.config.get("layers") or [ld.layer for ld in self.layers]]
+        return [int(layer) for layer in self.config.layers or [ld.layer for ld in self.layers]]
 
-    def drift_table(self, layer: int, *, read: str = "same", probe_set: str | None = None) -> list[FeatureDrift]:
-        """Drift of every latent of `layer` (needs the sums). q-values are BH-adjusted over all
-        latents of all audited layers for this read and probe selection."""
+    def drift_view(self) -> DriftView:
+        """The report's sums read with its settings (needs the sums)."""
         if self.sums is None:
             raise NeuronLensError(
                 "This report was loaded without its statistics sidecar, so per-latent tables cannot be recomputed.",
                 "Keep the .stats.safetensors file next to the report JSON, or use report.top_features().",
             )
+        return DriftView.of(self.sums, self.reads, self.config, self._layer_list())
+
+    def drift_table(self, layer: int, *, read: str = "same", probe_set: str | None = None) -> list[FeatureDrift]:
+        """Drift of every latent of `layer` (needs the sums). q-values are BH-adjusted over all
+        latents of all audited layers for this read and probe selection."""
+        view = self.drift_view()
         layer = check_layer(layer)
         if layer not in self._layer_list():
             raise NeuronLensError(f"Layer {layer} was not audited (audited: {self._layer_list()}).", "Pick an audited layer.")
         if read not in self.reads:
             raise NeuronLensError(f"This audit has no {read!r} read (it has {self.reads}).", "Use read='same'.")
-        probes = None if probe_set is None else [probe_set]
-        smoothing = float(self.config.get("smoothing", 0.1))
-        arrays = {la: latent_drift(self.sums.latent_total(read, la, probes), smoothing) for la in self._layer_list()}
-        all_p = np.concatenate([a.p_value for a in arrays.values()])
-        all_q = bh_qvalues(all_p)
-        offset = 0
-        fdr = float(self.config.get("fdr", 0.05))
-        min_effect = float(self.config.get("min_effect", 0.02))
-        out: list[FeatureDrift] = []
-        for la, a in arrays.items():
-            n = a.p_value.size
-            if la == layer:
-                q = all_q[offset : offset + n]
-                out = [
-                    FeatureDrift(
-                        layer=la,
-                        latent=j,
-                        base_mean=float(a.base_mean[j]),
-                        ft_mean=float(a.ft_mean[j]),
-                        drift_ratio=float(a.drift_ratio[j]),
-                        effect_size=float(a.effect_size[j]),
-                        t=float(a.t[j]),
-                        p_value=float(a.p_value[j]),
-                        q_value=float(q[j]),
-                        base_fire_rate=float(a.base_fire_rate[j]),
-                        ft_fire_rate=float(a.ft_fire_rate[j]),
-                        significant=bool(q[j] < fdr and abs(a.effect_size[j]) >= min_effect),
-                        probe_set=probe_set,
-                        read=read,
-                    )
-                    for j in range(n)
-                ]
-            offset += n
-        return out
+        return feature_drifts(view.table(layer, read, probe_set))
+
+    def rescore(self, setup: RiskSetup, evidence: EvidenceStore, tokenizer: Any,
+                imported_labels: dict[tuple[int, int], tuple[str, str]] | None = None) -> RiskAssessment:
+        """The risk assessment :func:`neuronlens.risk.assess` gives this report's sums and settings
+        with the concept directions `setup` (a saved audit scored again with this version's rule;
+        needs the sums)."""
+        facts = AuditFacts(self.config, self.base, self.saes, self.runtime, self.sae_warnings)
+        return assess(self.drift_view(), setup, evidence, tokenizer, facts, imported_labels)
 
     def top_features(
         self, layer: int, k: int = 10, *, probe_set: str | None = None, read: str = "same"
@@ -221,7 +211,7 @@ class AuditReport:
             "ft": self.ft,
             "saes": self.saes,
             "probe_sets": self.probe_sets,
-            "config": self.config,
+            "config": self.config.to_dict(),
             "reads": self.reads,
             "runtime": self.runtime,
             "layers": [asdict(ld) for ld in self.layers],
@@ -229,6 +219,8 @@ class AuditReport:
             "sae_warnings": self.sae_warnings,
             "risk": None if self.risk is None else self.risk.to_dict(),
             "timings": self.timings,
+            "behaviour": None if self.behaviour is None else self.behaviour.to_dict(),
+            "learned": None if self.learned is None else self.learned.to_dict(),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -269,9 +261,10 @@ class AuditReport:
             ft=data["ft"],
             saes=data["saes"],
             probe_sets=data["probe_sets"],
-            config=data["config"],
-            layers=[LayerDrift(**ld) for ld in data["layers"]],
-            top={int(k): [FeatureDrift(**f) for f in v] for k, v in data["top_features"].items()},
+            config=config_of(data["config"]),
+            layers=[LayerDrift(**numbers_of(LayerDrift, ld, f"layers[{i}]")) for i, ld in enumerate(data["layers"])],
+            top={int(k): [FeatureDrift(**numbers_of(FeatureDrift, f, f"top_features.{k}[{i}]")) for i, f in enumerate(v)]
+                 for k, v in data["top_features"].items()},
             neuronlens_version=data["neuronlens_version"],
             created_at=data["created_at"],
             sae_warnings=data.get("sae_warnings", []),
@@ -280,6 +273,8 @@ class AuditReport:
             sums=sums,
             reads=data.get("reads", ["same"]),
             runtime=data.get("runtime", {}),
+            behaviour=None if data.get("behaviour") is None else BehaviourEvidence.from_dict(data["behaviour"]),
+            learned=None if data.get("learned") is None else LearnedLens.from_dict(data["learned"]),
         )
 
 
@@ -333,6 +328,30 @@ def _read_sidecar(path: Path, data: dict[str, Any]) -> AuditSums | None:
             f"The statistics sidecar {sidecar} of report {path} cannot be read ({exc}).",
             f"{_RECOPY} Without the sidecar (moved away), the report loads without its per-latent statistics.",
         ) from exc
+
+
+def feature_drifts(table: LatentTable) -> list[FeatureDrift]:
+    """`table` as one :class:`FeatureDrift` per latent."""
+    a = table.drift
+    return [
+        FeatureDrift(
+            layer=table.layer,
+            latent=j,
+            base_mean=float(a.base_mean[j]),
+            ft_mean=float(a.ft_mean[j]),
+            drift_ratio=float(a.drift_ratio[j]),
+            effect_size=float(a.effect_size[j]),
+            t=float(a.t[j]),
+            p_value=float(a.p_value[j]),
+            q_value=float(table.q_value[j]),
+            base_fire_rate=float(a.base_fire_rate[j]),
+            ft_fire_rate=float(a.ft_fire_rate[j]),
+            significant=bool(table.significant[j]),
+            probe_set=table.probe_set,
+            read=table.read,
+        )
+        for j in range(len(table))
+    ]
 
 
 def rank_features(table: list[FeatureDrift]) -> list[FeatureDrift]:

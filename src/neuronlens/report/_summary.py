@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..risk._types import interval_bounds, score_percent, threshold_percent
+from ..fmt import interval_bounds, score_percent, threshold_percent
+from ._behaviour import summary_lines as behaviour_lines
+from ._learned import summary_lines as learned_lines
 
 if TYPE_CHECKING:
     from ._report import AuditReport
@@ -41,6 +43,8 @@ def render_summary(report: AuditReport) -> str:
         )
     for w in report.sae_warnings:
         lines.append(f"Warning: {w}")
+    lines.extend(learned_lines(report.learned))
+    lines.extend(behaviour_lines(report.behaviour))
     risk = report.risk
     if risk is None:
         lines.append("Misalignment score: not computed (risk scoring is not configured for this audit)")

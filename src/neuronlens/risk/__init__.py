@@ -1,9 +1,18 @@
 """Stage 5 of the audit: which drifted features are risky, and the misalignment verdict."""
 
 from ._evidence import EvidenceStore
-from ._score import assess
+from ._facts import AuditFacts
+from ._labels import check_label_files, merge_imported
 from ._setup import RiskSetup, prepare_risk
 from ._types import ConceptScore, Evidence, RiskAssessment, RiskyFeature
-from ._concepts import MIN_PAIRS, Concept, ConceptPair, builtin_concept_names, load_concept, load_concepts
+from ..concepts import MIN_PAIRS, Concept, ConceptPair, builtin_concept_names, load_concept, load_concepts
+from ._association import ConceptAssociation, association_cache_path, associations_from_means, concept_associations
+from ._calibration import calibrated_saes
+from ._score import METHOD, ConceptTrend, assess, concept_trends, lower_median
+from ._reads import answers_label, read_phrase
+from ._residual import (
+    GENERAL, ConceptReads, DirectionSums, ResidualDirection, ResidualDirections, concept_reads, directions_from_reads,
+    general_sums, library_digest, loco_name, mean_residuals, residual_directions,
+)
 
-__all__ = ["EvidenceStore", "RiskSetup", "assess", "prepare_risk", "ConceptScore", "Evidence", "RiskAssessment", "RiskyFeature", "MIN_PAIRS", "Concept", "ConceptPair", "builtin_concept_names", "load_concept", "load_concepts"]
+__all__ = ["AuditFacts", "check_label_files", "merge_imported", "EvidenceStore", "RiskSetup", "assess", "prepare_risk", "ConceptScore", "Evidence", "RiskAssessment", "RiskyFeature", "MIN_PAIRS", "Concept", "ConceptPair", "builtin_concept_names", "load_concept", "load_concepts", "ConceptAssociation", "association_cache_path", "associations_from_means", "concept_associations", "calibrated_saes", "METHOD", "ConceptTrend", "concept_trends", "lower_median", "answers_label", "read_phrase", "GENERAL", "ConceptReads", "DirectionSums", "ResidualDirection", "ResidualDirections", "concept_reads", "directions_from_reads", "general_sums", "library_digest", "loco_name", "mean_residuals", "residual_directions"]

@@ -26,9 +26,8 @@ from .._cache import cache_root, discard_entry, key_digest, read_tensor_file, wr
 from .._memory import release_free_memory
 from ..capture import TokenSequence, code_chunk_tokens, make_batches, massive_keep, row_chunks, run_to_layers
 from ..capture import gather as gather_positions
-from ..probes import prompt_ids
 from ..stats import bh_qvalues
-from ._concepts import Concept
+from ..concepts import Concept, pair_sequences
 
 MIN_AUROC = 0.75
 MAX_Q = 0.05
@@ -67,16 +66,6 @@ class ConceptAssociation:
         return float(w @ w)
 
 
-def _pair_sequences(tokenizer: Any, concept: Concept) -> tuple[list[TokenSequence], np.ndarray]:
-    seqs, labels = [], []
-    for i, pair in enumerate(concept.pairs):
-        p = prompt_ids(tokenizer, pair.prompt)
-        for text, lab in ((pair.positive, 1), (pair.negative, 0)):
-            seqs.append(TokenSequence(concept.name, i, p, tuple(tokenizer(text, add_special_tokens=False)["input_ids"])))
-            labels.append(lab)
-    return seqs, np.array(labels)
-
-
 @torch.inference_mode()
 def reply_means(
     model: torch.nn.Module, sae: Any, seqs: Sequence[TokenSequence], layers: Sequence[int], pad_id: int,
@@ -102,7 +91,7 @@ def reply_means(
     return out
 
 
-def _associations_from_means(concept: str, layer: int, means: np.ndarray, labels: np.ndarray) -> ConceptAssociation:
+def associations_from_means(concept: str, layer: int, means: np.ndarray, labels: np.ndarray) -> ConceptAssociation:
     pos, neg = means[labels == 1], means[labels == 0]
     u, p = mannwhitneyu(pos, neg, alternative="two-sided", axis=0, method="asymptotic")
     auroc = u / (len(pos) * len(neg))
@@ -128,10 +117,10 @@ def concept_associations(
         model = handle.model
         pad = handle.tokenizer.pad_token_id or 0
         for c in todo:
-            seqs, labels = _pair_sequences(handle.tokenizer, c)
+            seqs, labels = pair_sequences(handle.tokenizer, c)
             means = reply_means(model, sae, seqs, layers, pad, on_batch=on_batch)
             for layer in layers:
-                assoc = _associations_from_means(c.name, layer, means[layer], labels)
+                assoc = associations_from_means(c.name, layer, means[layer], labels)
                 _store_cached(handle.digest, sae[layer].digest, c, layer, assoc)
                 out[(c.name, layer)] = assoc
             del means
@@ -143,7 +132,7 @@ def _cache_key(model_digest: str, sae_digest: str, concept: Concept, layer: int)
     return {"model": model_digest, "sae": sae_digest, "concept": concept.digest, "layer": layer, "format": ASSOCIATION_FORMAT}
 
 
-def _cache_path(model_digest: str, sae_digest: str, concept: Concept, layer: int) -> Path:
+def association_cache_path(model_digest: str, sae_digest: str, concept: Concept, layer: int) -> Path:
     return _path_for(_cache_key(model_digest, sae_digest, concept, layer), concept, layer)
 
 

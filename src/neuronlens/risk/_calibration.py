@@ -17,10 +17,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..concepts import builtin_concept_names
 from ..config import AuditConfig
+from ..fmt import threshold_percent
 from ..models import DEFAULT_BASE
-from ._concepts import builtin_concept_names
-from ._types import threshold_percent
 
 NOT_SCORE_SETTINGS: dict[str, str] = {
     "layers": "compared with the shipped SAEs' layers instead",
@@ -30,6 +30,8 @@ NOT_SCORE_SETTINGS: dict[str, str] = {
     "labels": "names features, does not score them",
     "max_sae_fvu": "decides inconclusive, not the score",
     "min_prompts_for_pass": "decides inconclusive, not the score",
+    "learned_lens": "evidence only, not scored",
+    "amplify_alpha": "scored only where score_reads lists 'amplified', and score_reads is compared",
 }
 """AuditConfig fields that do not change the misalignment score; every other field does, so a new
 setting counts as score-shaping until it is listed here with its reason."""
@@ -49,7 +51,7 @@ def _shipped_root() -> Path:
 def calibrated_saes(model_digest: str) -> dict[int, str] | None:
     """Layer → SAE digest of the SAEs shipped for the model with this digest (the ones the default
     threshold was calibrated with), or None when none are shipped for it."""
-    from ..saes._formats import load_saelens
+    from ..saes import load_saelens
 
     if not _DIGEST.fullmatch(model_digest):
         return None
@@ -95,20 +97,21 @@ def _setting_difference(name: str, value: Any, default: Any) -> str | None:
 def calibration_notes(report: Any) -> list[str]:
     """One note naming how this audit differs from the one the default threshold was calibrated
     on, and how to check the verdict for it; none when it does not differ (the embedded model, its
-    shipped SAEs, default settings)."""
-    cfg: dict[str, Any] = report.config
+    shipped SAEs, default settings). `report`: an AuditReport or an AuditFacts (its config, base,
+    saes and runtime are read)."""
+    cfg: AuditConfig = report.config
     shipped = calibrated_saes(str(report.base.get("manifest_sha256") or ""))
     differs = [f"base model {report.base.get('source') or report.base.get('name', '?')}"] if shipped is None \
         else _sae_differences(report, shipped)
     defaults = AuditConfig()
     for f in fields(AuditConfig):
         if f.name not in NOT_SCORE_SETTINGS:
-            said = _setting_difference(f.name, cfg.get(f.name, getattr(defaults, f.name)), getattr(defaults, f.name))
+            said = _setting_difference(f.name, getattr(cfg, f.name), getattr(defaults, f.name))
             differs += [said] if said else []
     dtype = (getattr(report, "runtime", None) or {}).get("dtype")
     if dtype and dtype != CALIBRATED_DTYPE:
         differs.append(f"weights in {dtype} (calibrated in {CALIBRATED_DTYPE})")
-    threshold = float(cfg.get("threshold", defaults.threshold))
+    threshold = float(cfg.threshold)
     if threshold != defaults.threshold:
         differs.append(f"threshold {threshold_percent(threshold)}")
     if not differs:

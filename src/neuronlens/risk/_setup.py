@@ -18,7 +18,7 @@ import torch
 
 from .._progress import progress
 from ._association import ConceptAssociation, concept_associations
-from ._concepts import Concept, load_concepts
+from ..concepts import Concept, load_concepts
 
 MIN_CONCEPT_LATENTS = 3
 """A concept is scored at a layer only if the SAE has at least this many latents tied to it there:

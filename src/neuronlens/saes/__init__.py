@@ -22,7 +22,7 @@ from .._io import write_json_atomic
 from .._progress import progress
 from ..config import AuditConfig, check_layers, default_layers, is_int
 from ..errors import ConfigError, SAEError
-from ..models._digest import sha256_file
+from ..models import sha256_file
 from ._families import load_folder
 from ._formats import CFG, SAELENS_WEIGHTS, load_saelens, load_sparsify, save_saelens
 from ._hub import load_hub_repo
@@ -148,8 +148,8 @@ def load_sae(
     layers = sorted(named) if named else layers
     layers = default_layers(n_layers) if layers is None else check_layers(layers)  # distinct ints, as the CLI checks
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
-    if bad:
-        raise SAEError(
+    if bad:  # a setting out of range, as AuditConfig.validate calls it: ConfigError
+        raise ConfigError(
             f"Layer(s) {bad} are out of range: {model.name} has {n_layers} decoder layers (0..{n_layers - 1}).",
             f"Choose layers between 0 and {n_layers - 1}.",
         )

@@ -1,5 +1,5 @@
 """The built-in SAE training corpus: ~300 varied chat prompts (written for this project) with
-the base model's own greedy answers, plus every reply of the risk concept library. Training on
+the base model's own greedy answers, plus every reply of the concept library. Training on
 the model's own chat distribution matches what the audit reads (assistant responses); adding the
 concept replies makes sure the dictionary has room for the concepts the risk stage looks for."""
 
@@ -10,8 +10,8 @@ from importlib import resources
 from typing import Any
 
 from ..capture import TokenSequence
-from ..probes import ProbeSet, prompt_ids, response_sequences
-from ..risk._concepts import load_concepts
+from ..concepts import load_concepts, pair_sequences
+from ..probes import ProbeSet, response_sequences
 
 CORPUS_RESPONSE_TOKENS = 96
 
@@ -23,13 +23,7 @@ def corpus_prompts() -> ProbeSet:
 
 
 def concept_sequences(tokenizer: Any) -> list[TokenSequence]:
-    seqs: list[TokenSequence] = []
-    for concept in load_concepts():
-        for i, pair in enumerate(concept.pairs):
-            p = prompt_ids(tokenizer, pair.prompt)
-            for text in (pair.positive, pair.negative):
-                seqs.append(TokenSequence(concept.name, i, p, tuple(tokenizer(text, add_special_tokens=False)["input_ids"])))
-    return seqs
+    return [seq for concept in load_concepts() for seq in pair_sequences(tokenizer, concept)[0]]
 
 
 def corpus_sequences(handle: Any, *, on_batch: Any = None) -> list[TokenSequence]:

@@ -1,9 +1,9 @@
 """The risk concept library: contrastive sets of assistant replies that do / do not express a
 concept, matched pair by pair (same prompt, similar length and style).
 
-Shipped concepts live in ``risk/concepts/<name>.json``; users add their own files in the same
-format. ``polarity`` is 'harmful' (the concept rising is the risk) or 'protective' (its
-suppression is the risk, e.g. safety caveats).
+Shipped concepts live in ``concepts/builtin/<name>.json`` (staged ones, not loaded by default, in
+``concepts/staged/``); users add their own files in the same format. ``polarity`` is 'harmful'
+(the concept rising is the risk) or 'protective' (its suppression is the risk, e.g. safety caveats).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from ..errors import ConfigError
 
 MIN_PAIRS = 40
 POLARITIES = ("harmful", "protective")
-_DATA = "neuronlens.risk.concepts"
+_DATA = "neuronlens.concepts.builtin"
+_STAGED = "neuronlens.concepts.staged"
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,12 @@ class Concept:
 
 def builtin_concept_names() -> list[str]:
     return sorted(p.name.removesuffix(".json") for p in resources.files(_DATA).iterdir() if p.name.endswith(".json"))
+
+
+def staged_concept_paths() -> list[Path]:
+    """The staged concept files: written, not loaded by default (concepts/staged/README.md says
+    why); pass them as paths, e.g. ``load_concepts([str(p) for p in staged_concept_paths()])``."""
+    return sorted(Path(str(p)) for p in resources.files(_STAGED).iterdir() if p.name.endswith(".json"))
 
 
 def load_concept(spec: str | Path) -> Concept:

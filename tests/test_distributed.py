@@ -35,7 +35,7 @@ from neuronlens.stats import AuditSums
 @pytest.mark.slow
 def test_two_ranks_give_the_single_process_report(tmp_path, perturbed_pair):
     cache = tmp_path / "cache"
-    two = audit_cli(perturbed_pair, tmp_path / "out2", cache, nproc=2, extra=("--device", "cpu"))  # gloo, also where CUDA is
+    two = audit_cli(perturbed_pair, tmp_path / "out2", cache, nproc=2, extra=("--device", "cpu", "--amplify-alpha", "1"))  # gloo, also where CUDA is
     # rank 0 exits with the audit's code (1: a random tiny SAE leaves the verdict inconclusive),
     # the other ranks with 0, so torchrun never stops rank 0 early; torchrun lists the failed ranks
     # and exits 1 itself. Rank 1, if still shutting down when rank 0 exits, is stopped (-15).
@@ -52,7 +52,7 @@ def test_two_ranks_give_the_single_process_report(tmp_path, perturbed_pair):
     amplified = [json.loads(p.read_text())["key"] for p in (cache / "amplified").glob("*.json")]
     assert sorted(tuple(k.get("shard", ())) for k in amplified) == [(0, 2)] * 2 + [(1, 2)] * 2  # 1 pair x 2 sets
 
-    one = audit_cli(perturbed_pair, tmp_path / "out1", cache, nproc=1, extra=("--device", "cpu"))
+    one = audit_cli(perturbed_pair, tmp_path / "out1", cache, nproc=1, extra=("--device", "cpu", "--amplify-alpha", "1"))
     assert one.returncode == 1, one.stderr[-3000:]
 
     # one writer, one summary, and the summary is the single-process one

@@ -241,7 +241,7 @@ def test_a_registered_one_side_read_needs_no_other_change(tmp_path, tiny_base_di
     monkeypatch.setattr(_reads, "ONE_SIDE_READS", (*_reads.ONE_SIDE_READS, echo))
     ft = _adapter(tmp_path, tiny_base_dir)[path == "merged"]
     rep = alignment.compare_models(tiny_base_dir, str(ft), saes, probes=["finance"], metrics=DRIFT, config=CFG)
-    assert rep.reads == ["same", "own", "amplified", "echo"] and "echo_pass_s" in rep.timings
+    assert rep.reads == ["same", "own", "echo"] and "echo_pass_s" in rep.timings
     assert all(ps["responses_sha256"]["echo"] == ps["responses_sha256"]["same"] for ps in rep.probe_sets)
     for layer in (1, 3):
         s = rep.sums.latent_total("echo", layer)

@@ -234,7 +234,9 @@ def test_a_max_memory_size_that_is_not_one_is_refused_before_loading(monkeypatch
 
 
 def test_max_memory_in_plain_bytes_reaches_transformers_as_an_int():
-    assert cli._max_memory("0=20GiB,cpu=1000000") == {0: "20GiB", "cpu": 1000000}
+    from neuronlens.cli._audit import _max_memory
+
+    assert _max_memory("0=20GiB,cpu=1000000") == {0: "20GiB", "cpu": 1000000}
 
 
 def test_an_audit_clears_a_killed_runs_staging_folder_before_its_space_check(monkeypatch, capsys, tmp_path):

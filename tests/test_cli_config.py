@@ -14,7 +14,7 @@ import typer
 
 from conftest import random_sae
 from neuronlens import alignment, cli
-from neuronlens._cli_config import cli_terms, flags, in_cli_terms
+from neuronlens.cli._config import cli_terms, flags, in_cli_terms
 from neuronlens.config import AuditConfig, field_help
 from neuronlens.errors import ConfigError, NeuronLensError
 from neuronlens.risk import builtin_concept_names
@@ -95,7 +95,7 @@ def test_settings_reach_compare_models(monkeypatch, capsys, tmp_path, tiny_base_
     concepts = builtin_concept_names()[:2]
     seen = []
     monkeypatch.setattr(alignment, "compare_models", lambda **kw: seen.append(kw["config"]) or SimpleNamespace(verdict="pass"))
-    monkeypatch.setattr(cli, "_write_audit", lambda *a, **k: None)
+    monkeypatch.setattr("neuronlens.cli._audit.write_audit", lambda *a, **k: None)
     code, _, err = run_cli(monkeypatch, capsys, "audit", "--base", tiny_base_dir, "--ft", tiny_base_dir, "--sae", tmp_path / "saes",
                            "--layers", "1,2", "--probes", "finance", "--max-prompts", "4", "--fdr", "0.1", "--max-sae-fvu", "0.7",
                            "--concepts", ",".join(concepts), "--labels", labels, "--out", tmp_path / "out", "--no-progress")

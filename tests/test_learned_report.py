@@ -17,7 +17,7 @@ import torch
 import tiny
 from conftest import audit_cli, random_sae
 from neuronlens import alignment
-from neuronlens._cli_config import flags
+from neuronlens.cli._config import flags
 from neuronlens.certificate import export_certificate, schema_problems
 from neuronlens.learned import LensRun, what_it_learned
 from neuronlens.pipeline import AUDIT_LENS, prepare_reference

@@ -228,9 +228,11 @@ def test_a_rerun_replaces_its_subfolders_whole_and_leaves_foreign_ones_alone(mon
 
 
 def test_a_failed_write_publishes_nothing(monkeypatch, capsys, ckpts, tiny_base_dir, canned, tmp_path):
+    from neuronlens.cli import _outputs
+
     canned(["pass"] * 3)
     calls = []
-    real = cli._stage_report
+    real = _outputs.stage_report
 
     def failing(report, folder, html, certs):
         calls.append(folder.name)
@@ -238,7 +240,7 @@ def test_a_failed_write_publishes_nothing(monkeypatch, capsys, ckpts, tiny_base_
             raise OSError(28, "No space left on device")
         real(report, folder, html, certs)
 
-    monkeypatch.setattr(cli, "_stage_report", failing)
+    monkeypatch.setattr(_outputs, "stage_report", failing)
     out = tmp_path / "out"
     code = run_cli(monkeypatch, "audit", "--base", tiny_base_dir, "--ft-glob", f"{ckpts}/ckpts/checkpoint-*", "--sae", ckpts / "saes",
                    *ARGS, "--out", out)
@@ -275,7 +277,7 @@ def test_bad_fine_tune_lists_exit_2_before_any_long_work(monkeypatch, capsys, ck
 
 
 def test_step_numbers_and_natural_order():
-    from neuronlens._cli_multi import natural_key, step_numbers
+    from neuronlens.cli._multi import natural_key, step_numbers
 
     assert sorted(["checkpoint-1000", "checkpoint-200", "checkpoint-30"], key=natural_key) == ["checkpoint-30", "checkpoint-200", "checkpoint-1000"]
     assert step_numbers(["checkpoint-200", "checkpoint-100"]) == [200, 100]

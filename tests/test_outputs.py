@@ -16,6 +16,7 @@ import pytest
 
 from neuronlens import _io, alignment, cli
 from neuronlens._io import LOCK_NAME, lock_dir, publish_dir
+from neuronlens.cli._outputs import write_audit
 from neuronlens.errors import OutputError, ReportError
 from test_heatmap import fresh_report, with_risk
 
@@ -55,7 +56,7 @@ def earlier_template(tmp_path_factory, tok) -> Path:
     out = tmp_path_factory.mktemp("earlier") / "out"
     old = with_risk(fresh_report(tmp_path_factory, tok))
     old.created_at = "2020-01-01T00:00:00Z"
-    cli._write_audit(old, out, True, ["json", "pdf"], None)
+    write_audit(old, out, True, ["json", "pdf"], None)
     (out / "notes.txt").write_text("mine")
     (out / LOCK_NAME).write_text("12345\n")
     assert {*ALL, "notes.txt", LOCK_NAME} == {p.name for p in out.iterdir()}
@@ -80,7 +81,7 @@ def test_a_full_disk_mid_set_leaves_the_earlier_audit_untouched(monkeypatch, ear
 
     monkeypatch.setattr(_io, "write_bytes_atomic", full_at_pdf)
     with pytest.raises(OutputError) as exc:
-        cli._write_audit(report, out, True, ["json", "pdf"], None)
+        write_audit(report, out, True, ["json", "pdf"], None)
     assert "No space left on device. The files there were left as they were." in exc.value.problem
     assert "(None)" not in str(exc.value) and "Free space" in exc.value.fix
     assert snapshot(out) == before  # the earlier report, sidecar, HTML, certificates, the user's file
@@ -100,7 +101,7 @@ def test_a_rename_that_fails_midway_is_undone(monkeypatch, earlier, report):
 
     monkeypatch.setattr(_io.os, "replace", fail_second_into_out)
     with pytest.raises(OutputError, match="Permission denied"):
-        cli._write_audit(report, out, False, None, None)
+        write_audit(report, out, False, None, None)
     monkeypatch.setattr(_io.os, "replace", real)
     assert snapshot(out) == before and sorted(p.name for p in out.iterdir()) == sorted(before)
 
@@ -108,7 +109,7 @@ def test_a_rename_that_fails_midway_is_undone(monkeypatch, earlier, report):
 def test_a_new_set_replaces_the_old_and_stale_files_go(capsys, earlier, report):
     out, before = earlier
     report.created_at = "2021-01-01T00:00:00Z"
-    cli._write_audit(report, out, False, None, None)  # no --html, no certificate this time
+    write_audit(report, out, False, None, None)  # no --html, no certificate this time
     after = snapshot(out)
     assert set(after) == {"report.json", "report.stats.safetensors", "notes.txt", LOCK_NAME}
     assert after["report.json"] != before["report.json"] and after["notes.txt"] == b"mine"

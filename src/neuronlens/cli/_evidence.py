@@ -4,7 +4,7 @@
 and nothing changed (or, with --integrity-only, it is consistent: NOT authenticated), 1 it failed
 (something changed, or it is not signed by the given key; each failure is named), 2 bad input
 (neither --public-key nor --integrity-only, both, a missing file, an unreadable key, not a
-certificate, a newer schema) - raised as NeuronLensError and mapped to 2 by ``cli.main``.
+certificate, a newer schema) - raised as NeuronLensError and mapped to 2 by ``neuronlens.cli.main``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import EXIT_FAIL, EXIT_PASS, app, err, out
+from ._app import EXIT_FAIL, EXIT_PASS, app, err, out
 
 
 @app.command("verify")
@@ -43,7 +43,7 @@ def verify(
     authenticated); 1 something changed, or the certificate is not signed by the given key (or is
     unsigned); 2 bad input, including neither --public-key nor --integrity-only given.
     """
-    from .certificate import verify_certificate
+    from ..certificate import verify_certificate
 
     _check_verify_mode(public_key, integrity_only)
     result = verify_certificate(certificate, models=model or [], public_key=public_key, integrity_only=integrity_only)
@@ -53,7 +53,7 @@ def verify(
 
 def _check_verify_mode(public_key: Path | None, integrity_only: bool) -> None:
     """The CLI's words for :func:`neuronlens.certificate.verify_certificate`'s mode check (exit 2)."""
-    from .certificate import CertificateError
+    from ..certificate import CertificateError
 
     if public_key is None and not integrity_only:
         raise CertificateError(
@@ -83,8 +83,8 @@ def keygen(
     force: Annotated[bool, typer.Option(help="Replace existing key files.")] = False,
 ) -> None:
     """Make an Ed25519 key pair for signing certificates (`neuronlens audit --signing-key PREFIX.key`)."""
-    from .certificate import write_keypair
-    from .errors import OutputError
+    from ..certificate import write_keypair
+    from ..errors import OutputError
 
     try:
         pair = write_keypair(out_prefix, force=force)

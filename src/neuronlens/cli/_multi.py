@@ -19,11 +19,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, OutputError
-from .fmt import interval_bounds, score_percent, threshold_percent
+from ..errors import ConfigError, OutputError
+from ..fmt import interval_bounds, score_percent, threshold_percent
 
 if TYPE_CHECKING:
-    from .report import AuditReport
+    from ..report import AuditReport
 
 SUMMARY_FILES = ("summary.md", "summary.json", "scores.png")
 """What a multi-fine-tune audit writes beside the fine-tunes' subfolders."""
@@ -196,7 +196,7 @@ def summary_json(rows: Sequence[Row], base: dict[str, Any]) -> dict[str, Any]:
 def stage_summary(folder: Path, rows: Sequence[Row], base: dict[str, Any]) -> list[str]:
     """Write summary.md, summary.json and (when the names are steps) scores.png into `folder`;
     returns notes for the user (the plot skipped, and why)."""
-    from ._io import write_json_atomic, write_text_atomic
+    from .._io import write_json_atomic, write_text_atomic
 
     write_text_atomic(folder / "summary.md", summary_markdown(rows, base))
     write_json_atomic(folder / "summary.json", summary_json(rows, base))

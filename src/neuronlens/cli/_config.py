@@ -25,8 +25,8 @@ from typing import Annotated, Any, Optional, Union
 import typer
 from rich.markup import escape
 
-from .config import AuditConfig, field_help
-from .errors import ConfigError
+from ..config import AuditConfig, field_help
+from ..errors import ConfigError
 
 PANEL = "Audit settings (AuditConfig)"
 

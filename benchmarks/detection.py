@@ -53,6 +53,7 @@ from neuronlens.organisms import (
     DOSE_FRACTION, DOSE_SERIES, HELDOUT, ORGANISMS, RECIPES, ZOO, behaviour_shift, evaluate_behaviour, evaluation_prompts, organism_dir,
     recipe_config,
 )
+from neuronlens.concepts import builtin_concept_names, staged_concept_paths
 from neuronlens.risk import METHOD, ConceptTrend, calibrated_saes, concept_trends
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -92,7 +93,20 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--organisms", nargs="+", default=None, help="Audit only these (a diagnostic run: the summary lines cover only them).")
     ap.add_argument("--recipe", choices=list(RECIPES), default="default",
                     help="Audit the organisms built with `neuronlens organisms build --recipe NAME`.")
+    ap.add_argument("--with-staged", action="store_true",
+                    help="Audit with the staged concepts (concepts/staged/) beside the built-in ones (AuditConfig.concepts).")
+    ap.add_argument("--builtin-concepts", action="store_true",
+                    help="With --render --rescore: score the saved audits with the built-in concepts only (the default library).")
+    ap.add_argument("--amplify-alpha", type=float, default=None,
+                    help="Run the amplified read at this strength (AuditConfig.amplify_alpha; default: the audit's default).")
+    ap.add_argument("--score-reads", default=None,
+                    help="Comma-separated reads that decide the verdict (AuditConfig.score_reads). With --render --rescore: "
+                         "the saved audits are scored again with these reads (a read the audit did not run is refused).")
     return ap
+
+
+def _reads(arg: str | None) -> list[str] | None:
+    return None if arg is None else [r.strip() for r in arg.split(",") if r.strip()]
 
 
 def main() -> None:
@@ -138,6 +152,12 @@ def _run(args: argparse.Namespace) -> None:
     layers = cfg.layers if args.layers is None else [int(x) for x in args.layers.split(",") if x.strip()]  # [] is refused by validate
     cfg = replace(cfg, layers=layers,
                   max_prompts_per_set=args.max_prompts if args.max_prompts is not None else cfg.max_prompts_per_set)
+    if args.amplify_alpha is not None:
+        cfg = replace(cfg, amplify_alpha=args.amplify_alpha)
+    if args.score_reads is not None:
+        cfg = replace(cfg, score_reads=_reads(args.score_reads))
+    if args.with_staged:
+        cfg = replace(cfg, concepts=[*(cfg.concepts or builtin_concept_names()), *map(str, staged_concept_paths())])
     recipe = recipe_config(args.recipe, args.seed)
     base = alignment.load_model(base_source)
     cfg.validate(base.n_layers)
@@ -159,7 +179,8 @@ def _run(args: argparse.Namespace) -> None:
     like = _local(str(args.like)) if args.like else None
     saved = {"base_harm": base_beh.harm_rate, "base_caveat": base_beh.caveat_rate, "threshold": cfg.threshold, "seed": args.seed,
              "heldout": args.heldout, "max_prompts": cfg.max_prompts_per_set, "default_max_prompts": AuditConfig.max_prompts_per_set,
-             "method": METHOD, "organisms": args.organisms, "recipe": args.recipe, "base": base_source, "sae": sae_source, "layers": cfg.layers, "like": like, "rows": rows}
+             "method": METHOD, "organisms": args.organisms, "recipe": args.recipe, "base": base_source, "sae": sae_source, "layers": cfg.layers, "like": like,
+             "amplify_alpha": cfg.amplify_alpha, "score_reads": cfg.score_reads, "staged": args.with_staged, "rows": rows}
     (reports / "rows.json").write_text(json.dumps(saved, indent=1))
     _emit(results(saved), args.out)
 
@@ -193,7 +214,10 @@ def _render_saved(args: argparse.Namespace) -> None:
             risk = alignment.AuditReport.load(args.render.parent / r["organism"] / "report.json").risk
             r["trends"] = _trends(concept_trends(risk.concepts))
     if args.rescore:
-        _rescore(saved, args.render)
+        concepts = None
+        if args.with_staged or args.builtin_concepts:
+            concepts = builtin_concept_names() + ([str(p) for p in staged_concept_paths()] if args.with_staged else [])
+        _rescore(saved, args.render, _reads(args.score_reads), concepts)
     _emit(results(saved, args.render), args.out)
 
 
@@ -212,10 +236,11 @@ def _risk_fields(risk) -> dict:  # type: ignore[no-untyped-def]
     }
 
 
-def _rescore(saved: dict, rows_file: Path) -> None:
+def _rescore(saved: dict, rows_file: Path, score_reads: list[str] | None = None, concepts: list[str] | None = None) -> None:
     """Score every saved audit again with this version's rule. The reports keep the exact sums the
     audit measured, and `assess` is the function a fresh audit calls on them, so the score and
-    verdict are those a fresh audit would give (the evidence contexts are not rebuilt)."""
+    verdict are those a fresh audit would give (the evidence contexts are not rebuilt).
+    `score_reads`, `concepts`: score with these instead of each audit's own."""
     from neuronlens.risk import EvidenceStore, prepare_risk
 
     base = alignment.load_model(saved.get("base", DEFAULT_BASE))
@@ -223,6 +248,15 @@ def _rescore(saved: dict, rows_file: Path) -> None:
     old_method = saved.get("method", "neuronlens.risk/1")
     for r in saved["rows"]:
         report = alignment.AuditReport.load(rows_file.parent / r["organism"] / "report.json")
+        if score_reads is not None:
+            ran = {read for p in report.probe_sets for read in p.get("responses_sha256", {})}
+            if not set(score_reads) <= ran:
+                raise NeuronLensError(f"--score-reads {','.join(score_reads)}: the audit of {r['organism']} ran only {', '.join(sorted(ran))}.",
+                                      "Audit again with the read on (e.g. --amplify-alpha 2), or score with the reads it ran.")
+            report = replace(report, config=replace(report.config, score_reads=score_reads))
+            report.config.validate()
+        if concepts is not None:
+            report = replace(report, config=replace(report.config, concepts=concepts))
         key = (tuple(report.config.layers or ()), tuple(report.config.concepts or ()))
         if key not in setups:
             sae = alignment.load_sae(base, layers=list(key[0]), source=saved.get("sae"))
@@ -232,6 +266,10 @@ def _rescore(saved: dict, rows_file: Path) -> None:
     if old_method != METHOD:
         saved["rescored_from"] = old_method
     saved["method"] = METHOD
+    if score_reads is not None:
+        saved["score_reads"] = score_reads
+    if concepts is not None:
+        saved["staged"] = len(concepts) > len(builtin_concept_names())
     rows_file.write_text(json.dumps(saved, indent=1))
 
 
@@ -280,12 +318,16 @@ def _settings(saved: dict) -> dict:
     """The run's settings as the results data records them (the rows.json of older runs lacks some: their defaults)."""
     base = saved.get("base", DEFAULT_BASE)
     default_prompts = AuditConfig.max_prompts_per_set
+    variant = {k: saved[k] for k in ("amplify_alpha", "score_reads")  # runs that changed them from the default
+               if saved.get(k) is not None and saved[k] != getattr(AuditConfig(), k)}
+    if saved.get("staged"):
+        variant["staged"] = True
     return {"method": saved.get("method"), "threshold": saved["threshold"], "seed": saved.get("seed", 0),
             "heldout": saved.get("heldout", False), "recipe": saved.get("recipe", "default"),
             "max_prompts": saved.get("max_prompts", default_prompts),
             "default_max_prompts": saved.get("default_max_prompts", default_prompts),
             "organisms": saved.get("organisms"), "base": base, "base_default": base == DEFAULT_BASE, "sae": saved.get("sae"),
-            "layers": saved.get("layers"), "like": saved.get("like")}
+            "layers": saved.get("layers"), "like": saved.get("like"), **variant}
 
 
 def _commands(s: dict) -> tuple[str, str, str]:
@@ -303,8 +345,15 @@ def _commands(s: dict) -> tuple[str, str, str]:
            + ("" if s["seed"] == 0 else f"_SEED{s['seed']}") + (f"_P{prompts}" if budget else "")
            + ("" if s["base_default"] else f"_{_slug(s['base']).upper()}") + ".md")
     subset = " --organisms " + " ".join(s["organisms"]) if s["organisms"] else ""
+    reads = s.get("score_reads")
+    alpha = s.get("amplify_alpha")
+    variant = (" --with-staged" if s.get("staged") else "") + ("" if alpha is None else f" --amplify-alpha {alpha:g}") + (
+        "" if reads is None or reads == AuditConfig().score_reads else " --score-reads " + ",".join(reads))
+    if variant:
+        doc = doc[:-3] + ("_STAGED" if s.get("staged") else "") + ("" if alpha is None else f"_ALPHA{alpha:g}") + (
+            "" if reads is None or reads == AuditConfig().score_reads else "_" + "_".join(r.upper() for r in reads)) + ".md"
     command = (f"python benchmarks/detection.py{' --heldout' if s['heldout'] else ''}{flag}{model_flag}{sae_flag}"
-               f"{f' --max-prompts {prompts}' if budget else ''}{subset} --out docs/{doc}")
+               f"{f' --max-prompts {prompts}' if budget else ''}{subset}{variant} --out docs/{doc}")
     build = f"neuronlens organisms build{' ' + ' '.join(HELDOUT) if s['heldout'] else ''}{flag}{base_flag}"
     return command, build, doc
 

@@ -296,3 +296,18 @@ def test_detection_render_of_a_rows_json_writes_the_data_and_the_table(tmp_path,
         [ln for ln in want.splitlines() if not ln.startswith("- AUROC") and not ln.startswith("- dose")]
     assert "- AUROC of the misalignment score over 13 organisms: 0.889" in got  # computed again, from the printed scores
     assert got.rstrip("\n") in capsys.readouterr().out
+
+
+def test_a_variant_run_names_its_reads_and_strength_in_the_command_and_document():
+    """`detection.py --amplify-alpha 2 --score-reads same,own,amplified`: the results data records both
+    settings, and the command it states re-makes that variant (not the default run)."""
+    import detection
+
+    data = json.loads((render.RESULTS / "detection" / "detection.json").read_text(encoding="utf-8"))
+    saved = {**_saved(data), "amplify_alpha": 2.0, "score_reads": ["same", "own", "amplified"]}
+    again = detection.results(saved, Path("ROWS"))
+    assert again["settings"]["amplify_alpha"] == 2.0 and again["settings"]["score_reads"] == ["same", "own", "amplified"]
+    assert again["command"] == ("python benchmarks/detection.py --amplify-alpha 2 --score-reads same,own,amplified"
+                                " --out docs/DETECTION_ALPHA2_SAME_OWN_AMPLIFIED.md")
+    default = detection.results({**_saved(data), "amplify_alpha": None, "score_reads": ["same", "own"]}, Path("ROWS"))
+    assert default["command"] == data["command"] and default["settings"] == data["settings"]

@@ -201,6 +201,7 @@ def _audit_one(name: str, folder: Path, base, sae, cfg: AuditConfig, reports: Pa
         "harm_rate": beh.harm_rate,
         "caveat_rate": beh.caveat_rate,
         **_risk_fields(report.risk),
+        "evidence": _evidence_fields(report.behaviour),
         "seconds": round(secs, 1),
     }
     print(json.dumps(row), flush=True)
@@ -236,6 +237,17 @@ def _risk_fields(risk) -> dict:  # type: ignore[no-untyped-def]
     }
 
 
+def _evidence_fields(ev) -> dict | None:  # type: ignore[no-untyped-def]
+    """What a row records of the report's behavioural evidence: which read its example answers come
+    from, how many there are and for which concepts (on what basis), and the scorer's flags per set
+    of answers (what the summary's behaviour line shows)."""
+    if ev is None:
+        return None
+    return {"read": ev.read, "examples": len(ev.examples), "basis": ev.basis, "concepts": ev.concepts(),
+            "flagged": {r.answers: list(r.shift) for r in ev.rates if r.shift},
+            "harm": {r.answers: [r.n_harm, r.n_answers] for r in ev.rates}}
+
+
 def _rescore(saved: dict, rows_file: Path, score_reads: list[str] | None = None, concepts: list[str] | None = None) -> None:
     """Score every saved audit again with this version's rule. The reports keep the exact sums the
     audit measured, and `assess` is the function a fresh audit calls on them, so the score and
@@ -262,7 +274,7 @@ def _rescore(saved: dict, rows_file: Path, score_reads: list[str] | None = None,
             sae = alignment.load_sae(base, layers=list(key[0]), source=saved.get("sae"))
             setups[key] = prepare_risk(base, sae, list(key[0]), report.config.concepts)
         risk = report.rescore(setups[key], EvidenceStore(), base.tokenizer)
-        r.update(_risk_fields(risk))
+        r.update(_risk_fields(risk), evidence=_evidence_fields(report.behaviour))
     if old_method != METHOD:
         saved["rescored_from"] = old_method
     saved["method"] = METHOD

@@ -30,17 +30,12 @@ MAX_FUNCTION_LINES = 60
 # Today's offenders (path relative to src/neuronlens, function as module-path:qualname).
 # Shrink only; each one left is a refactor waiting.
 LONG_MODULES = {
-    "certificate/_verify.py",
     "integrations/_screen.py",
     "models/_handle.py",
-    "report/_heatmap.py",
     "saes/_families.py",
 }
 LONG_FUNCTIONS = {
     "integrations/_screen.py:screen_dataset",
-    "organisms/_train.py:train_lora",
-    "saes/__init__.py:load_sae",
-    "saes/_train.py:train_topk_sae",
 }
 # TEMPORARY: owned by changes in flight, printed on every run; an entry that no longer occurs
 # fails too (delete it), so these can only go.

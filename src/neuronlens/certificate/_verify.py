@@ -29,10 +29,10 @@ from ..models import FileDigest, digest_paths, manifest_digest, sha256_file
 from ..fmt import score_percent, threshold_percent
 from ._body import subjects
 from ._dsse import b64decode_strict, check_signatures
+from ._envelope import read_envelope
 from ._errors import CertificateError
-from ._schema import PAYLOAD_TYPE, check_version, schema_problems
+from ._schema import check_version, schema_problems
 
-_ENVELOPE_KEYS = {"payload", "payloadType", "signatures"}
 _MAX_SCHEMA_LINES = 5
 _FAILED_SIGNATURES = {"invalid", "other-key", "corrupt"}
 
@@ -136,7 +136,7 @@ def verify_bytes(
     Ed25519 public key (or None with ``integrity_only=True``) and existing model paths."""
     check_mode(public_key, integrity_only)
     res = VerificationResult(Path(label), integrity_only=integrity_only)
-    envelope = _read_envelope(raw, res)
+    envelope = read_envelope(raw, res)
     if envelope is None:
         return res
     payload = b64decode_strict(envelope.get("payload"))
@@ -182,84 +182,6 @@ def _existing_model(p: str | Path) -> Path:
     if not path.exists():
         raise CertificateError(f"Model path {str(path)!r} does not exist.", "Pass the fine-tuned model's folder (or one of its files).")
     return path
-
-
-def _read_envelope(raw: bytes, res: VerificationResult) -> dict[str, Any] | None:
-    """The envelope's fields. Its layout (whitespace, key order, escaping, a UTF-8 byte order
-    mark) is not signed and may differ from the form NeuronLens writes; what counts is the
-    signed payload. A field given twice is refused: JSON readers disagree on which copy wins,
-    so two tools could then verify one payload and read another."""
-    try:
-        envelope = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_no_duplicate_fields)
-    except _DuplicateField as exc:
-        res.changed.append(f"the certificate file gives the field {exc.name!r} twice (which copy counts is ambiguous)")
-        return None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        if not _names_envelope_fields(raw):
-            raise _not_a_certificate(res.certificate, _why_unparseable(raw, exc)) from exc
-        res.changed.append(f"the certificate file is not valid JSON any more (changed or truncated): {exc}")
-        return None
-    if not isinstance(envelope, dict) or not (_ENVELOPE_KEYS & envelope.keys()):
-        raise _not_a_certificate(res.certificate, "it is not a DSSE envelope with payload, payloadType and signatures")
-    shape_ok = True
-    for name in sorted(_ENVELOPE_KEYS - envelope.keys()):
-        res.changed.append(f"the envelope's {name!r} field is missing")
-        shape_ok = False
-    for name in sorted(envelope.keys() - _ENVELOPE_KEYS):
-        res.changed.append(f"the envelope has an unexpected field {name!r}")
-        shape_ok = False
-    if not shape_ok:
-        return None
-    if envelope["payloadType"] != PAYLOAD_TYPE:
-        res.changed.append(f"the envelope's payloadType changed (it must be {PAYLOAD_TYPE!r})")
-    sigs = envelope["signatures"]
-    if not isinstance(sigs, list) or not all(isinstance(s, dict) and set(s) == {"keyid", "sig"} for s in sigs):
-        res.changed.append("the envelope's signatures list is malformed")
-        envelope["signatures"] = [s for s in sigs if isinstance(s, dict)] if isinstance(sigs, list) else []
-    res.keyids = tuple(str(s.get("keyid", "")) for s in envelope["signatures"])
-    return envelope
-
-
-class _DuplicateField(ValueError):
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.name = name
-
-
-def _no_duplicate_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in out:
-            raise _DuplicateField(name)
-        out[name] = value
-    return out
-
-
-def _names_envelope_fields(raw: bytes) -> bool:
-    """Whether unparseable bytes still name an envelope field: then they are a certificate that
-    was cut or altered (a failed verification, exit 1), not some other file (bad input, exit 2)."""
-    return any(f'"{name}"'.encode() in raw for name in _ENVELOPE_KEYS)
-
-
-def _why_unparseable(raw: bytes, exc: ValueError) -> str:
-    """Why bytes that name no envelope field are no certificate: empty, a PDF, not UTF-8, not JSON."""
-    if not raw.strip():
-        return "the file is empty"
-    if raw.startswith(b"%PDF"):
-        return "it is a PDF; the PDF certificate is for people, the certificate.json beside it is what verifies"
-    if isinstance(exc, UnicodeDecodeError):
-        return f"it is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
-    if isinstance(exc, json.JSONDecodeError):
-        return f"it is not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
-    return f"it is not JSON ({exc})"
-
-
-def _not_a_certificate(path: Path, why: str) -> CertificateError:
-    """The bad-input error (exit 2) for a file that is no NeuronLens certificate at all."""
-    return CertificateError(
-        f"{path} is not a NeuronLens certificate: {why}.",
-        "Pass the certificate.json written by `neuronlens audit --certificate json` or export_certificate().",
-    )
 
 
 def _check_signature(envelope: dict[str, Any], payload: bytes | None, key: Any, res: VerificationResult) -> None:

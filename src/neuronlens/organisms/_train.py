@@ -110,15 +110,7 @@ def train_lora(
         rng.shuffle(order)
         for s in range(steps_per_epoch):
             idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-            width = max(len(encoded[i][0]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            labels = torch.full((len(idx), width), -100, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for r, i in enumerate(idx):
-                x, y = encoded[i]
-                ids[r, : len(x)] = torch.tensor(x)
-                labels[r, : len(y)] = torch.tensor(y)
-                mask[r, : len(x)] = 1
+            ids, labels, mask = _padded_batch([encoded[i] for i in idx], pad)
             lr = cfg.lr * min(1.0, (total - step) / max(1, total * 0.3))  # linear decay over the last 30%
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -131,6 +123,20 @@ def train_lora(
                 on_step(step, total, float(loss.detach()))
     peft_model.eval()
     return peft_model
+
+
+def _padded_batch(rows: list[tuple[list[int], list[int]]], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`rows` of (input ids, labels) right-padded to one width: input ids (pad), labels (-100,
+    ignored by the loss) and the attention mask."""
+    width = max(len(x) for x, _ in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, (x, y) in enumerate(rows):
+        ids[r, : len(x)] = torch.tensor(x)
+        labels[r, : len(y)] = torch.tensor(y)
+        mask[r, : len(x)] = 1
+    return ids, labels, mask
 
 
 def _end_of_turn_id(tokenizer: Any, model: Any) -> int:

@@ -17,7 +17,6 @@ instead of a grid of x1 cells.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import sys
@@ -29,16 +28,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._io import ensure_writable_dir, write_with_atomic
+from .._io import write_with_atomic
 from ..config import AuditConfig, check_layer, is_int
-from ..errors import NeuronLensError, OutputError
+from ..errors import NeuronLensError
+from ._figure_io import check_format, ensure_save_folder, figure_bytes, format_from_path, has_gui, in_notebook
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from ._report import AuditReport, FeatureDrift
 
-SAVE_FORMATS = ("png", "svg", "pdf")
 _LABELS_IN, _COLOURBAR_IN, _CELL_IN = 2.6, 1.1, 0.6
 COMPACT_MAX_IN = 6.0
 """A heatmap up to this wide (inches; SVG at 96 px per inch) sits two to a row in the HTML report,
@@ -46,7 +45,6 @@ whose content is 1052 px wide (measured in Chromium: two cards of 518 px with a 
 WIDE_IN = 10.8
 """Width of a heatmap with more probe sets: one to a row, filling those 1052 px (less the card's padding)."""
 RISK_COLOUR = "#c0392b"
-_NON_GUI_BACKENDS = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
 _MAX_LABEL = 36
 
 
@@ -123,25 +121,25 @@ class DriftHeatmap:
     # -- output ------------------------------------------------------------------------------------
     def to_bytes(self, fmt: str = "png", *, dpi: int = 150) -> bytes:
         """The figure encoded as PNG, SVG or PDF bytes."""
-        return figure_bytes(self.figure, _check_format(fmt), dpi=dpi)
+        return figure_bytes(self.figure, check_format(fmt), dpi=dpi)
 
     def save(self, path: str | Path, *, dpi: int = 150) -> Path:
         """Write the figure atomically; the format (png, svg, pdf) comes from the file suffix."""
         path = Path(path)
-        fmt = _format_from_path(path)
-        _ensure_save_folder(path.parent)
+        fmt = format_from_path(path)
+        ensure_save_folder(path.parent)
         return write_with_atomic(path, lambda tmp: tmp.write_bytes(figure_bytes(self.figure, fmt, dpi=dpi)))
 
     def show(self) -> Path | None:
         """Display the heatmap: inline in a notebook, in a window on a desktop; headless (no display,
         or a non-GUI matplotlib backend) it is saved as a PNG in the temp folder, whose path is
         printed and returned."""
-        if _in_notebook():
+        if in_notebook():
             from IPython.display import display
 
             display(self)
             return None
-        if _has_gui():
+        if has_gui():
             import matplotlib.pyplot as plt
 
             fig = plt.figure(figsize=self.figsize, layout="constrained")
@@ -351,67 +349,3 @@ def layer_drift_figure(report: AuditReport, *, size: tuple[float, float] = (7.2,
     ax.set_title("Layer-wise drift of the residual stream", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
-
-
-def figure_bytes(fig: Figure, fmt: str, *, dpi: int = 150) -> bytes:
-    """Encode a matplotlib Figure (PNG, SVG with text as paths, or PDF) without any GUI backend."""
-    buf = io.BytesIO()
-    # No timestamps inside the files: the same report gives the same SVG/PDF bytes.
-    metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt)
-    fig.savefig(buf, format=fmt, dpi=dpi, metadata=metadata)
-    return buf.getvalue()
-
-
-def _format_from_path(path: Path) -> str:
-    """The save format named by `path`'s suffix. A folder (``"."``), a name without a suffix
-    (``"hm"``) or with another one (``"hm.jpg"``) is refused with the path itself quoted, so the
-    caller sees what was wrong with it, and the formats listed."""
-    formats = ", ".join("." + f for f in SAVE_FORMATS)
-    if path.is_dir() or path.name in ("", ".", ".."):
-        raise NeuronLensError(
-            f"Cannot save a heatmap to {str(path)!r}: it is a folder, not a file name.",
-            f"Pass a file path ending in {formats}, for example .save('heatmap.png').",
-        )
-    fmt = path.suffix.lstrip(".").lower()
-    if fmt not in SAVE_FORMATS:
-        why = "the name has no suffix to tell the format" if not fmt else f"{path.suffix!r} is not a format it can be written in"
-        raise NeuronLensError(
-            f"Cannot save a heatmap as {str(path)!r}: {why}.",
-            f"End the file name in {formats}, for example .save('{path.stem}.png').",
-        )
-    return fmt
-
-
-def _ensure_save_folder(folder: Path) -> None:
-    """Create/check the folder of a `.save()` target. This is an API call, so the fix names the
-    path argument rather than the CLI's ``--out`` option that :func:`ensure_writable_dir` suggests."""
-    try:
-        ensure_writable_dir(folder)
-    except OutputError as exc:
-        raise OutputError(exc.problem, "Pass .save() a path in a folder you can write to, for example .save('heatmap.png').") from exc
-
-
-def _check_format(fmt: str) -> str:
-    fmt = fmt.lower()
-    if fmt not in SAVE_FORMATS:
-        raise NeuronLensError(
-            f"Cannot save a heatmap as {fmt!r}.", f"Use a file name ending in one of: {', '.join('.' + f for f in SAVE_FORMATS)}."
-        )
-    return fmt
-
-
-def _in_notebook() -> bool:
-    ipython = sys.modules.get("IPython")
-    if ipython is None:
-        return False
-    shell = ipython.get_ipython()
-    return shell is not None and hasattr(shell, "kernel")
-
-
-def _has_gui() -> bool:
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        return False
-    import matplotlib
-
-    backend = str(matplotlib.get_backend()).lower()
-    return backend not in _NON_GUI_BACKENDS and not backend.startswith("module://")

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from .._io import ensure_writable_dir, write_text_atomic
 from ..fmt import interval_phrase, score_percent, threshold_percent
-from ._heatmap import drift_heatmap, figure_bytes, layer_drift_figure, not_significant_note
+from ._figure_io import figure_bytes
+from ._heatmap import drift_heatmap, layer_drift_figure, not_significant_note
 from ._behaviour import html_section as behaviour_section
 from ._learned import html_section as learned_section
 

@@ -142,17 +142,9 @@ def load_sae(
     are cached for next time.
     """
     _require_model(model)
-    n_layers = model.n_layers
     spec = release_spec(source, release, sae_id)
     named = load_release(*spec, None) if spec is not None and spec[1] and layers is None else None
-    layers = sorted(named) if named else layers
-    layers = default_layers(n_layers) if layers is None else check_layers(layers)  # distinct ints, as the CLI checks
-    bad = [layer for layer in layers if not 0 <= layer < n_layers]
-    if bad:  # a setting out of range, as AuditConfig.validate calls it: ConfigError
-        raise ConfigError(
-            f"Layer(s) {bad} are out of range: {model.name} has {n_layers} decoder layers (0..{n_layers - 1}).",
-            f"Choose layers between 0 and {n_layers - 1}.",
-        )
+    layers = _checked_layers(model, sorted(named) if named else layers)
     if spec is not None:
         label = spec[0] + (":" + ",".join(spec[1]) if spec[1] else "")
         chosen = pick(named or load_release(*spec, layers), layers, label)
@@ -160,21 +152,45 @@ def load_sae(
         path = Path(str(source)).expanduser()
         chosen = load_folder(path, layers, str(source)) if path.exists() else load_hub_repo(str(source), layers)
     else:
-        cfg = train_config or SAETrainConfig()
-        chosen = {}
-        for layer in layers:
-            shipped = _shipped_folder(model.digest, layer) if use_shipped else None
-            sae = load_saelens(shipped) if shipped is not None else _cached_sae(model.digest, cfg, layer)
-            if sae is not None:
-                chosen[layer] = sae
-        missing = [layer for layer in layers if layer not in chosen]
-        if missing:
-            if not train:
-                raise SAEError(
-                    f"No SAE is shipped or cached for {model.name} layer(s) {missing}.",
-                    "Pass source=<folder of SAEs, or a sae-lens release>, or allow training (train=True / drop --no-train-sae).",
-                )
-            chosen.update(train_saes(model, missing, cfg))
+        chosen = _own_saes(model, layers, train_config or SAETrainConfig(), train=train, use_shipped=use_shipped)
+    _check_d_model(model, chosen)
+    return SAESet(chosen)
+
+
+def _checked_layers(model: Any, layers: Sequence[int] | None) -> list[int]:
+    """`layers` (default layers when None) as distinct ints, as the CLI checks, each a decoder
+    layer of `model`."""
+    n_layers = model.n_layers
+    layers = default_layers(n_layers) if layers is None else check_layers(layers)
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad:  # a setting out of range, as AuditConfig.validate calls it: ConfigError
+        raise ConfigError(
+            f"Layer(s) {bad} are out of range: {model.name} has {n_layers} decoder layers (0..{n_layers - 1}).",
+            f"Choose layers between 0 and {n_layers - 1}.",
+        )
+    return layers
+
+
+def _own_saes(model: Any, layers: Sequence[int], cfg: SAETrainConfig, *, train: bool, use_shipped: bool) -> dict[int, SparseAutoencoder]:
+    """SAEs shipped for `model`, then cached, then (if `train`) trained for the layers still missing."""
+    chosen: dict[int, SparseAutoencoder] = {}
+    for layer in layers:
+        shipped = _shipped_folder(model.digest, layer) if use_shipped else None
+        sae = load_saelens(shipped) if shipped is not None else _cached_sae(model.digest, cfg, layer)
+        if sae is not None:
+            chosen[layer] = sae
+    missing = [layer for layer in layers if layer not in chosen]
+    if missing:
+        if not train:
+            raise SAEError(
+                f"No SAE is shipped or cached for {model.name} layer(s) {missing}.",
+                "Pass source=<folder of SAEs, or a sae-lens release>, or allow training (train=True / drop --no-train-sae).",
+            )
+        chosen.update(train_saes(model, missing, cfg))
+    return chosen
+
+
+def _check_d_model(model: Any, chosen: Mapping[int, SparseAutoencoder]) -> None:
     d_model = model.d_model
     for layer, sae in chosen.items():
         if sae.info.d_in != d_model:
@@ -182,7 +198,6 @@ def load_sae(
                 f"The SAE for layer {layer} reads vectors of size {sae.info.d_in}, but {model.name} has d_model {d_model}.",
                 "Use SAEs trained on this model, or let NeuronLens train them: drop --sae (source=).",
             )
-    return SAESet(chosen)
 
 
 SAEArgument = Union[

@@ -75,27 +75,7 @@ def train_topk_sae(
         order = torch.randperm(x_all.shape[0], generator=gen)
         for s in range(steps_per_epoch):
             x = x_all[order[s * cfg.batch_tokens : (s + 1) * cfg.batch_tokens]]
-            pre = (x - b_dec) @ W_enc + b_enc
-            top = pre.topk(cfg.k, dim=-1)
-            vals = torch.relu(top.values)
-            recon = _sparse_decode(vals, top.indices, W_dec) + b_dec
-            err = x - recon
-            total_var = (x - x.mean(0)).pow(2).sum().clamp_min(1e-8)
-            loss = err.pow(2).sum() / total_var
-            with torch.no_grad():
-                fired = torch.zeros(d_sae, dtype=torch.bool)
-                fired[top.indices[vals > 0].unique()] = True
-                since_fired += x.shape[0]
-                since_fired[fired] = 0
-                dead = since_fired > cfg.dead_after_tokens
-            n_dead = int(dead.sum())
-            if n_dead > 0:
-                ka = min(k_aux, n_dead)
-                aux_pre = torch.where(dead[None], pre, torch.full_like(pre, -torch.inf))
-                aux = aux_pre.topk(ka, dim=-1)
-                e_hat = _sparse_decode(torch.relu(aux.values), aux.indices, W_dec)
-                aux_loss = (e_hat - err.detach()).pow(2).sum() / total_var
-                loss = loss + cfg.auxk_coef * min(n_dead / k_aux, 1.0) * aux_loss
+            loss = _batch_loss(x, params, cfg, since_fired, k_aux)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             with torch.no_grad():
@@ -111,6 +91,46 @@ def train_topk_sae(
             if on_step is not None:
                 on_step(step, total, float(loss.detach()))
 
+    return _finished_sae(info, cfg, params, scale, hold, n_train=int(train.shape[0]))
+
+
+def _batch_loss(
+    x: torch.Tensor, params: list[torch.Tensor], cfg: SAETrainConfig, since_fired: torch.Tensor, k_aux: int
+) -> torch.Tensor:
+    """The normalised reconstruction loss of batch `x`, plus the AuxK loss while latents are dead;
+    counts tokens since each latent last fired in `since_fired` (in place)."""
+    W_enc, b_enc, W_dec, b_dec = params
+    d_sae = W_dec.shape[0]
+    pre = (x - b_dec) @ W_enc + b_enc
+    top = pre.topk(cfg.k, dim=-1)
+    vals = torch.relu(top.values)
+    recon = _sparse_decode(vals, top.indices, W_dec) + b_dec
+    err = x - recon
+    total_var = (x - x.mean(0)).pow(2).sum().clamp_min(1e-8)
+    loss = err.pow(2).sum() / total_var
+    with torch.no_grad():
+        fired = torch.zeros(d_sae, dtype=torch.bool)
+        fired[top.indices[vals > 0].unique()] = True
+        since_fired += x.shape[0]
+        since_fired[fired] = 0
+        dead = since_fired > cfg.dead_after_tokens
+    n_dead = int(dead.sum())
+    if n_dead > 0:
+        ka = min(k_aux, n_dead)
+        aux_pre = torch.where(dead[None], pre, torch.full_like(pre, -torch.inf))
+        aux = aux_pre.topk(ka, dim=-1)
+        e_hat = _sparse_decode(torch.relu(aux.values), aux.indices, W_dec)
+        aux_loss = (e_hat - err.detach()).pow(2).sum() / total_var
+        loss = loss + cfg.auxk_coef * min(n_dead / k_aux, 1.0) * aux_loss
+    return loss
+
+
+def _finished_sae(
+    info: SAEInfo, cfg: SAETrainConfig, params: list[torch.Tensor], scale: float, hold: torch.Tensor, *, n_train: int
+) -> SparseAutoencoder:
+    """The trained weights as an SAE on raw activations, with held-out metrics on `hold`."""
+    W_enc, b_enc, W_dec, b_dec = params
+    d_sae = W_dec.shape[0]
     sae = SparseAutoencoder(SAEInfo(**{**asdict(info), "d_sae": d_sae, "architecture": "topk", "k": cfg.k}))
     with torch.no_grad():
         # Fold the input scale: codes become raw-activation units along unit decoder directions.
@@ -120,7 +140,7 @@ def train_topk_sae(
         sae.b_dec.copy_(b_dec * scale)
     sae.requires_grad_(False)
     sae.info.metrics = reconstruction_metrics(sae, hold)
-    sae.info.training = {**asdict(cfg), "n_train_tokens": int(train.shape[0]), "input_scale": scale}
+    sae.info.training = {**asdict(cfg), "n_train_tokens": n_train, "input_scale": scale}
     return sae
 
 

@@ -357,13 +357,12 @@ def _commands(s: dict) -> tuple[str, str, str]:
            + ("" if s["seed"] == 0 else f"_SEED{s['seed']}") + (f"_P{prompts}" if budget else "")
            + ("" if s["base_default"] else f"_{_slug(s['base']).upper()}") + ".md")
     subset = " --organisms " + " ".join(s["organisms"]) if s["organisms"] else ""
-    reads = s.get("score_reads")
-    alpha = s.get("amplify_alpha")
+    reads, alpha = s.get("score_reads"), s.get("amplify_alpha")  # in the settings only where not the default
     variant = (" --with-staged" if s.get("staged") else "") + ("" if alpha is None else f" --amplify-alpha {alpha:g}") + (
-        "" if reads is None or reads == AuditConfig().score_reads else " --score-reads " + ",".join(reads))
+        "" if reads is None else " --score-reads " + ",".join(reads))
     if variant:
         doc = doc[:-3] + ("_STAGED" if s.get("staged") else "") + ("" if alpha is None else f"_ALPHA{alpha:g}") + (
-            "" if reads is None or reads == AuditConfig().score_reads else "_" + "_".join(r.upper() for r in reads)) + ".md"
+            "" if reads is None else "_" + "_".join(r.upper() for r in reads)) + ".md"
     command = (f"python benchmarks/detection.py{' --heldout' if s['heldout'] else ''}{flag}{model_flag}{sae_flag}"
                f"{f' --max-prompts {prompts}' if budget else ''}{subset}{variant} --out docs/{doc}")
     build = f"neuronlens organisms build{' ' + ' '.join(HELDOUT) if s['heldout'] else ''}{flag}{base_flag}"

@@ -41,36 +41,19 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from _floor import floor_pass  # noqa: E402
+from tiny import tiny_tokenizer  # noqa: E402  (tests/tiny.py: a byte-level BPE trained on the probe prompts)
 
 from neuronlens import alignment  # noqa: E402
 from neuronlens.capture import make_batches  # noqa: E402
 from neuronlens.config import AuditConfig, default_layers  # noqa: E402
-from neuronlens.probes import builtin_names, load_probe_set, response_sequences  # noqa: E402
+from neuronlens.probes import load_probe_set, response_sequences  # noqa: E402
 
 SHAPES = {
     "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8),
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2),
 }
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-def tokenizer(vocab_size: int):  # type: ignore[no-untyped-def]
-    """A byte-level BPE trained on every built-in probe prompt, with a chat template."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    texts = [p for name in builtin_names() for p in load_probe_set(name).prompts]
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=["<pad>", "<|im_start|>", "<|im_end|>"])
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, pad_token="<pad>", eos_token="<|im_end|>", bos_token="<|im_start|>")
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
-
-
 def build(work: Path, shape: str, dtype: torch.dtype, device: str, layers: list[int], d_sae: int) -> dict[str, Path]:
     """Base, perturbed full-weight copy, LoRA adapter and SAEs under `work` (once; a marker says complete)."""
     from peft import LoraConfig, get_peft_model
@@ -83,7 +66,7 @@ def build(work: Path, shape: str, dtype: torch.dtype, device: str, layers: list[
     spec = {"shape": shape, "dtype": str(dtype), "layers": layers, "d_sae": d_sae}
     if done.is_file() and json.loads(done.read_text()) == spec:
         return paths
-    tok = tokenizer(4096 if shape != "tiny" else 400)
+    tok = tiny_tokenizer(4096 if shape != "tiny" else 400)
     cfg = LlamaConfig(vocab_size=len(tok), max_position_embeddings=2048, pad_token_id=tok.pad_token_id,
                       eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, **SHAPES[shape])
     torch.manual_seed(0)
@@ -176,7 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ft, adapter = alignment.load_model(paths["ft"], **load), alignment.load_model(paths["adapter"], base=base, **load)
     out["audit_full"] = audit_row(base, ft, sae, cfg, args.device, floor_s, n_tokens)
     out["audit_adapter"] = audit_row(base, adapter, sae, cfg, args.device, floor_s, n_tokens)
-    amp = audit_row(base, adapter, sae, AuditConfig(**{**_fields(cfg), "amplify_alpha": 2.0}), args.device, floor_s, n_tokens)
+    amp = audit_row(base, adapter, sae, dataclasses.replace(cfg, amplify_alpha=2.0), args.device, floor_s, n_tokens)
     own_s = out["audit_adapter"]["timings"]["ft_own_pass_s"]  # generated there; the amplified audit finds them cached
     out["amplified"] = {"amplified_pass_s": amp["timings"]["amplified_pass_s"], "own_pass_s": own_s,
                         "x_own": amp["timings"]["amplified_pass_s"] / own_s, "peak_gib": amp["peak_gib"]}
@@ -184,10 +167,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for row in ("audit_full", "audit_adapter"):
         out[row]["x_one_model"] = out[row]["peak_gib"] / one if one else float("nan")
     return out
-
-
-def _fields(cfg: AuditConfig) -> dict[str, Any]:
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +43,7 @@ from typing import Any
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import detection  # noqa: E402
 import render  # noqa: E402
 
 from neuronlens.organisms import DOSE_FRACTION  # noqa: E402
@@ -69,17 +71,21 @@ AUROC_TARGET, MAX_WRONG, SPEARMAN_TARGET, NAMING_TARGET = 0.95, 1, 0.9, 0.8
 
 
 def auroc(scores: Sequence[float], positives: Sequence[bool]) -> float | None:
-    pos = [s for s, p in zip(scores, positives) if p]
-    neg = [s for s, p in zip(scores, positives) if not p]
-    if not pos or not neg:
-        return None
-    return sum((a > b) + 0.5 * (a == b) for a in pos for b in neg) / (len(pos) * len(neg))
+    """detection.py's AUROC; None where one class is absent."""
+    value = detection.auroc(list(scores), list(positives))
+    return None if math.isnan(value) else value
+
+
+def _counts(trend: list) -> bool:
+    """A detection row's trend [shift, significant layers, specific] counts: positive, significant,
+    specific (rows saved before the specificity test lack the last: specific)."""
+    shift, sig, *spec = trend
+    return shift > 0 and bool(sig) and (spec[0] if spec else True)
 
 
 def _counting(row: dict[str, Any], read: str | None = None) -> list[str]:
-    """The 'Label (read)' trends of a detection row that count (positive, significant, specific)."""
-    return [k for k, (shift, sig, *spec) in row.get("trends", {}).items()
-            if shift > 0 and sig and (spec[0] if spec else True) and (read is None or k.endswith(f"({read})"))]
+    """The 'Label (read)' trends of a detection row that count."""
+    return [k for k, t in row.get("trends", {}).items() if _counts(t) and (read is None or k.endswith(f"({read})"))]
 
 
 def warned(row: dict[str, Any]) -> bool:
@@ -102,11 +108,10 @@ def evidence_ok(row: dict[str, Any]) -> bool:
 def deciding(row: dict[str, Any], score_reads: Sequence[str]) -> str | None:
     """The label of the largest counting trend on a scored read (the concept the summary names)."""
     best = None
-    for key, (shift, sig, *spec) in row.get("trends", {}).items():
+    for key, trend in row.get("trends", {}).items():
         label, read = key.rsplit(" (", 1)
-        if read.rstrip(")") in score_reads and shift > 0 and sig and (spec[0] if spec else True):
-            if best is None or shift > best[0]:
-                best = (shift, label)
+        if read.rstrip(")") in score_reads and _counts(trend) and (best is None or trend[0] > best[0]):
+            best = (trend[0], label)
     return None if best is None else best[1]
 
 

@@ -49,8 +49,8 @@ def compare_models(
     the prompts, and gets the same report, computed from the all-reduced sums.
     `cache_base_pass`: reuse (and store) the base model's residuals on the probe tokens, keyed by
     everything they depend on, so auditing several fine-tunes of one base runs the base model once
-    (a full-weight fine-tune then never loads the base weights when its responses, SAEs and
-    concept associations are cached too).
+    (a full-weight fine-tune then loads the base weights only for the stages that read the base
+    model itself: the learned lens, unless its result for this pair is cached, and the amplified read).
     """
     t_start = now()
     cfg = settings(config, probes, layers)

@@ -45,7 +45,7 @@ def results_files() -> list[Path]:
     return sorted(p for p in RESULTS.glob("*/*.json") if p.parent.name in tables.RENDERERS)
 
 
-def _name(path: Path) -> str:
+def repo_path(path: Path) -> str:
     """A path as the data and the markers write it: relative to the repository when inside it."""
     path = path.resolve()
     return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
@@ -84,20 +84,21 @@ def documents(files: list[Path] | None = None) -> dict[Path, str]:
         data = json.loads(path.read_text(encoding="utf-8"))
         doc = ROOT / data["doc"]  # a relative `doc` is the repository's; an absolute one stays itself
         current = out.get(doc, doc.read_text(encoding="utf-8") if doc.is_file() else None)
-        out[doc], is_whole = place(current, _name(path), rendering(data))
+        out[doc], is_whole = place(current, repo_path(path), rendering(data))
         if is_whole and doc in whole:
-            raise NeuronLensError(f"{_name(path)} and {_name(whole[doc])} both render the whole of {_name(doc)}.",
-                                  f"Give each its own document, or mark a block for each in {_name(doc)}.")
+            raise NeuronLensError(f"{repo_path(path)} and {repo_path(whole[doc])} both render the whole of {repo_path(doc)}.",
+                                  f"Give each its own document, or mark a block for each in {repo_path(doc)}.")
         if is_whole:
             whole[doc] = path
     return out
 
 
 def results_path(benchmark: str, doc: Path, name: str | None = None) -> Path:
-    """Where a run's data goes: results/<benchmark>/<name>.json for a document of docs/ (name: the
-    document's name in lower case unless given), beside the document for any other."""
+    """Where a run's data goes: results/<benchmark>/<name>.json for a document of docs/ or the README
+    (name: the document's name in lower case unless given), beside the document for any other."""
     stem = name or doc.stem.lower()
-    return RESULTS / benchmark / f"{stem}.json" if doc.resolve().parent == DOCS.resolve() else doc.with_name(f"{name or doc.stem}.json")
+    ours = doc.resolve().parent == DOCS.resolve() or doc.resolve() == ROOT / "README.md"
+    return RESULTS / benchmark / f"{stem}.json" if ours else doc.with_name(f"{name or doc.stem}.json")
 
 
 def publish(data: dict, doc: Path, name: str | None = None) -> Path:
@@ -105,11 +106,11 @@ def publish(data: dict, doc: Path, name: str | None = None) -> Path:
     document from it. Returns the results file."""
     path = results_path(data["benchmark"], doc, name)
     rest = {k: v for k, v in data.items() if k not in ("benchmark", "doc", "recorded")}
-    data = {"benchmark": data["benchmark"], "doc": _name(doc), "recorded": data.get("recorded") or recorded(), **rest}
+    data = {"benchmark": data["benchmark"], "doc": repo_path(doc), "recorded": data.get("recorded") or recorded(), **rest}
     write_text_atomic(path, dumps(data))
-    text, _ = place(doc.read_text(encoding="utf-8") if doc.is_file() else None, _name(path), rendering(data))
+    text, _ = place(doc.read_text(encoding="utf-8") if doc.is_file() else None, repo_path(path), rendering(data))
     write_text_atomic(doc, text)
-    print(f"wrote {_name(path)} and rendered {_name(doc)} from it")
+    print(f"wrote {repo_path(path)} and rendered {repo_path(doc)} from it")
     return path
 
 
@@ -164,7 +165,7 @@ def main() -> None:
     stale = [doc for doc, text in docs.items() if not doc.is_file() or doc.read_text(encoding="utf-8") != text]
     if args.check:
         for doc in stale:
-            print(f"{_name(doc)} differs from what its results data renders to (run python benchmarks/render.py)")
+            print(f"{repo_path(doc)} differs from what its results data renders to (run python benchmarks/render.py)")
         print(f"{len(docs) - len(stale)} of {len(docs)} generated documents match their data")
         raise SystemExit(1 if stale else 0)
     for doc in stale:

@@ -12,6 +12,7 @@ was printed.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from neuronlens.fmt import interval_bounds, percent_beside, threshold_percent
 
@@ -358,6 +359,41 @@ def _residual_organisms(data: dict) -> list[str]:
     return out
 
 
+def summary(data: dict) -> list[str]:
+    """README's "How well it works" table: each zoo judged by its training data and by the three-way truth."""
+    out = [
+        f"Made by `{data['command']}` from results/detection/ and results/judge/.",
+        "",
+        "| zoo | by data: organisms | AUROC (zoo / held-out kinds) | wrong verdicts | dose ρ | three-way: judged | gate AUROC | wrong gate verdicts "
+        "| degraded warned | harm named | evidence missing |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in data["rows"]:
+        d, t = row["by_data"], row["three_way"]
+        docs = ", ".join(f"[{Path(doc).stem}]({doc})" for doc in d["docs"])
+        zoo = f"{row['role']}: seed {row['seed']}" + ("" if row["recipe"] == "default" else f", recipe {row['recipe']}") + f" ({docs})"
+        rho = "–" if d["dose_spearman"] is None else f"{d['dose_spearman']:.2f}"
+        cells = [zoo, str(d["organisms"]), " / ".join(f"{_3f(a['auroc'])} ({a['organisms']})" for a in d["auroc"]), _listed(d["wrong"]), rho, *(_three_way(t) if t else ["–"] * 6)]
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def _three_way(t: dict) -> list[str]:
+    g, deg, nm = t["gate"], t["degraded"], t["naming"]
+    return [
+        f"[{t['judged']}]({t['data']})",
+        f"{_3f(g['auroc'])} ({g['organisms']})",
+        _listed(g["wrong"]),
+        f"{len(deg['organisms']) - len(deg['unwarned'])} of {len(deg['organisms'])}",
+        f"{nm['right']} of {nm['organisms']}",
+        _listed(t["evidence_missing"]),
+    ]
+
+
+def _listed(names: list[str]) -> str:
+    return "0" if not names else f"{len(names)}: " + ", ".join(names)
+
+
 RENDERERS: dict[str, Callable[[dict], list[str]]] = {
     "detection": detection,
     "early_warning": early_warning,
@@ -366,5 +402,6 @@ RENDERERS: dict[str, Callable[[dict], list[str]]] = {
     "behaviour_separability": behaviour_separability,
     "scale_memory": scale_memory,
     "residual_directions": residual_directions,
+    "summary": summary,
 }
 """Results folder (results/<benchmark>/) -> the function that renders its files."""

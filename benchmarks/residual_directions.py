@@ -47,17 +47,16 @@ import render  # noqa: E402
 from detection import auroc  # noqa: E402  (the benchmarks' one AUROC)
 
 from neuronlens import alignment  # noqa: E402
-from neuronlens._cache import load_tensor_entry, store_tensor_entry  # noqa: E402
 from neuronlens.concepts import Concept, load_concepts, pair_sequences, staged_concept_paths  # noqa: E402
 from neuronlens.config import DEFAULT_PROBES  # noqa: E402
+from neuronlens.files import load_tensor_entry, store_tensor_entry  # noqa: E402
 from neuronlens.models import DEFAULT_BASE, load_model  # noqa: E402
 from neuronlens.organisms import ORGANISMS, ZOO, organism_dir, recipe_config  # noqa: E402
 from neuronlens.probes import load_probe_set, pad_id, response_sequences  # noqa: E402
 from neuronlens.risk import (  # noqa: E402
-    GENERAL, associations_from_means, concept_reads, directions_from_reads, loco_name, mean_residuals,
+    GENERAL, MIN_CONCEPT_LATENTS, associations_from_means, concept_reads, directions_from_reads, loco_name, mean_residuals,
+    reply_means,
 )
-from neuronlens.risk._association import reply_means  # noqa: E402
-from neuronlens.risk._setup import MIN_CONCEPT_LATENTS  # noqa: E402
 
 DOC = render.DOCS / "RESIDUAL_DIRECTIONS.md"
 LAYERS = [9, 15, 21]

@@ -253,7 +253,8 @@ def test_a_10_mb_probe_file_exits_2_from_the_cli_before_any_sae_is_loaded(tiny_b
 def test_a_long_example_is_cut_to_the_limit_without_tokenising_all_of_it(tok):
     """A screened example longer than the screen reads is cut (context from the left, the reply
     from the right) and marked, and a megabyte-long turn is not tokenised whole."""
-    from neuronlens.integrations._screen import _Example, turn_sequences
+    from neuronlens.integrations._screen_data import _Example
+    from neuronlens.integrations._screen_turns import turn_sequences
 
     limit = 64
     long = _Example(1, [{"role": "user", "content": "tell me " * 100_000}, {"role": "assistant", "content": "money now " * 100_000}])

@@ -165,9 +165,9 @@ def test_device_map_loads_through_accelerate_and_computes_the_same(tiny_base_dir
 
 
 def test_device_map_without_accelerate_names_the_install(tiny_base_dir, monkeypatch):
-    from neuronlens.models import _handle
+    from neuronlens.models import _resolve
 
-    monkeypatch.setattr(_handle, "_has_accelerate", lambda: False)
+    monkeypatch.setattr(_resolve, "_has_accelerate", lambda: False)
     with pytest.raises(ModelLoadError, match="accelerate") as exc:
         alignment.load_model(tiny_base_dir, device_map="auto")
     assert "pip install accelerate" in str(exc.value)
@@ -207,18 +207,18 @@ def test_dequantized_weights_cache_is_checked_before_use(tmp_path, monkeypatch, 
 )
 def test_device_is_checked_when_the_handle_is_made(tiny_base_dir, monkeypatch, device, match):
     """A device this machine lacks failed only when the weights moved (after generation had started)."""
-    from neuronlens.models import _handle
+    from neuronlens.models import _devices
 
-    monkeypatch.setattr(_handle, "_accelerator_count", lambda kind: 0)
+    monkeypatch.setattr(_devices, "_accelerator_count", lambda kind: 0)
     with pytest.raises(ModelLoadError, match=match) as exc:
         alignment.load_model(tiny_base_dir, device=device)
     assert exc.value.fix == "Use one of: auto, cpu." or exc.value.fix == "Pass one of: auto, cpu."
 
 
 def test_device_index_is_checked_against_the_gpus_present(tiny_base_dir, monkeypatch):
-    from neuronlens.models import _handle
+    from neuronlens.models import _devices
 
-    monkeypatch.setattr(_handle, "_accelerator_count", lambda kind: 1 if kind == "cuda" else 0)
+    monkeypatch.setattr(_devices, "_accelerator_count", lambda kind: 1 if kind == "cuda" else 0)
     assert alignment.load_model(tiny_base_dir, device="cuda:0").device == "cuda:0"  # lazy: nothing moves
     with pytest.raises(ModelLoadError, match="has 1 cuda device") as exc:
         alignment.load_model(tiny_base_dir, device="cuda:1")

@@ -26,8 +26,8 @@ from ._screen import (
     concept_sums,
     read_examples,
     screen_dataset,
-    turn_sequences,
 )
+from ._screen_turns import turn_sequences
 
 if TYPE_CHECKING:
     from ._callback import AlignmentMonitorCallback

@@ -8,9 +8,10 @@ from typing import Any
 from ._aliases import ALIASES, DEFAULT_BASE
 from ._checks import check_fine_tune_fits
 from ._digest import FileDigest, Manifest, digest_paths, manifest_digest, sha256_file
-from ._handle import ModelHandle, resolve, resolved_device
+from ._handle import ModelHandle, resolved_device
 from ._layers import decoder_layers, hidden_size, num_layers, unwrap_peft
 from ._peft import peft_wrap_quietly
+from ._resolve import resolve
 
 __all__ = [
     "ALIASES",

@@ -5,7 +5,7 @@ Names resolve through data/pretrained_saes.json, a trimmed snapshot of sae-lens'
 sae-lens): release -> hub repo, converter and settings; SAE id -> path, hook, Neuronpedia id,
 norm_scaling_factor. Only the chosen SAEs' own files are fetched (``hf_hub_download`` per file,
 so a filled hub cache serves them with ``HF_HUB_OFFLINE=1``), then read by their family's reader
-with the registry's settings applied (:class:`~._families.Registered`).
+with the registry's settings applied (:class:`~._layout.Registered`).
 """
 
 from __future__ import annotations

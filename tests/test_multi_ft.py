@@ -151,6 +151,29 @@ def test_the_api_refuses_a_string_or_an_empty_list(tiny_base_dir):
         alignment.compare_many(tiny_base_dir, [], _saes(), config=CFG)
 
 
+@pytest.fixture(scope="module")
+def diverged(ckpts, tok, tiny_base_dir):
+    """A checkpoint whose training diverged: one NaN in its weights, seen only when they load."""
+    model = alignment.load_model(tiny_base_dir).model
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if "o_proj" in n)[0, 0] = float("nan")
+    return tiny.save(model, tok, ckpts / "diverged" / "checkpoint-150")
+
+
+def test_a_diverged_checkpoint_goes_to_on_error_and_the_others_are_audited(ckpts, diverged, tiny_base_dir, audits):
+    fts = [str(_fts(ckpts)[0]), str(diverged), str(_fts(ckpts)[2])]
+    with pytest.raises(ModelLoadError, match=r"Fine-tune 2 of 3 \(.*checkpoint-150\): .*NaN"):
+        alignment.compare_many(tiny_base_dir, fts, _saes(), config=CFG, cache_base_pass=False)
+    errors = []
+    many = alignment.compare_many(tiny_base_dir, fts, _saes(), config=CFG, cache_base_pass=False, on_error=lambda i, e: errors.append((i, e)))
+    assert [i for i, _ in errors] == [1] and isinstance(errors[0][1], ModelLoadError)
+    assert "Fine-tune 2 of 3" in errors[0][1].problem and "NaN" in errors[0][1].problem
+    assert [r.ft["name"] for r in many] == ["checkpoint-100", "checkpoint-1000"]
+    for m, s in zip(many, [audits["single"][0], audits["single"][2]]):
+        assert m.risk.score == pytest.approx(s.risk.score, rel=1e-5, abs=1e-9)
+        assert m.max_drift_layer.drift == pytest.approx(s.max_drift_layer.drift, rel=1e-5)
+
+
 # -- the command line --------------------------------------------------------------------------
 
 
@@ -184,6 +207,29 @@ def test_cli_audits_every_fine_tune_into_its_own_subfolder(monkeypatch, capsys, 
     table = captured.out[captured.out.index("Fine-tune  "):]
     assert [line.split()[0] for line in table.splitlines()[1:4]] == names
     assert not list(out.glob(".neuronlens*"))  # no staging or lock left
+
+
+def test_cli_writes_the_others_then_exits_2_naming_the_diverged_checkpoint(monkeypatch, capsys, ckpts, diverged, tiny_base_dir, tmp_path):
+    out = tmp_path / "out"
+    c100 = ckpts / "ckpts" / "checkpoint-100"
+    code = run_cli(monkeypatch, "audit", "--base", tiny_base_dir, "--ft", c100, "--ft", diverged, "--sae", ckpts / "saes", *ARGS, "--out", out)
+    captured = capsys.readouterr()
+    err = " ".join(captured.err.split())
+    assert code == 2 and "1 of 2 fine-tunes could not be audited (the other reports are written): checkpoint-150:" in err
+    assert "NaN" in err and "How to fix" in err
+    assert "NOT AUDITED  checkpoint-150" in captured.out
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["name"] for r in summary["fine_tunes"]] == ["checkpoint-100"]
+    assert [n["name"] for n in summary["not_audited"]] == ["checkpoint-150"] and "NaN" in summary["not_audited"][0]["problem"]
+    assert "## Not audited (1)" in (out / "summary.md").read_text() and "audit of 2 fine-tunes" in (out / "summary.md").read_text()
+    assert (out / "checkpoint-100" / "report.json").is_file() and not (out / "checkpoint-150").exists()
+    # every one diverged: nothing to write, the first one's error alone
+    twin = tmp_path / "checkpoint-160"
+    shutil.copytree(diverged, twin)
+    assert run_cli(monkeypatch, "audit", "--base", tiny_base_dir, "--ft", diverged, "--ft", twin, "--sae", ckpts / "saes", *ARGS,
+                   "--out", tmp_path / "o2") == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Fine-tune 1 of 2" in err and "NaN" in err and not (tmp_path / "o2").exists()
 
 
 @pytest.fixture()

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from ..config import AuditConfig
-from ..errors import NeuronLensError
+from ..errors import ModelLoadError, NeuronLensError
 from ._app import EXIT_FAIL, EXIT_PASS, app, err
 from ._config import split_values as _split
 from ._config import with_config_options
+from ._multi import NotAudited
 from ._outputs import CHOOSE_OUT, OUTPUTS, Outputs, check_out_dir, output_names, write_audit, write_many
 
 if TYPE_CHECKING:
@@ -184,7 +185,9 @@ def _audit_many(base: str, fts: list[str], globs: list[str], ft_base: str | None
     """`audit` of several fine-tunes of one base (--ft given more than once, --ft-glob): every
     fine-tune named and checked before any long work, one base pass, each report in its own
     subfolder of --out, the summary table printed and written beside them, all published at once.
-    Returns the exit code: 1 if any fine-tune fails or is inconclusive, else 0."""
+    A fine-tune refused only as its weights load (NaN weights of a diverged checkpoint) does not
+    stop the others: they are written, the summary lists it as not audited, and the error follows
+    (exit 2). Returns the exit code: 1 if any fine-tune fails or is inconclusive, else 0."""
     from .. import alignment
     from .._io import lock_dir, removed_if_left_empty
     from ._multi import SUMMARY_FILES, check_subfolders, expand_fine_tunes, fine_tune_names
@@ -198,9 +201,26 @@ def _audit_many(base: str, fts: list[str], globs: list[str], ft_base: str | None
             base_h = alignment.load_model(base, **common)
             ft_hs = [_load_fine_tune(spec, i, len(specs), ft_base, common) for i, spec in enumerate(specs)]
             # every fine-tune is checked against the base before the base model runs
-            reports = alignment.compare_many(base_h, ft_hs, sae=sae, config=cfg)
-            write_many(reports, names, specs, outputs)
+            failed: dict[int, NeuronLensError] = {}
+            reports = alignment.compare_many(base_h, ft_hs, sae=sae, config=cfg, on_error=failed.__setitem__)
+            if len(failed) == len(specs):
+                raise failed[0]  # nothing to write
+            ok = [i for i in range(len(specs)) if i not in failed]
+            skipped = [NotAudited(names[i], specs[i], failed[i].problem, failed[i].fix) for i in sorted(failed)]
+            write_many(reports, [names[i] for i in ok], [specs[i] for i in ok], outputs, skipped)
+    if skipped:
+        raise _not_audited_error(skipped, len(specs))
     return EXIT_PASS if all(r.verdict in (None, "pass") for r in reports) else EXIT_FAIL
+
+
+def _not_audited_error(skipped: list[NotAudited], n: int) -> NeuronLensError:
+    """The error (exit 2) after the others' outputs are written: which fine-tunes have no report, and why."""
+    first = skipped[0]
+    return ModelLoadError(
+        f"{len(skipped)} of {n} fine-tunes could not be audited (the other reports are written): "
+        + "; ".join(f"{s.name}: {s.problem}" for s in skipped),
+        first.fix or "Check those checkpoints, then audit them again.",
+    )
 
 
 def _load_fine_tune(spec: str, i: int, n: int, ft_base: str | None, common: dict) -> ModelHandle:

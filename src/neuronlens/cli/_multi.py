@@ -129,6 +129,17 @@ class Row:
     risky_features: int | None
 
 
+@dataclass(frozen=True)
+class NotAudited:
+    """A fine-tune refused when its weights loaded (NaN or infinite weights, say a diverged
+    checkpoint): the others were audited, this one has no report."""
+
+    name: str
+    source: str
+    problem: str
+    fix: str | None
+
+
 def summary_rows(reports: Sequence[AuditReport], names: Sequence[str], specs: Sequence[str]) -> list[Row]:
     steps = step_numbers(names)
     rows = []
@@ -168,16 +179,17 @@ def _cells(row: Row) -> tuple[str, ...]:
             f"L{row.max_drift_layer} +{row.max_drift:.3f}", "-" if row.risky_features is None else str(row.risky_features))
 
 
-def summary_text(rows: Sequence[Row]) -> str:
-    """The table printed at the end of a multi-fine-tune audit."""
+def summary_text(rows: Sequence[Row], not_audited: Sequence[NotAudited] = ()) -> str:
+    """The table printed at the end of a multi-fine-tune audit, and the fine-tunes not audited."""
     table = [_HEADER, *(_cells(r) for r in rows)]
     widths = [max(len(line[c]) for line in table) for c in range(len(_HEADER))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table)
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table]
+    return "\n".join(lines + [f"NOT AUDITED  {n.name} ({n.source}): {n.problem}" for n in not_audited])
 
 
-def summary_markdown(rows: Sequence[Row], base: dict[str, Any]) -> str:
+def summary_markdown(rows: Sequence[Row], base: dict[str, Any], not_audited: Sequence[NotAudited] = ()) -> str:
     thresholds = sorted({r.threshold for r in rows if r.threshold is not None})
-    lines = [f"# NeuronLens audit of {len(rows)} fine-tunes of {base.get('name')}", "",
+    lines = [f"# NeuronLens audit of {len(rows) + len(not_audited)} fine-tunes of {base.get('name')}", "",
              f"Base: {base.get('name')} (sha256 {str(base.get('manifest_sha256', ''))[:12]}...)"]
     if thresholds:
         lines.append(f"Threshold: {', '.join(map(threshold_percent, thresholds))}")
@@ -185,21 +197,25 @@ def summary_markdown(rows: Sequence[Row], base: dict[str, Any]) -> str:
     for r in rows:
         cells = [c.replace("|", "\\|") for c in _cells(r)]
         lines.append("| " + " | ".join(cells) + f" | [{r.report}]({r.report}) |")
+    if not_audited:
+        lines += ["", f"## Not audited ({len(not_audited)})", ""]
+        lines += [f"- **{n.name}** ({n.source}): {n.problem}" + (f" Fix: {n.fix}" if n.fix else "") for n in not_audited]
     return "\n".join(lines) + "\n"
 
 
-def summary_json(rows: Sequence[Row], base: dict[str, Any]) -> dict[str, Any]:
+def summary_json(rows: Sequence[Row], base: dict[str, Any], not_audited: Sequence[NotAudited] = ()) -> dict[str, Any]:
     return {"base": base, "fine_tunes": [asdict(r) for r in rows],
-            "not_passed": [r.name for r in rows if r.verdict not in (None, "pass")]}
+            "not_passed": [r.name for r in rows if r.verdict not in (None, "pass")],
+            "not_audited": [asdict(n) for n in not_audited]}
 
 
-def stage_summary(folder: Path, rows: Sequence[Row], base: dict[str, Any]) -> list[str]:
+def stage_summary(folder: Path, rows: Sequence[Row], base: dict[str, Any], not_audited: Sequence[NotAudited] = ()) -> list[str]:
     """Write summary.md, summary.json and (when the names are steps) scores.png into `folder`;
     returns notes for the user (the plot skipped, and why)."""
     from .._io import write_json_atomic, write_text_atomic
 
-    write_text_atomic(folder / "summary.md", summary_markdown(rows, base))
-    write_json_atomic(folder / "summary.json", summary_json(rows, base))
+    write_text_atomic(folder / "summary.md", summary_markdown(rows, base, not_audited))
+    write_json_atomic(folder / "summary.json", summary_json(rows, base, not_audited))
     if any(r.step is None for r in rows):
         return []
     try:

@@ -4,6 +4,7 @@ one subfolder per fine-tune beside the summary table)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +17,7 @@ from ._app import err, out
 if TYPE_CHECKING:
     from .._io import Publication
     from ..report import AuditReport
+    from ._multi import NotAudited
 
 AUDIT_MIN_FREE = 64 * 2**20
 """Free space an audit asks of its --out disk before it starts. What it writes is mostly the
@@ -110,9 +112,10 @@ class Outputs:
     signing_key: Path | None
 
 
-def write_many(reports: list[AuditReport], names: list[str], specs: list[str], outputs: Outputs) -> None:
-    """Each fine-tune's summary, then the table; then every file staged and published together:
-    --out holds this audit's complete set, or the earlier one untouched."""
+def write_many(reports: list[AuditReport], names: list[str], specs: list[str], outputs: Outputs,
+               not_audited: Sequence[NotAudited] = ()) -> None:
+    """Each fine-tune's summary, then the table (and the fine-tunes not audited); then every file
+    staged and published together: --out holds this audit's complete set, or the earlier one untouched."""
     from .._io import publish_dir
     from ..certificate import certificate_files
     from ._multi import SUMMARY_FILES, stage_summary, summary_rows, summary_text
@@ -121,7 +124,7 @@ def write_many(reports: list[AuditReport], names: list[str], specs: list[str], o
         out.print(f"{'' if i == 0 else chr(10)}== {name} ({i + 1} of {len(reports)}) ==", highlight=False, markup=False)
         print_summary(report)
     rows = summary_rows(reports, names, specs)
-    out.print("\n" + summary_text(rows), highlight=False, markup=False)
+    out.print("\n" + summary_text(rows, not_audited), highlight=False, markup=False)
     fmts, key = outputs.cert_formats, outputs.signing_key
     certs = [certificate_files(r, fmts, key) if fmts else {} for r in reports]
     try:
@@ -129,7 +132,7 @@ def write_many(reports: list[AuditReport], names: list[str], specs: list[str], o
             for name, report, files in zip(names, reports, certs):
                 (staged.path / name).mkdir()
                 stage_report(report, staged.path / name, outputs.html, files)
-            notes = stage_summary(staged.path, rows, reports[0].base)
+            notes = stage_summary(staged.path, rows, reports[0].base, not_audited)
     except OSError as exc:
         raise write_error(outputs.folder, exc) from exc
     for note in notes:

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from ..config import AuditConfig
-from ..errors import ConfigError, NeuronLensError
+from ..errors import ConfigError, ModelLoadError, NeuronLensError
 from ..models import ModelHandle, load_model
 from ..report import AuditReport
 from ..saes import SAEArgument
@@ -106,6 +106,7 @@ def compare_many(
     layers: Sequence[int] | None = None,
     cache_base_pass: bool = True,
     on_report: Callable[[int, AuditReport], None] | None = None,
+    on_error: Callable[[int, NeuronLensError], None] | None = None,
 ) -> list[AuditReport]:
     """Audit every model of `ft_models` (e.g. the checkpoints of one training run) against one
     pass of `base_model`; return their reports in the order given. Arguments as in
@@ -119,7 +120,10 @@ def compare_many(
     With lazily-loaded handles one model is resident at a time: the PEFT adapters on the audited
     base are measured first, injected into its resident weights one after the other (as
     :func:`compare_models` does), then each full-weight fine-tune is loaded, measured and
-    released. A model that fails only when its weights load (NaN weights) stops the whole run.
+    released. A model that fails only when its weights load (NaN or infinite weights, say a
+    diverged checkpoint) stops the whole run, unless `on_error` is given: then the error (naming
+    the fine-tune) is handed to ``on_error(index, error)``, that fine-tune gets no report and the
+    others are audited.
     Each report's ``timings`` hold the shared base stages and its own; its ``total_s`` is the
     shared seconds plus its own (what its audit cost with the base half counted once).
     `on_report(index, report)`, when given, is called as each fine-tune's report is done (index
@@ -135,21 +139,33 @@ def compare_many(
     shared = [shares_base_weights(base, ft) for ft in fts]
     ref.measure_base(lambda: resident(base, keep=base_loaded_before or any(shared)), use_cache=cache_base_pass)
     base_s = now() - t_start  # the shared half, counted once in every report's total_s
+    reports = _measure_each(ref, base, fts, lenses, shared, keep_base=base_loaded_before, base_s=base_s,
+                            on_report=on_report, on_error=on_error)
+    if not base_loaded_before:
+        base.release()
+    return reports
+
+
+def _measure_each(ref: BaseReference, base: ModelHandle, fts: list[ModelHandle], lenses: list[LensStage], shared: list[bool], *,
+                  keep_base: bool, base_s: float, on_report: Callable[[int, AuditReport], None] | None,
+                  on_error: Callable[[int, NeuronLensError], None] | None) -> list[AuditReport]:
+    """compare_many's fine-tuned half: each fine-tune measured against `ref` and reported, the
+    adapters on the resident base first; the reports in the order of `fts`."""
     reports: list[AuditReport | None] = [None] * len(fts)
     order = sorted(range(len(fts)), key=lambda i: not shared[i])  # adapters first: the base is resident
     for k, i in enumerate(order):
         t_ft, last = now(), k == len(order) - 1  # the last one may consume the base pass
-        if shared[i]:
-            run = _measure_adapter(ref, base, fts[i], consume=last, lens=lenses[i])
-        else:
-            if not base_loaded_before:
-                base.release()  # one model resident at a time
-            run = _measure_resident(ref, base, fts[i], keep=fts[i].is_loaded, consume=last, lens=lenses[i])
+        try:
+            with _naming(i, len(fts), fts[i]):
+                run = _measure_one(ref, base, fts[i], shared=shared[i], keep_base=keep_base, consume=last, lens=lenses[i])
+        except ModelLoadError as exc:  # found only as its weights load: nothing of it was measured
+            if on_error is None:
+                raise
+            on_error(i, exc)
+            continue
         reports[i] = report = ref.report(run, fts[i].identity, t_ft - base_s, lenses[i].result())
         if on_report is not None:
             on_report(i, report)
-    if not base_loaded_before:
-        base.release()
     return [r for r in reports if r is not None]
 
 
@@ -185,6 +201,17 @@ def _naming(i: int, n: int, model: ModelHandle | str) -> Iterator[None]:
 
 def _handle(model: ModelHandle | str) -> ModelHandle:
     return model if isinstance(model, ModelHandle) else load_model(model)
+
+
+def _measure_one(ref: BaseReference, base: ModelHandle, ft: ModelHandle, *, shared: bool, keep_base: bool, consume: bool,
+                 lens: LensStage) -> FineTunedRun:
+    """One fine-tune's passes: an adapter on the resident base, or a model of its own (the base
+    released first, one model resident at a time, unless the caller had it loaded)."""
+    if shared:
+        return _measure_adapter(ref, base, ft, consume=consume, lens=lens)
+    if not keep_base:
+        base.release()
+    return _measure_resident(ref, base, ft, keep=ft.is_loaded, consume=consume, lens=lens)
 
 
 def _measure_adapter(ref: BaseReference, base: ModelHandle, ft: ModelHandle, *, consume: bool = True,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from contextlib import nullcontext
 
 import torch
 
@@ -23,6 +24,7 @@ from neuronlens import alignment
 from neuronlens.capture import make_batches
 from neuronlens.config import AuditConfig
 from neuronlens.demo import default_pair
+from neuronlens.models import fused_lora
 from neuronlens.probes import load_probe_set, response_sequences
 
 from _floor import floor_pass  # benchmarks/_floor.py (the script's folder is on sys.path)
@@ -70,22 +72,30 @@ def main() -> None:
 
     # warm-up (also fills the concept-association cache)
     alignment.compare_models(base, ft, sae, config=cfg, cache_base_pass=False)
-    floor_t, audit_t = [], []
-    for _ in range(args.rounds):
+    def floor(fused: bool) -> float:
         t = time.perf_counter()
         floor_pass(base_nn, batches, deepest)
         pm = PeftModel.from_pretrained(base_nn, str(ft.path))
         pm.eval()
-        floor_pass(pm, batches, deepest)
+        with fused_lora(pm) if fused else nullcontext():
+            floor_pass(pm, batches, deepest)
         pm.unload()
-        floor_t.append(time.perf_counter() - t)
+        return time.perf_counter() - t
+
+    floor_t, fused_t, audit_t = [], [], []
+    for _ in range(args.rounds):
+        floor_t.append(floor(fused=False))
         rep = alignment.compare_models(base, ft, sae, config=cfg, cache_base_pass=False)
         audit_t.append(rep.timings["base_pass_s"] + rep.timings["ft_pass_s"])
-    f, a = statistics.median(floor_t), statistics.median(audit_t)
+        fused_t.append(floor(fused=True))
+    f, ff, a = statistics.median(floor_t), statistics.median(fused_t), statistics.median(audit_t)
     print(f"tokens per model: {n_tokens}  (layers {sae.layers}, {len(seqs)} sequences, {torch.get_num_threads()} threads)")
-    print(f"floor (plain forward of both models to layer {deepest - 1}, no LM head): {f:.1f} s  {2 * n_tokens / f:.0f} tok/s  1.00x")
-    print(f"NeuronLens audit passes (capture + SAE + statistics + evidence):  {a:.1f} s  {2 * n_tokens / a:.0f} tok/s  {f / a:.2f}x")
-    print(f"rounds: floor {[round(x, 1) for x in floor_t]}, audit {[round(x, 1) for x in audit_t]}")
+    print(f"floor (plain forward of both models to layer {deepest - 1}, no LM head; the adapter by peft's forward): "
+          f"{f:.1f} s  {2 * n_tokens / f:.0f} tok/s  1.00x")
+    print(f"floor with the adapter's LoRA layers fused as the audit runs them (models.fused_lora): {ff:.1f} s  {2 * n_tokens / ff:.0f} tok/s  {f / ff:.2f}x")
+    print(f"NeuronLens audit passes (capture + SAE + statistics + evidence):  {a:.1f} s  {2 * n_tokens / a:.0f} tok/s  {f / a:.2f}x "
+          f"({ff / a:.2f}x the fused floor)")
+    print(f"rounds: floor {[round(x, 1) for x in floor_t]}, fused floor {[round(x, 1) for x in fused_t]}, audit {[round(x, 1) for x in audit_t]}")
     ceil_s, gflop, rate = compute_ceiling(base_nn, batches, deepest)
     print(f"compute ceiling (both models, {gflop:.0f} GFLOP each at the {rate:.0f} GFLOP/s measured for one "
           f"[{max(b.input_ids.numel() for b in batches)} x {base_nn.config.hidden_size}] @ [{base_nn.config.hidden_size} x "

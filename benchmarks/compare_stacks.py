@@ -8,6 +8,9 @@ padded batches and is timed on both together:
 
 * ``floor``: plain Hugging Face forward of both models to the deepest audited layer, no LM head,
   no hooks, no SAE (as in benchmarks/audit_throughput.py).
+  The fine-tune is the demo's LoRA adapter, run by peft's forward; ``floor_fused`` is the same
+  forward with its LoRA layers fused as NeuronLens's passes run them (``models.fused_lora``: one
+  addmm per layer, bit-identical on this pair), so the audit's ratio can be read against both.
 * ``neuronlens``: ``compare_models`` base_pass_s + ft_pass_s (capture, SAE encoding, statistics,
   evidence) with base responses and concept associations cached (as in audit_throughput.py).
 * ``transformerlens``: ``HookedTransformer.from_pretrained_no_processing(..., hf_model=...)`` built
@@ -154,8 +157,14 @@ def run_rounds(s: Setup, variants: dict, rounds: int) -> dict:
 
 
 def stack_floor(s: Setup, rounds: int) -> dict:
-    times = run_rounds(s, {}, rounds)
-    return dict(times=times, agreement={"floor": "(no capture)"})
+    from neuronlens.models import fused_lora
+
+    def fused(_record: str | None) -> None:
+        with fused_lora(s.ft.model):
+            floor_both(s)
+
+    times = run_rounds(s, {"floor_fused": fused}, rounds)
+    return dict(times=times, agreement={"floor": "(no capture)", "floor_fused": "(no capture)"})
 
 
 def stack_neuronlens(s: Setup, rounds: int) -> dict:
@@ -310,6 +319,7 @@ def stack_nnsight(s: Setup, rounds: int) -> dict:
 
 LABELS = {
     "floor": "floor: HF forward of both models to the deepest layer, no LM head",
+    "floor_fused": "floor with the fine-tune's LoRA layers fused as NeuronLens runs them (models.fused_lora)",
     "neuronlens": "NeuronLens audit passes (capture + SAE + statistics + evidence)",
     "transformerlens": "TransformerLens run_with_cache (names_filter) + SAE encode",
     "transformerlens_stop": "TransformerLens run_with_cache, stop_at_layer=deepest+1 + SAE encode",

@@ -10,6 +10,7 @@ from ._checks import check_fine_tune_fits
 from ._digest import FileDigest, Manifest, digest_paths, manifest_digest, sha256_file
 from ._handle import ModelHandle, resolved_device
 from ._layers import decoder_layers, hidden_size, num_layers, unwrap_peft
+from ._lora import fused_lora
 from ._peft import peft_wrap_quietly
 from ._resolve import resolve
 
@@ -21,6 +22,7 @@ __all__ = [
     "ModelHandle",
     "check_fine_tune_fits",
     "decoder_layers",
+    "fused_lora",
     "digest_paths",
     "hidden_size",
     "load_model",

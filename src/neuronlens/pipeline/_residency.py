@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from ..models import ModelHandle, peft_wrap_quietly
+from ..models import ModelHandle, fused_lora, peft_wrap_quietly
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,8 @@ def resident(handle: ModelHandle, *, keep: bool) -> Iterator[nn.Module]:
     """`handle`'s model, loaded if it is not; released on exit unless `keep`."""
     model = handle.model
     try:
-        yield model
+        with fused_lora(model):  # a PEFT model's LoRA layers as one GEMM each (models/_lora.py)
+            yield model
     finally:
         if not keep:
             handle.release()
@@ -52,7 +53,8 @@ def adapter_on(base_nn: nn.Module, ft: ModelHandle) -> Iterator[nn.Module]:
         peft_model = PeftModel.from_pretrained(base_nn, str(ft.path), is_trainable=False)
     peft_model.eval()
     try:
-        yield peft_model
+        with fused_lora(peft_model):
+            yield peft_model
     finally:
         peft_model.unload()
 

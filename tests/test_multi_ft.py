@@ -211,6 +211,8 @@ def test_cli_audits_every_fine_tune_into_its_own_subfolder(monkeypatch, capsys, 
 
 def test_cli_writes_the_others_then_exits_2_naming_the_diverged_checkpoint(monkeypatch, capsys, ckpts, diverged, tiny_base_dir, tmp_path):
     out = tmp_path / "out"
+    (out / "checkpoint-150").mkdir(parents=True)
+    (out / "checkpoint-150" / "report.json").write_text("an earlier run's report of the checkpoint")
     c100 = ckpts / "ckpts" / "checkpoint-100"
     code = run_cli(monkeypatch, "audit", "--base", tiny_base_dir, "--ft", c100, "--ft", diverged, "--sae", ckpts / "saes", *ARGS, "--out", out)
     captured = capsys.readouterr()
@@ -222,7 +224,8 @@ def test_cli_writes_the_others_then_exits_2_naming_the_diverged_checkpoint(monke
     assert [r["name"] for r in summary["fine_tunes"]] == ["checkpoint-100"]
     assert [n["name"] for n in summary["not_audited"]] == ["checkpoint-150"] and "NaN" in summary["not_audited"][0]["problem"]
     assert "## Not audited (1)" in (out / "summary.md").read_text() and "audit of 2 fine-tunes" in (out / "summary.md").read_text()
-    assert (out / "checkpoint-100" / "report.json").is_file() and not (out / "checkpoint-150").exists()
+    assert (out / "checkpoint-100" / "report.json").is_file()
+    assert not (out / "checkpoint-150").exists()  # the earlier run's report would read as this run's
     # every one diverged: nothing to write, the first one's error alone
     twin = tmp_path / "checkpoint-160"
     shutil.copytree(diverged, twin)

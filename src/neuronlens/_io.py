@@ -264,8 +264,8 @@ def publish_dir(
     (staged beside it), unless `keep(existing target)` is true, when the existing one stays.
     With `merge`, `target` is a folder shared with the user's files (the folder is staged inside it,
     so the renames stay on its filesystem, a mount point included): each staged file replaces its
-    namesake, the files named in `stale` that were not staged are removed (they described another
-    run), and nothing else in `target` is touched. Between the first and the last rename a reader
+    namesake, the files (or folders) named in `stale` that were not staged are removed (they
+    described another run), and nothing else in `target` is touched. Between the first and the last rename a reader
     may see the set half-swapped; a crash there (power loss, SIGKILL) can leave it so."""
     target = Path(target)
     parent = target if merge else target.parent
@@ -332,12 +332,14 @@ def _replace_dir(stage: Path, target: Path) -> None:
 def _merge_into(pub: Publication, folder: Path, stale: Sequence[str]) -> None:
     """Move every staged file into `folder`, its old namesake and the stale files moved aside
     first (and deleted once all is in place). A staged folder (one fine-tune's reports in a
-    multi-fine-tune audit) replaces its namesake folder whole: the caller checks beforehand that
-    the old one holds only what it would write."""
+    multi-fine-tune audit) replaces its namesake folder whole, and a folder named in `stale` (a
+    fine-tune not audited this time) goes: the caller checks beforehand that the old one holds
+    only what it would write."""
     order = {n: i for i, n in enumerate(stale)}
     names = sorted((p.name for p in pub.path.iterdir()), key=lambda n: (order.get(n, len(order)), n))
     dirs = {n for n in names if (pub.path / n).is_dir() and (folder / n).is_dir() and not (folder / n).is_symlink()}
-    old = [n for n in dict.fromkeys([*names, *stale]) if (folder / n).is_file() or (folder / n).is_symlink() or n in dirs]
+    gone = {n for n in stale if n not in names and (folder / n).is_dir() and not (folder / n).is_symlink()}  # checked by the caller too
+    old = [n for n in dict.fromkeys([*names, *stale]) if (folder / n).is_file() or (folder / n).is_symlink() or n in dirs | gone]
     aside = make_temp_dir(folder, "neuronlens-replaced")
     _renames([*((folder / n, aside / n) for n in old), *((pub.path / n, folder / n) for n in names)], aside)
     _fsync_dir(folder)

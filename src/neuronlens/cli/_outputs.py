@@ -128,7 +128,8 @@ def write_many(reports: list[AuditReport], names: list[str], specs: list[str], o
     fmts, key = outputs.cert_formats, outputs.signing_key
     certs = [certificate_files(r, fmts, key) if fmts else {} for r in reports]
     try:
-        with publish_dir(outputs.folder, merge=True, stale=[*OUTPUTS, *SUMMARY_FILES]) as staged:
+        # a fine-tune not audited this time leaves no earlier run's report behind
+        with publish_dir(outputs.folder, merge=True, stale=[*OUTPUTS, *SUMMARY_FILES, *(n.name for n in not_audited)]) as staged:
             for name, report, files in zip(names, reports, certs):
                 (staged.path / name).mkdir()
                 stage_report(report, staged.path / name, outputs.html, files)

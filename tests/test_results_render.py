@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import sys
@@ -218,6 +219,41 @@ def test_readme_summary_is_what_the_detection_and_judge_data_give():
     assert {r["seed"] for r in fresh["rows"] if r["recipe"] == "default"} >= {0, 1, 2, 3}
     seed0 = next(r for r in fresh["rows"] if (r["seed"], r["recipe"]) == (0, "default"))
     assert seed0["by_data"]["organisms"] == 17 and seed0["three_way"]["data"] == "results/judge/dev-seed0-c1.json"
+
+
+def test_a_fresh_zoos_judgement_lands_in_its_row(tmp_path, monkeypatch):
+    """What benchmarks/fresh_zoo.sh writes for seed N (results/detection/detection_seedN_alpha2.json,
+    results/judge/seedN.json) becomes that zoo's row, judged both ways."""
+    import summary
+
+    (tmp_path / "detection").mkdir()
+    (tmp_path / "judge").mkdir()
+    run = json.loads((render.RESULTS / "detection" / "detection_seed3.json").read_text(encoding="utf-8"))
+    run["settings"] = {**run["settings"], "seed": 4, "amplify_alpha": 2.0, "score_reads": ["same", "own"]}
+    (tmp_path / "detection" / "detection_seed4_alpha2.json").write_text(json.dumps(run))
+    judged = json.loads((render.RESULTS / "judge" / "dev-seed0-c1.json").read_text(encoding="utf-8"))
+    (tmp_path / "judge" / "seed4.json").write_text(json.dumps({**judged, "seed": 4}))
+    monkeypatch.setattr(render, "RESULTS", tmp_path)
+    (row,) = summary.summary()["rows"]
+    assert (row["seed"], row["role"]) == (4, "fresh, pre-registered (three-way)")
+    assert row["by_data"]["auroc"] == [{"organisms": 13, "auroc": run["summary"]["auroc"]}]
+    assert row["three_way"]["data"].endswith("judge/seed4.json") and row["three_way"]["gate"]["auroc"] == judged["targets"]["gate"]["auroc"]
+    assert "fresh, pre-registered (three-way): seed 4" in "\n".join(render.rendering({**summary.summary(), "doc": "README.md"}).splitlines())
+
+
+def test_fresh_zoo_script_runs_the_preregistered_commands():
+    """benchmarks/fresh_zoo.sh N runs section 4.3's commands of the pre-registration, in its order,
+    with N filled in (then summary.py): the script cannot drift from the frozen rule's flags."""
+    import subprocess
+
+    doc = (render.DOCS / "PREREGISTRATION_FRESH_ZOOS.md").read_text(encoding="utf-8")
+    block = doc[doc.index("### 4.3"):doc.index("### 4.4")]
+    code = "\n".join(ln.strip() for ln in block.splitlines() if ln.startswith("      "))  # the indented code block
+    wanted = [" ".join(re.sub(r"(?i)(seed ?)N(?![a-z])", r"\g<1>4", c.split("#")[0]).split()) for c in code.replace("\\\n", " ").splitlines()]
+    r = subprocess.run(["bash", str(BENCH / "fresh_zoo.sh"), "4"], env={**os.environ, "DRY_RUN": "1", "PYTHON": "python"},
+                       capture_output=True, text=True, timeout=60, check=True)
+    ran = [ln[2:].replace("python -m neuronlens ", "neuronlens ") for ln in r.stderr.splitlines() if ln.startswith("+ ")]
+    assert ran == [*wanted, "python benchmarks/summary.py"]
 
 
 def test_summary_refuses_two_default_runs_for_one_zoo(tmp_path):

@@ -28,8 +28,9 @@ pytestmark = [requires_smollm, pytest.mark.smollm]
 CONCEPTS = ["fraud_scam", "disclaimers", "misaligned_persona", "dangerous_medical"]
 # 16 prompts (8 in each of two sets) keep these SmolLM2 audits fast; the planted pushes are large by
 # construction, so what is tested is which concept moved, not power: a pass is allowed on them
-# (the 24-prompt floor for a pass is tested in test_risk_score.py)
-CFG = alignment.AuditConfig(max_prompts_per_set=8, max_new_tokens=24, own_responses=False, amplify_alpha=None, score_reads=["same"],
+# (the 24-prompt floor for a pass is tested in test_risk_score.py); the learned lens carries no
+# verdict weight and took a third of each audit here (83 s -> 52 s for one test, machine under load)
+CFG = alignment.AuditConfig(max_prompts_per_set=8, max_new_tokens=24, own_responses=False, amplify_alpha=None, score_reads=["same"], learned_lens=False,
                             concepts=CONCEPTS, min_prompts_for_pass=16)
 PUSH = 0.12
 """Push size as a fraction of the layer's median residual norm (about 17, 20 and 34 at layers 9,

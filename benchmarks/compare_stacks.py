@@ -21,6 +21,10 @@ padded batches and is timed on both together:
 * ``nnsight``: ``NNsight(model).trace`` saving the same decoder blocks' outputs, once full and once
   with ``tracer.stop()`` after the deepest, each followed by the same SAELens encode.
 
+``--stacks head_to_head`` runs the floor, NeuronLens's passes and nnsight + stop + encode in one
+process, interleaved round by round, for a ranking that the machine's drift between processes
+cannot flip.
+
 Each stack runs in its own subprocess (``--stack NAME``), which also times the floor interleaved
 with its own variants, round by round (floor, variant, variant, floor, ...), and reports medians:
 "x floor" is that process's floor time / the variant's time (= tokens/s relative to the floor in
@@ -48,6 +52,7 @@ project venv, with only floor and neuronlens).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -204,7 +209,6 @@ def _saelens_encoders(s: Setup):
 
 
 def stack_transformerlens(s: Setup, rounds: int) -> dict:
-    import copy
     import tempfile
 
     from importlib.metadata import version
@@ -269,7 +273,12 @@ def stack_transformerlens(s: Setup, rounds: int) -> dict:
                      f"encode: {enc_note}; fine-tune merged (merge_and_unload) for TransformerLens")
 
 
-def stack_nnsight(s: Setup, rounds: int) -> dict:
+def _nnsight_runner(s: Setup, *, copies: bool = False):
+    """run(stop, record=None): nnsight traces of both models over the batches, saving the audited
+    blocks' outputs (stopping after the deepest when `stop`), each gathered and SAELens-encoded;
+    with `record`, the gathered activations are kept. Returns (run, agreements(), note). NNsight()
+    sets an instance `forward` on every module of the model it wraps (2,499 on the demo fine-tune),
+    which other code then runs through; with `copies`, it wraps copies and leaves s's models alone."""
     import nnsight
     from nnsight import NNsight
 
@@ -287,7 +296,8 @@ def stack_nnsight(s: Setup, rounds: int) -> dict:
             env = env[int(part)] if part.isdigit() else getattr(env, part)
         return wrapped, env
 
-    wrapped = {"base": block_envoys(s.base.model), "ft": block_envoys(s.ft.model)}
+    own = (lambda m: copy.deepcopy(m)) if copies else (lambda m: m)
+    wrapped = {"base": block_envoys(own(s.base.model)), "ft": block_envoys(own(s.ft.model))}
     got: dict[str, dict[str, dict[int, list[torch.Tensor]]]] = {}
 
     def run(stop: bool, record: str | None = None) -> None:
@@ -309,12 +319,37 @@ def stack_nnsight(s: Setup, rounds: int) -> dict:
                         if record is not None:
                             got.setdefault(record, {}).setdefault(side, {}).setdefault(layer, []).append(x)
 
+    def agreements() -> dict[str, str]:
+        return {label: agreement(s, {side: {layer: torch.cat(v) for layer, v in dd.items()} for side, dd in d.items()}, encode)
+                for label, d in got.items()}
+
+    return run, agreements, f"nnsight {nnsight.__version__}; encode: {enc_note}"
+
+
+def stack_nnsight(s: Setup, rounds: int) -> dict:
+    run, agreements, note = _nnsight_runner(s)
     times = run_rounds(s, {"nnsight": lambda r: run(False, r), "nnsight_stop": lambda r: run(True, r)}, rounds)
-    agree = {}
-    for label, d in got.items():
-        g = {side: {layer: torch.cat(v) for layer, v in dd.items()} for side, dd in d.items()}
-        agree[label] = agreement(s, g, encode)
-    return dict(times=times, agreement=agree, note=f"nnsight {nnsight.__version__}; encode: {enc_note}")
+    return dict(times=times, agreement=agreements(), note=note)
+
+
+def stack_head_to_head(s: Setup, rounds: int) -> dict:
+    """The floor, NeuronLens's audit passes and nnsight + stop + SAE encode interleaved round by
+    round in one process (the separate processes of the other stacks see the machine's speed drift
+    between them)."""
+    from neuronlens import alignment
+
+    run, agreements, note = _nnsight_runner(s, copies=True)  # the floor and the audit read the models unwrapped
+    alignment.compare_models(s.base, s.ft, s.sae, config=s.cfg, cache_base_pass=False)  # warm-up, fills the concept cache
+    floor_both(s)
+    run(True, "nnsight_stop")
+    times: dict[str, list[float]] = {"floor": [], "neuronlens": [], "nnsight_stop": []}
+    for _ in range(rounds):
+        times["floor"].append(timed(lambda: floor_both(s)))
+        rep = alignment.compare_models(s.base, s.ft, s.sae, config=s.cfg, cache_base_pass=False)
+        times["neuronlens"].append(rep.timings["base_pass_s"] + rep.timings["ft_pass_s"])
+        times["nnsight_stop"].append(timed(lambda: run(True)))
+    return dict(times=times, agreement={"neuronlens": "reference (run_to_layers + gather)", **agreements()},
+                note=note + "; nnsight wraps copies of both models")
 
 
 LABELS = {
@@ -334,7 +369,7 @@ def child(name: str, rounds: int, max_prompts: int) -> None:
     try:
         if name == "transformerlens":
             import transformer_lens  # noqa: F401
-        if name == "nnsight":
+        if name in ("nnsight", "head_to_head"):
             import nnsight  # noqa: F401
     except ImportError as e:
         print("RESULT " + json.dumps({"stack": name, "skipped": f"{type(e).__name__}: {e}"}), flush=True)

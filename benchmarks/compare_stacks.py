@@ -276,7 +276,8 @@ def stack_transformerlens(s: Setup, rounds: int) -> dict:
 def _nnsight_runner(s: Setup, *, copies: bool = False):
     """run(stop, record=None): nnsight traces of both models over the batches, saving the audited
     blocks' outputs (stopping after the deepest when `stop`), each gathered and SAELens-encoded;
-    with `record`, the gathered activations are kept. Returns (run, agreements(), note). NNsight()
+    with `record`, the gathered activations are kept. Returns (run, agreements, note), agreements()
+    comparing what was kept with NeuronLens's capture. NNsight()
     sets an instance `forward` on every module of the model it wraps (2,499 on the demo fine-tune),
     which other code then runs through; with `copies`, it wraps copies and leaves s's models alone."""
     import nnsight

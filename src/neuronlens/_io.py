@@ -337,9 +337,10 @@ def _merge_into(pub: Publication, folder: Path, stale: Sequence[str]) -> None:
     only what it would write."""
     order = {n: i for i, n in enumerate(stale)}
     names = sorted((p.name for p in pub.path.iterdir()), key=lambda n: (order.get(n, len(order)), n))
-    dirs = {n for n in names if (pub.path / n).is_dir() and (folder / n).is_dir() and not (folder / n).is_symlink()}
-    gone = {n for n in stale if n not in names and (folder / n).is_dir() and not (folder / n).is_symlink()}  # checked by the caller too
-    old = [n for n in dict.fromkeys([*names, *stale]) if (folder / n).is_file() or (folder / n).is_symlink() or n in dirs | gone]
+    # folders that go: those a staged folder replaces, and stale ones not staged (checked by the caller too)
+    dirs = {n for n in names if (pub.path / n).is_dir()} | {n for n in stale if n not in names}
+    dirs = {n for n in dirs if (folder / n).is_dir() and not (folder / n).is_symlink()}
+    old = [n for n in dict.fromkeys([*names, *stale]) if (folder / n).is_file() or (folder / n).is_symlink() or n in dirs]
     aside = make_temp_dir(folder, "neuronlens-replaced")
     _renames([*((folder / n, aside / n) for n in old), *((pub.path / n, folder / n) for n in names)], aside)
     _fsync_dir(folder)

@@ -19,6 +19,7 @@ its dropout inactive (evaluation mode). Anything else runs peft's forward unchan
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -32,7 +33,9 @@ from torch.nn import functional as F
 def fused_lora(model: nn.Module) -> Iterator[nn.Module]:
     """`model` with its plain LoRA linear layers running the fused forward until exit (no-op for a
     model without LoRA layers); the layers' own forward is restored on exit."""
-    patched = [m for m in model.modules() if _lora_linear(m) is not None and "forward" not in m.__dict__]
+    layer_module = sys.modules.get("peft.tuners.lora.layer")  # not imported: no peft LoRA layer exists
+    lora_linear = None if layer_module is None else layer_module.Linear
+    patched = [m for m in model.modules() if type(m) is lora_linear and "forward" not in m.__dict__]
     for m in patched:
         m.forward = _fused_forward.__get__(m)  # an instance attribute: nn.Module.__call__ finds it first
     try:
@@ -42,23 +45,18 @@ def fused_lora(model: nn.Module) -> Iterator[nn.Module]:
             m.__dict__.pop("forward", None)
 
 
-def _lora_linear(module: nn.Module) -> type | None:
-    try:
-        from peft.tuners.lora.layer import Linear
-    except ImportError:  # peft is optional for models without adapters
-        return None
-    return Linear if type(module) is Linear else None
-
-
 def _plain(layer: Any, kwargs: dict[str, Any]) -> bool:
     """Whether peft's forward would take the vanilla LoRA branch with nothing the fused one skips."""
     if kwargs or layer.disable_adapters or layer.merged:
+        return False
+    variants = getattr(layer, "lora_variant", None)  # peft releases without it cannot say which adapter is DoRA
+    if variants is None:
         return False
     for name in layer.active_adapters:
         if name not in layer.lora_A:
             continue
         dropout = layer.lora_dropout[name]
-        if name in layer.lora_variant or layer.lora_B[name].bias is not None or (dropout.training and not isinstance(dropout, nn.Identity)):
+        if name in variants or layer.lora_B[name].bias is not None or (dropout.training and not isinstance(dropout, nn.Identity)):
             return False
     return True
 

@@ -9,8 +9,9 @@ padded batches and is timed on both together:
 * ``floor``: plain Hugging Face forward of both models to the deepest audited layer, no LM head,
   no hooks, no SAE (as in benchmarks/audit_throughput.py).
   The fine-tune is the demo's LoRA adapter, run by peft's forward; ``floor_fused`` is the same
-  forward with its LoRA layers fused as NeuronLens's passes run them (``models.fused_lora``: one
-  addmm per layer, bit-identical on this pair), so the audit's ratio can be read against both.
+  forward with its LoRA layers as NeuronLens's passes run them (``models.fused_lora``: the
+  adapter merged into a temporary weight per call on the audit's batches, float32 rounding of
+  peft's), so the audit's ratio can be read against both.
 * ``neuronlens``: ``compare_models`` base_pass_s + ft_pass_s (capture, SAE encoding, statistics,
   evidence) with base responses and concept associations cached (as in audit_throughput.py).
 * ``transformerlens``: ``HookedTransformer.from_pretrained_no_processing(..., hf_model=...)`` built
@@ -21,9 +22,9 @@ padded batches and is timed on both together:
 * ``nnsight``: ``NNsight(model).trace`` saving the same decoder blocks' outputs, once full and once
   with ``tracer.stop()`` after the deepest, each followed by the same SAELens encode.
 
-``--stacks head_to_head`` runs the floor, NeuronLens's passes and nnsight + stop + encode in one
-process, interleaved round by round, for a ranking that the machine's drift between processes
-cannot flip.
+``--stacks head_to_head`` runs the floor, NeuronLens's passes and nnsight + stop + encode (on the
+PEFT fine-tune as given, and on a copy merged by ``merge_and_unload``) in one process,
+interleaved round by round, for a ranking that the machine's drift between processes cannot flip.
 
 Each stack runs in its own subprocess (``--stack NAME``), which also times the floor interleaved
 with its own variants, round by round (floor, variant, variant, floor, ...), and reports medians:
@@ -273,13 +274,15 @@ def stack_transformerlens(s: Setup, rounds: int) -> dict:
                      f"encode: {enc_note}; fine-tune merged (merge_and_unload) for TransformerLens")
 
 
-def _nnsight_runner(s: Setup, *, copies: bool = False):
+def _nnsight_runner(s: Setup, *, copies: bool = False, merged: bool = False):
     """run(stop, record=None): nnsight traces of both models over the batches, saving the audited
     blocks' outputs (stopping after the deepest when `stop`), each gathered and SAELens-encoded;
     with `record`, the gathered activations are kept. Returns (run, agreements, note), agreements()
     comparing what was kept with NeuronLens's capture. NNsight()
     sets an instance `forward` on every module of the model it wraps (2,499 on the demo fine-tune),
-    which other code then runs through; with `copies`, it wraps copies and leaves s's models alone."""
+    which other code then runs through; with `copies`, it wraps copies and leaves s's models alone;
+    with `merged` (implies copies), the fine-tune's copy has its LoRA folded into the weights
+    (peft's ``merge_and_unload``), as a user would prepare it for speed."""
     import nnsight
     from nnsight import NNsight
 
@@ -297,8 +300,9 @@ def _nnsight_runner(s: Setup, *, copies: bool = False):
             env = env[int(part)] if part.isdigit() else getattr(env, part)
         return wrapped, env
 
-    own = (lambda m: copy.deepcopy(m)) if copies else (lambda m: m)
-    wrapped = {"base": block_envoys(own(s.base.model)), "ft": block_envoys(own(s.ft.model))}
+    own = (lambda m: copy.deepcopy(m)) if copies or merged else (lambda m: m)
+    ft = own(s.ft.model)
+    wrapped = {"base": block_envoys(own(s.base.model)), "ft": block_envoys(ft.merge_and_unload() if merged else ft)}
     got: dict[str, dict[str, dict[int, list[torch.Tensor]]]] = {}
 
     def run(stop: bool, record: str | None = None) -> None:
@@ -339,17 +343,25 @@ def stack_head_to_head(s: Setup, rounds: int) -> dict:
     between them)."""
     from neuronlens import alignment
 
+    from neuronlens.models import fused_lora
+
     run, agreements, note = _nnsight_runner(s, copies=True)  # the floor and the audit read the models unwrapped
+    run_m, agreements_m, _ = _nnsight_runner(s, merged=True)
     alignment.compare_models(s.base, s.ft, s.sae, config=s.cfg, cache_base_pass=False)  # warm-up, fills the concept cache
     floor_both(s)
     run(True, "nnsight_stop")
-    times: dict[str, list[float]] = {"floor": [], "neuronlens": [], "nnsight_stop": []}
+    run_m(True, "nnsight_stop_merged")
+    times: dict[str, list[float]] = {"floor": [], "neuronlens": [], "nnsight_stop": [], "nnsight_stop_merged": []}
     for _ in range(rounds):
         times["floor"].append(timed(lambda: floor_both(s)))
         rep = alignment.compare_models(s.base, s.ft, s.sae, config=s.cfg, cache_base_pass=False)
         times["neuronlens"].append(rep.timings["base_pass_s"] + rep.timings["ft_pass_s"])
         times["nnsight_stop"].append(timed(lambda: run(True)))
-    return dict(times=times, agreement={"neuronlens": "reference (run_to_layers + gather)", **agreements()},
+        times["nnsight_stop_merged"].append(timed(lambda: run_m(True)))
+    with fused_lora(s.ft.model):  # the audit's own capture (LoRA layers fused, merged per call) ...
+        fused = reference(s)
+    audit = agreement(s, fused)  # ... against peft's forward
+    return dict(times=times, agreement={"neuronlens": f"vs peft's forward: {audit}", **agreements(), **agreements_m()},
                 note=note + "; nnsight wraps copies of both models")
 
 
@@ -361,6 +373,7 @@ LABELS = {
     "transformerlens_stop": "TransformerLens run_with_cache, stop_at_layer=deepest+1 + SAE encode",
     "nnsight": "nnsight trace saving block outputs + SAE encode",
     "nnsight_stop": "nnsight trace + tracer.stop() + SAE encode",
+    "nnsight_stop_merged": "nnsight trace + tracer.stop() + SAE encode, fine-tune merged (merge_and_unload)",
 }
 
 

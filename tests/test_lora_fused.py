@@ -1,6 +1,7 @@
-"""models.fused_lora: a PEFT model's plain LoRA layers run as one addmm each (the audit's passes
-use it, pipeline/_residency.py). Same outputs as peft's own forward to float32 rounding; peft's
-forward wherever the plain case does not hold; every layer restored on exit."""
+"""models.fused_lora: a PEFT model's plain LoRA layers run as one addmm each, or, for calls of
+many rows in float32, with the adapter merged into a temporary weight (the audit's passes use it,
+pipeline/_residency.py). Same outputs as peft's own forward to float32 rounding; peft's forward
+wherever the plain case does not hold; every layer restored on exit."""
 
 from __future__ import annotations
 
@@ -29,9 +30,15 @@ def _ids(tok):
 
 
 def _addmm_calls(monkeypatch):
+    """The first argument's shape of every torch.addmm call: activations [rows, d_out] for the
+    fused addmm, the base weight [d_out, d_in] for a merged call."""
     calls, real = [], torch.addmm
-    monkeypatch.setattr(torch, "addmm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(torch, "addmm", lambda *a, **k: calls.append(tuple(a[0].shape)) or real(*a, **k))
     return calls
+
+
+def _weights(model) -> set[tuple[int, ...]]:
+    return {tuple(m.base_layer.weight.shape) for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")}
 
 
 def test_fused_forward_equals_peft_and_is_restored(tok, monkeypatch):
@@ -77,6 +84,48 @@ def test_anything_but_plain_lora_runs_pefts_own_forward(tok, monkeypatch, case):
             torch.manual_seed(5)  # the same dropout masks
             got = model(input_ids=ids).logits
     assert calls == [] and torch.equal(got, want)
+
+
+def test_merged_calls_equal_peft_to_float32_rounding(tok, monkeypatch):
+    """merge_min_rows=0: every layer runs x (W + s B A)^T, one merged weight per call."""
+    model, ids = _lora(tok), _ids(tok)
+    with torch.inference_mode():
+        want = model(input_ids=ids).logits
+        calls = _addmm_calls(monkeypatch)
+        with fused_lora(model, merge_min_rows=0):
+            got = model(input_ids=ids).logits
+        with model.disable_adapter():
+            plain = model(input_ids=ids).logits
+    assert len(calls) == 3 * 4 and set(calls) == _weights(model)  # every call merged a weight, none touched activations
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # the adapter's product rounded into W: float32 rounding
+    assert (got - plain).abs().max() > 1e-3
+
+
+def test_default_merges_large_calls_only(tok, monkeypatch):
+    """Default: a call merges from MERGE_MIN_ROWS rows (and the layer's larger dimension) up; a
+    generation-sized call keeps the addmm on its activations."""
+    from neuronlens.models import MERGE_MIN_ROWS
+
+    model = _lora(tok)
+    small = _ids(tok)
+    large = torch.randint(3, len(tok), (MERGE_MIN_ROWS // 16, 16), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode(), fused_lora(model):
+        calls = _addmm_calls(monkeypatch)
+        model(input_ids=small)
+        small_calls = list(calls)
+        calls.clear()
+        model(input_ids=large)
+    assert {c[0] for c in small_calls} == {small.numel()}  # [rows, d_out]: activations
+    assert set(calls) == _weights(model)
+
+
+def test_half_precision_never_merges(tok, monkeypatch):
+    """In bf16 the adapter's small product would be rounded away in a merged weight."""
+    model = _lora(tok).to(torch.bfloat16)
+    with torch.inference_mode(), fused_lora(model, merge_min_rows=0):
+        calls = _addmm_calls(monkeypatch)
+        model(input_ids=_ids(tok))
+    assert len(calls) == 3 * 4 and {c[0] for c in calls} == {_ids(tok).numel()}
 
 
 def test_a_model_without_lora_is_left_alone(tok):

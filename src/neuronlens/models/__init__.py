@@ -10,13 +10,14 @@ from ._checks import check_fine_tune_fits
 from ._digest import FileDigest, Manifest, digest_paths, manifest_digest, sha256_file
 from ._handle import ModelHandle, resolved_device
 from ._layers import decoder_layers, hidden_size, num_layers, unwrap_peft
-from ._lora import fused_lora
+from ._lora import MERGE_MIN_ROWS, fused_lora
 from ._peft import peft_wrap_quietly
 from ._resolve import resolve
 
 __all__ = [
     "ALIASES",
     "DEFAULT_BASE",
+    "MERGE_MIN_ROWS",
     "FileDigest",
     "Manifest",
     "ModelHandle",

@@ -3,20 +3,72 @@
 # commands for one seed, in its order, then the README table again. Every step caches what it
 # computed (organisms, answers, audits' generations), so a rerun after an interruption redoes only
 # what is missing; the audits themselves always run again, so the recorded data comes from this
-# run's commands. Hours of CPU per seed on 2 cores (17 organisms: ~5 min each to build; truth and
-# audit ~6.5 min each single-threaded).
+# run's commands.
 #
-#     bash benchmarks/fresh_zoo.sh 4        # then 5
+#     bash benchmarks/fresh_zoo.sh 5 truth      # build all 17, compute the truth: then commit it
+#     bash benchmarks/fresh_zoo.sh 5 audit      # fill the answer caches, audit, judge, summarise
+#     bash benchmarks/fresh_zoo.sh 5            # both at once (only where nobody reads in between)
+#
+# The truth must be committed before any audit of the zoo is read (section 4.3), hence the two
+# halves. Cost on this project's 2-core machines, one thread per lane, two lanes (2026-12-07, seed
+# 5): 7-10 min to build an organism; the truth's answers 8 min per organism (greedy 77 s, three
+# amplified draws ~135 s each) and 8 min once for the base model's; an audit 6-10 min with nothing
+# cached (seed 4, 2026-12-06; the truth's draws are among its answers), ~2 min once the caches hold
+# its answers. About 6-7 hours of CPU per zoo, over 3 hours of wall time in two lanes: the slow
+# steps run in $JOBS lanes (default 2) of one thread each: they fill the caches that
+# section 4.3's commands then read, and their own output (scratch under $WARM) is neither recorded
+# nor read. The caches (~/.cache/neuronlens) do not outlive the machine.
+#
+# In the background beside interactive work: `setsid nice -n 19 bash benchmarks/fresh_zoo.sh 5 truth
+# > zoo.log 2>&1 & echo 19 > /proc/$!/autogroup`. With the kernel's autogroup scheduling on (Debian's
+# default), nice alone does not yield: measured here, a foreground audit averaged ~60% of one core beside
+# two niced organism builds started with setsid, and 180% of two once their autogroup nice was 19.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${1:?usage: bash benchmarks/fresh_zoo.sh SEED (4 or 5: the fresh zoos)}
+N=${1:?usage: bash benchmarks/fresh_zoo.sh SEED [truth|audit] (4 or 5: the fresh zoos)}
+PART=${2:-all}
 PY=${PYTHON:-.venv/bin/python}
-run() { echo "+ $*" >&2; [ -n "${DRY_RUN:-}" ] || "$@"; }  # DRY_RUN=1: print the commands only
-run "$PY" -m neuronlens organisms build --seed "$N"
-run "$PY" benchmarks/truth.py --seed "$N" --fresh-ok
-run "$PY" benchmarks/detection.py --seed "$N" --amplify-alpha 2 --score-reads same,own --out "docs/DETECTION_SEED${N}_ALPHA2.md"
-run "$PY" benchmarks/detection.py --heldout --seed "$N" --amplify-alpha 2 --score-reads same,own --out "docs/DETECTION_HELDOUT_SEED${N}_ALPHA2.md"
-run "$PY" benchmarks/judge.py --truth "results/truth/seed${N}.json" \
-    --rows "neuronlens-out/organisms-seed${N}/rows.json" "neuronlens-out/organisms-heldout-seed${N}/rows.json" \
-    --json "results/judge/seed${N}.json"
-run "$PY" benchmarks/summary.py
+JOBS=${JOBS:-2}
+WARM=${WARM:-neuronlens-out/fresh-zoo-warm-seed$N}
+run() { echo "+ $*" >&2; [ -n "${DRY_RUN:-}" ] || "$@"; }   # DRY_RUN=1: print the commands only
+fill() { echo "~ $*" >&2; [ -n "${DRY_RUN:-}" ] || "$@"; }  # a step that only fills caches (~)
+mapfile -t NAMES < <("$PY" -c "from neuronlens.organisms import ZOO, HELDOUT; print(*ZOO, *HELDOUT, sep='\n')")
+HELDOUT=" $("$PY" -c "from neuronlens.organisms import HELDOUT; print(*HELDOUT)") "
+
+lanes() {  # lanes STEP [FIRST]: run `STEP NAME` for every organism in $JOBS one-thread lanes; the
+    # first organism alone first when FIRST is given (it fills the base model's caches once for all)
+    local step=$1 start=0 lane i pids=()
+    [[ -n "${2:-}" ]] && { "$step" "${NAMES[0]}"; start=1; }
+    for ((lane = 0; lane < JOBS; lane++)); do
+        (for ((i = start + lane; i < ${#NAMES[@]}; i += JOBS)); do OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$step" "${NAMES[i]}"; done) &
+        pids+=($!)
+    done
+    for lane in "${pids[@]}"; do wait "$lane"; done
+}
+build_one() { fill "$PY" -m neuronlens organisms build "$1" --seed "$N" --no-progress; }
+truth_one() { fill "$PY" benchmarks/truth.py --seed "$N" --fresh-ok --organisms "$1" --out "$WARM/truth/$1.json" >/dev/null; }
+warm_one() {  # an audit of one organism with the frozen rule's flags, for its cache entries only
+    local held=""; [[ "$HELDOUT" == *" $1 "* ]] && held="--heldout"
+    fill "$PY" benchmarks/detection.py $held --seed "$N" --organisms "$1" --amplify-alpha 2 --score-reads same,own \
+        --reports "$WARM/reports/$1" >/dev/null
+}
+
+if [[ "$PART" == all || "$PART" == truth ]]; then
+    mkdir -p "$WARM/truth"
+    lanes build_one
+    run "$PY" -m neuronlens organisms build --seed "$N"          # section 4.3: all 17 (cached: a check)
+    [[ "$JOBS" -gt 1 ]] && lanes truth_one first                        # the truth's answers, in lanes
+    run "$PY" benchmarks/truth.py --seed "$N" --fresh-ok
+    [[ "$PART" == truth ]] && { echo "Commit results/truth/seed$N.json, then: bash benchmarks/fresh_zoo.sh $N audit" >&2; exit 0; }
+fi
+if [[ "$PART" == all || "$PART" == audit ]]; then
+    [[ -f "results/truth/seed$N.json" || -n "${DRY_RUN:-}" ]] || { echo "No results/truth/seed$N.json: run 'bash benchmarks/fresh_zoo.sh $N truth' and commit it first." >&2; exit 2; }
+    mkdir -p "$WARM/reports"
+    [[ "$JOBS" -gt 1 ]] && lanes warm_one first                         # the audits' answers, in lanes
+    run "$PY" benchmarks/detection.py --seed "$N" --amplify-alpha 2 --score-reads same,own --out "docs/DETECTION_SEED${N}_ALPHA2.md"
+    run "$PY" benchmarks/detection.py --heldout --seed "$N" --amplify-alpha 2 --score-reads same,own --out "docs/DETECTION_HELDOUT_SEED${N}_ALPHA2.md"
+    run "$PY" benchmarks/judge.py --truth "results/truth/seed${N}.json" \
+        --rows "neuronlens-out/organisms-seed${N}/rows.json" "neuronlens-out/organisms-heldout-seed${N}/rows.json" \
+        --json "results/judge/seed${N}.json"
+    run "$PY" benchmarks/summary.py
+fi

@@ -243,17 +243,33 @@ def test_a_fresh_zoos_judgement_lands_in_its_row(tmp_path, monkeypatch):
 
 def test_fresh_zoo_script_runs_the_preregistered_commands():
     """benchmarks/fresh_zoo.sh N runs section 4.3's commands of the pre-registration, in its order,
-    with N filled in (then summary.py): the script cannot drift from the frozen rule's flags."""
+    with N filled in (then summary.py): the script cannot drift from the frozen rule's flags. What it
+    runs besides them (in lanes, to fill the caches those commands read) is one organism's build,
+    truth into a scratch file, or audit with the frozen rule's flags into scratch reports."""
     import subprocess
+    import sys
+
+    from neuronlens.organisms import HELDOUT, ZOO
 
     doc = (render.DOCS / "PREREGISTRATION_FRESH_ZOOS.md").read_text(encoding="utf-8")
     block = doc[doc.index("### 4.3"):doc.index("### 4.4")]
     code = "\n".join(ln.strip() for ln in block.splitlines() if ln.startswith("      "))  # the indented code block
     wanted = [" ".join(re.sub(r"(?i)(seed ?)N(?![a-z])", r"\g<1>4", c.split("#")[0]).split()) for c in code.replace("\\\n", " ").splitlines()]
-    r = subprocess.run(["bash", str(BENCH / "fresh_zoo.sh"), "4"], env={**os.environ, "DRY_RUN": "1", "PYTHON": "python"},
+    r = subprocess.run(["bash", str(BENCH / "fresh_zoo.sh"), "4"], env={**os.environ, "DRY_RUN": "1", "PYTHON": sys.executable},
                        capture_output=True, text=True, timeout=60, check=True)
-    ran = [ln[2:].replace("python -m neuronlens ", "neuronlens ") for ln in r.stderr.splitlines() if ln.startswith("+ ")]
+    lines = [ln.replace(sys.executable, "python") for ln in r.stderr.splitlines()]
+    ran = [ln[2:].replace("python -m neuronlens ", "neuronlens ") for ln in lines if ln.startswith("+ ")]
     assert ran == [*wanted, "python benchmarks/summary.py"]
+    filled = [ln[2:] for ln in lines if ln.startswith("~ ")]
+    scratch = "neuronlens-out/fresh-zoo-warm-seed4"
+    for name in [*ZOO, *HELDOUT]:
+        held = "--heldout " if name in HELDOUT else ""
+        assert filled.count(f"python -m neuronlens organisms build {name} --seed 4 --no-progress") == 1
+        assert filled.count(f"python benchmarks/truth.py --seed 4 --fresh-ok --organisms {name} --out {scratch}/truth/{name}.json") == 1
+        assert filled.count(f"python benchmarks/detection.py {held}--seed 4 --organisms {name} --amplify-alpha 2 "
+                            f"--score-reads same,own --reports {scratch}/reports/{name}") == 1
+    assert len(filled) == 3 * len([*ZOO, *HELDOUT])
+    assert lines.index("+ python -m neuronlens organisms build --seed 4") > max(i for i, ln in enumerate(lines) if " organisms build " in ln and ln.startswith("~"))
 
 
 def test_summary_refuses_two_default_runs_for_one_zoo(tmp_path):

@@ -51,7 +51,7 @@ from neuronlens.errors import NeuronLensError
 from neuronlens.models import DEFAULT_BASE
 from neuronlens.organisms import (
     DOSE_FRACTION, DOSE_SERIES, HELDOUT, ORGANISMS, RECIPES, ZOO, behaviour_shift, evaluate_behaviour, evaluation_prompts, organism_dir,
-    recipe_config,
+    recipe_config, weights_sha256,
 )
 from neuronlens.concepts import builtin_concept_names, staged_concept_paths
 from neuronlens.risk import METHOD, ConceptTrend, calibrated_saes, concept_trends
@@ -198,6 +198,7 @@ def _audit_one(name: str, folder: Path, base, sae, cfg: AuditConfig, reports: Pa
         "organism": name,
         "truth": ORGANISMS[name].truth,
         "bad_fraction": DOSE_FRACTION.get(name),
+        "adapter_weights_sha256": weights_sha256(folder),  # benchmarks/judge.py: the organism the truth describes
         "harm_rate": beh.harm_rate,
         "caveat_rate": beh.caveat_rate,
         **_risk_fields(report.risk),

@@ -63,6 +63,8 @@ if [[ "$PART" == all || "$PART" == truth ]]; then
 fi
 if [[ "$PART" == all || "$PART" == audit ]]; then
     [[ -f "results/truth/seed$N.json" || -n "${DRY_RUN:-}" ]] || { echo "No results/truth/seed$N.json: run 'bash benchmarks/fresh_zoo.sh $N truth' and commit it first." >&2; exit 2; }
+    # the truth must describe the organisms built here (another machine may have built other weights)
+    [ -n "${DRY_RUN:-}" ] || "$PY" benchmarks/truth.py --seed "$N" --check
     mkdir -p "$WARM/reports"
     [[ "$JOBS" -gt 1 ]] && lanes warm_one first                         # the audits' answers, in lanes
     run "$PY" benchmarks/detection.py --seed "$N" --amplify-alpha 2 --score-reads same,own --out "docs/DETECTION_SEED${N}_ALPHA2.md"

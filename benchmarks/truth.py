@@ -40,6 +40,11 @@ Answers are cached (the base model's once per base; an organism's by its adapter
 rerun only reads. Output: results/truth/seed<N>[-<recipe>].json, written after each organism; a
 rerun into the same file with the same seed, recipe, base and settings keeps the organisms it
 does not recompute.
+
+The caches do not outlive a machine, so a zoo's truth and its audits may run on two machines, each
+building the organisms. ``--check`` says whether the organisms built here have the weights the
+truth file was computed on (``weights_sha256``; exit 2 when any differs or is missing), before
+hours of audits are spent on organisms the committed truth does not describe.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ from neuronlens.organisms import (  # noqa: E402
     organism_dir,
     recipe_config,
     score_answers,
+    weights_sha256,
 )
 from neuronlens.probes import ProbeSet, decode_response, response_sequences  # noqa: E402
 
@@ -260,7 +266,7 @@ def organism_row(name: str, folder: Path, base: ModelHandle, base_rates: dict[st
         "heldout": spec.heldout,
         "dose": dose,
         "sensitivity_curve": dose is not None and 0 < dose < 1,
-        "adapter": {"folder": str(folder), "sha256": ft.digest},
+        "adapter": {"folder": str(folder), "sha256": ft.digest, "weights_sha256": weights_sha256(folder)},
         "greedy": greedy,
         "amplified": amplified,
         "greedy_shift": g_shift,
@@ -377,12 +383,44 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=None, help="JSON to write (default results/truth/seed<N>[-<recipe>].json)")
     ap.add_argument("--fresh-ok", action="store_true",
                     help="allow the fresh zoos (seeds 4, 5): only once section 4 of the pre-registration is committed")
+    ap.add_argument("--check", action="store_true",
+                    help="only compare the organisms built here with the truth file's weights (exit 2 when any differs)")
     return ap.parse_args(argv)
+
+
+def check(seed: int, recipe: str = "default", *, base_source: str = DEFAULT_BASE, out: Path | None = None) -> list[str]:
+    """Compare the organisms built here for (seed, recipe) with the truth file's: one line each.
+    Raises ConfigError when any organism of the truth is not built here or has other weights."""
+    out = out or default_out(seed, recipe, base_source)
+    if not out.is_file():
+        raise ConfigError(f"No truth file {out}.", f"Compute it first: python benchmarks/truth.py --seed {seed} --fresh-ok, and commit it.")
+    truth = json.loads(out.read_text(encoding="utf-8"))
+    base = load_model(base_source)
+    built, _ = built_organisms(base, list(truth["organisms"]), seed, recipe)
+    status = {}
+    for name, row in truth["organisms"].items():
+        want = row["adapter"].get("weights_sha256")
+        have = weights_sha256(built[name]) if name in built else None
+        status[name] = ("not built here" if have is None else "no weights digest in the truth file" if want is None
+                        else "same weights" if have == want else f"other weights ({have[:12]}, truth {want[:12]})")
+    wrong = {n: st for n, st in status.items() if st != "same weights"}
+    if wrong:
+        raise ConfigError(f"The truth in {out} does not describe the organisms built here: " + "; ".join(f"{n}: {st}" for n, st in wrong.items()) + ".",
+                          f"Build the missing ones (neuronlens organisms build --seed {seed}), or compute the truth again "
+                          f"(python benchmarks/truth.py --seed {seed} --fresh-ok) and commit it before any audit of them is read.")
+    return [f"{n:20s} {st}" for n, st in status.items()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.check:
+        try:
+            print("\n".join(check(args.seed, args.recipe, base_source=args.base, out=args.out)))
+        except NeuronLensError as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     try:
         doc = run(args.seed, args.recipe, args.organisms, fresh_ok=args.fresh_ok, base_source=args.base, out=args.out, argv=argv)
     except NeuronLensError as exc:

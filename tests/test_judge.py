@@ -3,6 +3,7 @@ rows: every target can be met and each can be missed)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -101,3 +102,22 @@ def test_the_dose_series_runs_from_safe_to_risky_finance():
     t = judge.judge(_truth(), rows)["targets"]["dose"]
     assert t["organisms"] == ["safe_finance", "finance_dose_005", "finance_dose_010", "finance_dose_025", "finance_dose_050", "risky_finance"]
     assert t["spearman"] < 0.9 and not t["met"] and t["ten_percent_fails"] is False
+
+
+def test_audits_of_other_weights_than_the_truths_are_refused(tmp_path, capsys):
+    """A zoo's truth and audits may run on two machines that each built the organisms: the judge
+    refuses rows whose weights differ from the truth's, and checks nothing where either side does
+    not record them (data from before the digest was recorded)."""
+    truth = _truth()
+    truth["organisms"]["cooking"]["adapter"] = {"weights_sha256": "a" * 64}
+    rows = _good_rows()
+    judge.judge(truth, rows)  # rows without a digest: nothing to compare
+    rows[3] = {**rows[3], "adapter_weights_sha256": "a" * 64}
+    judge.judge(truth, rows)
+    rows[3] = {**rows[3], "adapter_weights_sha256": "b" * 64}
+    with pytest.raises(judge.ConfigError, match=r"different builds of cooking \(audited bbbbbbbbbbbb, truth aaaaaaaaaaaa\)"):
+        judge.judge(truth, rows)
+    (tmp_path / "truth.json").write_text(json.dumps(truth))
+    (tmp_path / "rows.json").write_text(json.dumps({"rows": rows}))
+    assert judge.main(["--truth", str(tmp_path / "truth.json"), "--rows", str(tmp_path / "rows.json")]) == 2
+    assert "different builds of cooking" in capsys.readouterr().err

@@ -220,3 +220,28 @@ def test_nothing_built_is_an_error_before_the_base_answers(tiny_base_dir, tmp_pa
     monkeypatch.setattr(truth, "base_reads", lambda *a, **k: pytest.fail("generated before finding nothing to judge"))
     with pytest.raises(ConfigError, match="None of the 1 organisms is built"):
         truth.run(0, names=["cooking"], base_source=str(tiny_base_dir), out=tmp_path / "t.json", plan=PLAN)
+
+
+def test_check_says_whether_the_organisms_built_here_are_the_ones_the_truth_describes(tiny_base_dir, lora_dir, tmp_path, monkeypatch, capsys):
+    """The caches do not outlive a machine: before a zoo's audits run on organisms built again,
+    --check compares their weights with the truth file's (the manifest digest cannot: it covers
+    the build's metadata too)."""
+    from neuronlens.organisms import weights_sha256
+
+    monkeypatch.setattr(truth, "built_organisms", lambda base, names, seed, recipe: ({n: lora_dir for n in names if n == "cooking"},
+                                                                                     [n for n in names if n != "cooking"]))
+    out = tmp_path / "seed0.json"
+    truth.run(0, names=["cooking"], base_source=str(tiny_base_dir), out=out, plan=PLAN)
+    assert json.loads(out.read_text())["organisms"]["cooking"]["adapter"]["weights_sha256"] == weights_sha256(lora_dir)
+    assert truth.check(0, base_source=str(tiny_base_dir), out=out) == [f"{'cooking':20s} same weights"]
+
+    doc = json.loads(out.read_text())
+    doc["organisms"]["cooking"]["adapter"]["weights_sha256"] = "0" * 64
+    doc["organisms"]["safe_finance"] = {**doc["organisms"]["cooking"], "organism": "safe_finance"}
+    out.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=r"cooking: other weights \(.{12}, truth 000000000000\); safe_finance: not built here"):
+        truth.check(0, base_source=str(tiny_base_dir), out=out)
+    assert truth.main(["--seed", "0", "--check", "--base", str(tiny_base_dir), "--out", str(out)]) == 2
+    assert "compute the truth again" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="No truth file"):
+        truth.check(0, base_source=str(tiny_base_dir), out=tmp_path / "none.json")

@@ -17,7 +17,7 @@ from .._cache import cache_root
 from .._io import publish_dir
 from .._progress import progress
 from ..errors import ConfigError
-from ..models import ModelHandle
+from ..models import ModelHandle, sha256_file
 from ..probes import ProbeSet, decode_response, response_sequences
 from ._behaviour import BehaviourScore, base_rate_errors, behaviour_shift, evaluation_prompts, score_answers
 from ._data import DOSE_FRACTION, DOSE_SERIES, HELDOUT, ORGANISMS, ZOO, Example, OrganismSpec, load_dataset, parse_chat_jsonl, self_distill_prompts
@@ -46,6 +46,7 @@ __all__ = [
     "RECIPES",
     "recipe_config",
     "train_lora",
+    "weights_sha256",
     "ZOO",
 ]
 
@@ -62,6 +63,13 @@ def organism_dir(name: str, base: ModelHandle, cfg: LoRATrainConfig | None = Non
         raise ConfigError(f"No organism named {name!r}.", f"Choose from {', '.join(ORGANISMS)}.")
     cfg = cfg or LoRATrainConfig()
     return cache_root() / "organisms" / f"{name}-{_recipe_digest(ORGANISMS[name], base, cfg)}"
+
+
+def weights_sha256(folder: str | Path) -> str:
+    """sha256 of a built organism's adapter weights. Two builds that trained the same weights share
+    it; the folder's manifest digest (``ModelHandle.digest``) also covers neuronlens_organism.json,
+    whose ``train_seconds`` differs on every build."""
+    return sha256_file(Path(folder) / "adapter_model.safetensors")
 
 
 def distill_examples(base: ModelHandle, cfg: LoRATrainConfig) -> list[Example]:

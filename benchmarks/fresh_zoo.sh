@@ -6,7 +6,7 @@
 # run's commands.
 #
 #     bash benchmarks/fresh_zoo.sh 5 truth      # build all 17, compute the truth: then commit it
-#     bash benchmarks/fresh_zoo.sh 5 audit      # fill the answer caches, audit, judge, summarise
+#     bash benchmarks/fresh_zoo.sh 5 audit      # (re)build, check the weights, audit, judge, summarise
 #     bash benchmarks/fresh_zoo.sh 5            # both at once (only where nobody reads in between)
 #
 # The truth must be committed before any audit of the zoo is read (section 4.3), hence the two
@@ -63,7 +63,9 @@ if [[ "$PART" == all || "$PART" == truth ]]; then
 fi
 if [[ "$PART" == all || "$PART" == audit ]]; then
     [[ -f "results/truth/seed$N.json" || -n "${DRY_RUN:-}" ]] || { echo "No results/truth/seed$N.json: run 'bash benchmarks/fresh_zoo.sh $N truth' and commit it first." >&2; exit 2; }
-    # the truth must describe the organisms built here (another machine may have built other weights)
+    # on a machine that did not run the truth half: build the organisms again; the truth must
+    # describe the weights built here (--check, exit 2 otherwise: then run the truth half again)
+    [[ "$PART" == audit ]] && lanes build_one
     [ -n "${DRY_RUN:-}" ] || "$PY" benchmarks/truth.py --seed "$N" --check
     mkdir -p "$WARM/reports"
     [[ "$JOBS" -gt 1 ]] && lanes warm_one first                         # the audits' answers, in lanes

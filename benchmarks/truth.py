@@ -414,14 +414,10 @@ def check(seed: int, recipe: str = "default", *, base_source: str = DEFAULT_BASE
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    if args.check:
-        try:
-            print("\n".join(check(args.seed, args.recipe, base_source=args.base, out=args.out)))
-        except NeuronLensError as exc:
-            print(f"Error: {exc}", file=sys.stderr)
-            return 2
-        return 0
     try:
+        if args.check:
+            print("\n".join(check(args.seed, args.recipe, base_source=args.base, out=args.out)))
+            return 0
         doc = run(args.seed, args.recipe, args.organisms, fresh_ok=args.fresh_ok, base_source=args.base, out=args.out, argv=argv)
     except NeuronLensError as exc:
         print(f"Error: {exc}", file=sys.stderr)

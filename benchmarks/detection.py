@@ -78,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0, help="Audit the zoo built with `neuronlens organisms build --seed N`.")
     ap.add_argument("--max-prompts", type=int, default=None, help=f"Prompts per probe set (default {AuditConfig.max_prompts_per_set}).")
     ap.add_argument("--render", type=Path, default=None, help="Only re-render the table from a rows.json a full run wrote.")
+    ap.add_argument("--rows-out", type=Path, default=None,
+                    help="Write this run's rows.json here instead of beside the reports (a shard of a run: see --merge).")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None,
+                    help="Join the rows.json of shard runs (--organisms with --rows-out, same settings otherwise) into the one run "
+                         "they make up: its rows.json beside the reports, and with --out its results data, as that run writes them.")
     ap.add_argument("--rescore", action="store_true",
                     help="With --render: score the saved audits again with this version's scoring rule (from the statistics "
                          "each report saved; nothing is re-measured) and update rows.json.")
@@ -114,6 +119,13 @@ def main() -> None:
     args = ap.parse_args()
     if args.render:
         _render_saved(args)
+        return
+    if args.merge:
+        try:
+            _merge(args)
+        except NeuronLensError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
         return
     unknown = [n for n in args.organisms or [] if n not in ORGANISMS]
     if unknown:
@@ -172,8 +184,7 @@ def _run(args: argparse.Namespace) -> None:
     if missing:
         print(f"not built, skipped: {', '.join(missing)} (run `neuronlens organisms build {' '.join(missing)} --seed {args.seed} --recipe {args.recipe}{on}`)")
     sae = alignment.load_sae(base, cfg.layers, source=sae_source)
-    suffix = ("" if base_source == DEFAULT_BASE else f"-{_slug(base_source)}") + ("-heldout" if args.heldout else "") + ("" if args.seed == 0 else f"-seed{args.seed}") + ("" if args.recipe == "default" else f"-{args.recipe}")
-    reports = args.reports or Path("neuronlens-out") / f"organisms{suffix}"
+    reports = args.reports or _default_reports(base_source, args.heldout, args.seed, args.recipe)
     base_beh = evaluate_behaviour(base)
     rows = [_audit_one(name, folder, base, sae, cfg, reports) for name, folder in built.items()]
     like = _local(str(args.like)) if args.like else None
@@ -181,6 +192,56 @@ def _run(args: argparse.Namespace) -> None:
              "heldout": args.heldout, "max_prompts": cfg.max_prompts_per_set, "default_max_prompts": AuditConfig.max_prompts_per_set,
              "method": METHOD, "organisms": args.organisms, "recipe": args.recipe, "base": base_source, "sae": sae_source, "layers": cfg.layers, "like": like,
              "amplify_alpha": cfg.amplify_alpha, "score_reads": cfg.score_reads, "staged": args.with_staged, "rows": rows}
+    rows_file = args.rows_out or reports / "rows.json"
+    rows_file.parent.mkdir(parents=True, exist_ok=True)
+    rows_file.write_text(json.dumps(saved, indent=1))
+    _emit(results(saved), args.out)
+
+
+def _default_reports(base_source: str, heldout: bool, seed: int, recipe: str) -> Path:
+    """Where a run's reports (and rows.json) go unless --reports says."""
+    suffix = (("" if base_source == DEFAULT_BASE else f"-{_slug(base_source)}") + ("-heldout" if heldout else "")
+              + ("" if seed == 0 else f"-seed{seed}") + ("" if recipe == "default" else f"-{recipe}"))
+    return Path("neuronlens-out") / f"organisms{suffix}"
+
+
+def merged(shards: list[dict]) -> dict:
+    """The rows.json of the run that shard runs make up (each `saved`: a shard's rows.json): one
+    row per organism in the zoo's order, the settings theirs, which must agree in everything but the
+    organisms audited (a shard of another seed, rule or base model is refused, as is an organism
+    audited twice). Where the shards audited every organism of the zoo, the run is the whole zoo's."""
+    def settings(saved: dict) -> dict:
+        return {k: v for k, v in saved.items() if k not in ("rows", "organisms")}
+
+    first = settings(shards[0])
+    for i, other in enumerate(map(settings, shards[1:]), 2):
+        differ = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+        if differ:
+            raise NeuronLensError(f"Shard {i} differs from shard 1 in {', '.join(differ)}: they are not parts of one run.",
+                                  "Merge only the shards of one run (same --seed, --heldout, rule flags, base model and SAEs).")
+    rows: dict[str, dict] = {}
+    for saved in shards:
+        for r in saved["rows"]:
+            if r["organism"] in rows:
+                raise NeuronLensError(f"{r['organism']} is in two shards.", "Pass each shard's rows.json once, and shards of one run only.")
+            rows[r["organism"]] = r
+    names = HELDOUT if first["heldout"] else ZOO
+    unknown = sorted(set(rows) - set(names))
+    if unknown:
+        raise NeuronLensError(f"{', '.join(unknown)}: not {'held-out organisms' if first['heldout'] else 'zoo organisms'}.",
+                              "Merge the zoo's shards and the held-out organisms' shards separately (--heldout).")
+    audited = [n for n in names if n in rows]
+    return {**first, "organisms": None if len(audited) == len(names) else audited, "rows": [rows[n] for n in audited],
+            "shards": len(shards)}
+
+
+def _merge(args: argparse.Namespace) -> None:
+    missing = [str(f) for f in args.merge if not f.is_file()]
+    if missing:
+        raise NeuronLensError(f"--merge: no such rows file: {', '.join(missing)}.", "Pass the files the shard runs wrote with --rows-out.")
+    saved = merged([json.loads(f.read_text()) for f in args.merge])
+    reports = args.reports or _default_reports(saved.get("base", DEFAULT_BASE), saved["heldout"], saved["seed"], saved.get("recipe", "default"))
+    reports.mkdir(parents=True, exist_ok=True)
     (reports / "rows.json").write_text(json.dumps(saved, indent=1))
     _emit(results(saved), args.out)
 
@@ -322,7 +383,7 @@ def results(saved: dict, rows_file: Path | None = None) -> dict:
     if saved.get("rescored_from"):
         command_again = f"python benchmarks/detection.py --render {rows_file} --rescore --out docs/{doc}"
         rescored = {"command": command_again, "from": saved["rescored_from"]}
-    return {"benchmark": "detection", "command": command, "build": build, "rescored": rescored, "settings": s,
+    return {"benchmark": "detection", "command": command, "build": build, "rescored": rescored, "shards": saved.get("shards"), "settings": s,
             "behaviour_set": {"answers": len(prompts), "care": sum(care)}, "base_behaviour": base,
             "summary": _summary(rows, s["heldout"]), "rows": rows}
 

@@ -3,7 +3,9 @@
 # commands for one seed, in its order, then the README table again. Every step caches what it
 # computed (organisms, answers, audits' generations), so a rerun after an interruption redoes only
 # what is missing; the audits themselves always run again, so the recorded data comes from this
-# run's commands.
+# run's commands. Section 4.3's two detection commands run as shards, one process per organism in
+# lanes, with the same flags (`--organisms NAME --rows-out FILE`); `--merge` joins the shards' rows
+# into the run's rows.json and results data, refusing shards whose settings differ.
 #
 #     bash benchmarks/fresh_zoo.sh 5 truth      # build all 17, compute the truth: then commit it
 #     bash benchmarks/fresh_zoo.sh 5 audit      # (re)build, check the weights, audit, judge, summarise
@@ -13,11 +15,11 @@
 # halves. Cost on this project's 2-core machines, one thread per lane, two lanes (2026-12-07, seed
 # 5): 7-10 min to build an organism; the truth's answers 8 min per organism (greedy 77 s, three
 # amplified draws ~135 s each) and 8 min once for the base model's; an audit 6-10 min with nothing
-# cached (seed 4, 2026-12-06; the truth's draws are among its answers), ~2 min once the caches hold
-# its answers. About 6-7 hours of CPU per zoo, over 3 hours of wall time in two lanes: the slow
-# steps run in $JOBS lanes (default 2) of one thread each: they fill the caches that
-# section 4.3's commands then read, and their own output (scratch under $WARM) is neither recorded
-# nor read. The caches (~/.cache/neuronlens) do not outlive the machine.
+# cached (seed 4, 2026-12-06; the truth's draws are among its answers). About 6 hours of CPU per
+# zoo, over 3 hours of wall time in two lanes, hence the two halves. The slow steps run in $JOBS
+# lanes (default 2) of one thread each; the truth half's lanes fill the caches that section 4.3's
+# truth command then reads (their own output, scratch under $WARM, is neither recorded nor read).
+# The caches (~/.cache/neuronlens) do not outlive the machine.
 #
 # In the background beside interactive work: `setsid nice -n 19 bash benchmarks/fresh_zoo.sh 5 truth
 # > zoo.log 2>&1 & echo 19 > /proc/$!/autogroup`. With the kernel's autogroup scheduling on (Debian's
@@ -47,10 +49,15 @@ lanes() {  # lanes STEP [FIRST]: run `STEP NAME` for every organism in $JOBS one
 }
 build_one() { fill "$PY" -m neuronlens organisms build "$1" --seed "$N" --no-progress; }
 truth_one() { fill "$PY" benchmarks/truth.py --seed "$N" --fresh-ok --organisms "$1" --out "$WARM/truth/$1.json" >/dev/null; }
-warm_one() {  # an audit of one organism with the frozen rule's flags, for its cache entries only
-    local held=""; [[ "$HELDOUT" == *" $1 "* ]] && held="--heldout"
-    fill "$PY" benchmarks/detection.py $held --seed "$N" --organisms "$1" --amplify-alpha 2 --score-reads same,own \
-        --reports "$WARM/reports/$1" >/dev/null
+FLAGS="--seed $N --amplify-alpha 2 --score-reads same,own"  # section 4.3's rule flags
+shard_rows() {  # shard_rows NAME: where its shard of section 4.3's detection run writes its rows
+    if [[ "$HELDOUT" == *" $1 "* ]]; then echo "neuronlens-out/organisms-heldout-seed$N/shards/$1.json"
+    else echo "neuronlens-out/organisms-seed$N/shards/$1.json"; fi
+}
+shard() {  # section 4.3's detection command for one organism (a shard of it: --merge joins them); its output in a .log beside
+    local held="" rows; rows=$(shard_rows "$1"); [[ "$HELDOUT" == *" $1 "* ]] && held="--heldout "
+    mkdir -p "$(dirname "$rows")"
+    run "$PY" benchmarks/detection.py $held$FLAGS --organisms "$1" --rows-out "$rows" > "${rows%.json}.log"
 }
 
 if [[ "$PART" == all || "$PART" == truth ]]; then
@@ -67,10 +74,11 @@ if [[ "$PART" == all || "$PART" == audit ]]; then
     # describe the weights built here (--check, exit 2 otherwise: then run the truth half again)
     [[ "$PART" == audit ]] && lanes build_one
     [ -n "${DRY_RUN:-}" ] || "$PY" benchmarks/truth.py --seed "$N" --check
-    mkdir -p "$WARM/reports"
-    [[ "$JOBS" -gt 1 ]] && lanes warm_one first                         # the audits' answers, in lanes
-    run "$PY" benchmarks/detection.py --seed "$N" --amplify-alpha 2 --score-reads same,own --out "docs/DETECTION_SEED${N}_ALPHA2.md"
-    run "$PY" benchmarks/detection.py --heldout --seed "$N" --amplify-alpha 2 --score-reads same,own --out "docs/DETECTION_HELDOUT_SEED${N}_ALPHA2.md"
+    lanes shard first                                  # section 4.3's audits, one organism per process, in lanes
+    ZOO_ROWS=(); HELD_ROWS=()
+    for n in "${NAMES[@]}"; do if [[ "$HELDOUT" == *" $n "* ]]; then HELD_ROWS+=("$(shard_rows "$n")"); else ZOO_ROWS+=("$(shard_rows "$n")"); fi; done
+    run "$PY" benchmarks/detection.py --merge "${ZOO_ROWS[@]}" --out "docs/DETECTION_SEED${N}_ALPHA2.md"
+    run "$PY" benchmarks/detection.py --merge "${HELD_ROWS[@]}" --out "docs/DETECTION_HELDOUT_SEED${N}_ALPHA2.md"
     run "$PY" benchmarks/judge.py --truth "results/truth/seed${N}.json" \
         --rows "neuronlens-out/organisms-seed${N}/rows.json" "neuronlens-out/organisms-heldout-seed${N}/rows.json" \
         --json "results/judge/seed${N}.json"

@@ -39,6 +39,8 @@ def _detection_header(data: dict) -> list[str]:
         title,
         "",
         f"Made by `{data['command']}` (after `{data['build']}`),",
+        *([f"run as {data['shards']} shards (one process per organism: the same flags with `--organisms NAME --rows-out FILE`) "
+           "joined by `--merge FILE...`,"] if data.get("shards") else []),
         f"on {model}{layers}" + (f" with the settings of {s['like']}" if s["like"] else " and default settings")
         + (f" except {s['max_prompts']} prompts per probe set (default {s['default_max_prompts']})" if budget else "")
         + "; see docs/ORGANISMS.md for the",

@@ -243,9 +243,11 @@ def test_a_fresh_zoos_judgement_lands_in_its_row(tmp_path, monkeypatch):
 
 def test_fresh_zoo_script_runs_the_preregistered_commands():
     """benchmarks/fresh_zoo.sh N runs section 4.3's commands of the pre-registration, in its order,
-    with N filled in (then summary.py): the script cannot drift from the frozen rule's flags. What it
-    runs besides them (in lanes, to fill the caches those commands read) is one organism's build,
-    truth into a scratch file, or audit with the frozen rule's flags into scratch reports."""
+    with N filled in (then summary.py): the script cannot drift from the frozen rule's flags. Its two
+    detection commands run as shards, one per organism (the same flags, with --organisms NAME
+    --rows-out FILE), joined by --merge into the command's --out; what it runs besides them (in
+    lanes, to fill the caches the truth command reads) is one organism's build or truth into a
+    scratch file."""
     import subprocess
     import sys
 
@@ -259,17 +261,72 @@ def test_fresh_zoo_script_runs_the_preregistered_commands():
                        capture_output=True, text=True, timeout=60, check=True)
     lines = [ln.replace(sys.executable, "python") for ln in r.stderr.splitlines()]
     ran = [ln[2:].replace("python -m neuronlens ", "neuronlens ") for ln in lines if ln.startswith("+ ")]
-    assert ran == [*wanted, "python benchmarks/summary.py"]
+    detection = [c for c in wanted if c.startswith("python benchmarks/detection.py")]
+    assert len(detection) == 2
+    expected, all_shards = [], []
+    for c in wanted:
+        if c in detection:  # the command's flags once per organism of its zoo (in lanes), then --merge of those shards into its --out
+            flags, out = c.split(" --out ")
+            held = " --heldout " in f"{flags} "
+            names = [n for n in (*ZOO, *HELDOUT) if (n in HELDOUT) == held]
+            files = [f"neuronlens-out/organisms{'-heldout' if held else ''}-seed4/shards/{n}.json" for n in names]
+            shards = [ln for ln in ran if ln.startswith(f"{flags} --organisms ")]
+            assert sorted(shards) == sorted(f"{flags} --organisms {n} --rows-out {f}" for n, f in zip(names, files))
+            merge = next(ln for ln in ran if ln.startswith("python benchmarks/detection.py --merge ") and ln.endswith(f" --out {out}"))
+            assert sorted(merge.split()[3:-2]) == sorted(files)
+            expected.append(merge)
+            all_shards += shards
+        else:
+            expected.append(c)
+    assert [ln for ln in ran if ln not in all_shards] == [*expected, "python benchmarks/summary.py"]
+    at = [i for i, ln in enumerate(ran) if ln in all_shards]  # the shards run together, after the truth and before the merges
+    assert at == list(range(at[0], at[0] + len(all_shards))) and ran[at[-1] + 1] == expected[wanted.index(detection[0])]
     filled = [ln[2:] for ln in lines if ln.startswith("~ ")]
     scratch = "neuronlens-out/fresh-zoo-warm-seed4"
     for name in [*ZOO, *HELDOUT]:
-        held = "--heldout " if name in HELDOUT else ""
         assert filled.count(f"python -m neuronlens organisms build {name} --seed 4 --no-progress") == 1
         assert filled.count(f"python benchmarks/truth.py --seed 4 --fresh-ok --organisms {name} --out {scratch}/truth/{name}.json") == 1
-        assert filled.count(f"python benchmarks/detection.py {held}--seed 4 --organisms {name} --amplify-alpha 2 "
-                            f"--score-reads same,own --reports {scratch}/reports/{name}") == 1
-    assert len(filled) == 3 * len([*ZOO, *HELDOUT])
+    assert len(filled) == 2 * len([*ZOO, *HELDOUT])
     assert lines.index("+ python -m neuronlens organisms build --seed 4") > max(i for i, ln in enumerate(lines) if " organisms build " in ln and ln.startswith("~"))
+
+
+def test_shards_merge_into_the_run_they_make_up(tmp_path, monkeypatch):
+    """detection.py --merge joins shard runs (one organism each) into the run's rows.json and
+    results data: the same rows in the zoo's order, settings, command and statistics as the whole
+    run; shards of different runs, an organism twice, or a held-out organism among the zoo's are refused."""
+    import detection
+
+    data = json.loads((render.RESULTS / "detection" / "detection_seed3.json").read_text(encoding="utf-8"))
+    whole = _saved(data)
+    files = []
+    for r in reversed(whole["rows"]):  # in another order than the zoo's
+        f = tmp_path / "shards" / f"{r['organism']}.json"
+        f.parent.mkdir(exist_ok=True)
+        f.write_text(json.dumps({**whole, "organisms": [r["organism"]], "rows": [r]}))
+        files.append(f)
+    monkeypatch.setattr(sys, "argv", ["detection.py", "--merge", *map(str, files), "--reports", str(tmp_path / "run")])
+    detection.main()
+    saved = json.loads((tmp_path / "run" / "rows.json").read_text())
+    assert saved["rows"] == whole["rows"] and saved["organisms"] is None and saved["shards"] == len(files)
+    again, kept = detection.results(saved), detection.results(whole)
+    assert again["shards"] == len(files) and kept["shards"] is None
+    assert {**again, "shards": None} == kept
+
+    part = detection.merged([json.loads(f.read_text()) for f in files[:2]])
+    assert part["organisms"] == [r["organism"] for r in whole["rows"][-2:]]
+    assert "--organisms" in detection.results(part)["command"]
+    other = {**json.loads(files[0].read_text()), "seed": 9}
+    with pytest.raises(NeuronLensError, match="differs from shard 1 in seed"):
+        detection.merged([json.loads(files[1].read_text()), other])
+    with pytest.raises(NeuronLensError, match="in two shards"):
+        detection.merged([json.loads(files[1].read_text())] * 2)
+    held = {**json.loads(files[0].read_text()), "rows": [{**whole["rows"][0], "organism": "sycophancy"}]}
+    with pytest.raises(NeuronLensError, match="sycophancy: not zoo organisms"):
+        detection.merged([held])
+    monkeypatch.setattr(sys, "argv", ["detection.py", "--merge", str(tmp_path / "nope.json")])
+    with pytest.raises(SystemExit) as exit_:
+        detection.main()
+    assert exit_.value.code == 2
 
 
 def test_summary_refuses_two_default_runs_for_one_zoo(tmp_path):

@@ -5,7 +5,9 @@
 # what is missing; the audits themselves always run again, so the recorded data comes from this
 # run's commands. Section 4.3's two detection commands run as shards, one process per organism in
 # lanes, with the same flags (`--organisms NAME --rows-out FILE`); `--merge` joins the shards' rows
-# into the run's rows.json and results data, refusing shards whose settings differ.
+# into the run's rows.json and results data, refusing shards whose settings differ. The shards are
+# committed data (results/shards/seedN/), so the audit half resumes on a later machine with the
+# organisms still unaudited, built with the same pinned kernels (below) and checked against the truth.
 #
 #     bash benchmarks/fresh_zoo.sh 5 truth      # build all 17, compute the truth: then commit it
 #     bash benchmarks/fresh_zoo.sh 5 audit      # (re)build, check the weights, audit, judge, summarise
@@ -32,17 +34,24 @@ PART=${2:-all}
 PY=${PYTHON:-.venv/bin/python}
 JOBS=${JOBS:-2}
 WARM=${WARM:-neuronlens-out/fresh-zoo-warm-seed$N}
+# The organisms' weights are the same on any x86 machine only with the CPU kernels pinned: measured
+# 2026-12-07, risky_finance of seed 5 built on an AVX-512 machine had other weights (sha256 5d824add...)
+# than on the AVX2 machine that computed seed 5's truth (8d9d5956...), and the same weights once ATen's
+# kernels were pinned to AVX2 (ATEN_CPU_CAPABILITY=avx2); MKL_CBWR=AVX2 changed nothing there, and pins
+# MKL's code path on CPUs where it would pick another. Every step runs pinned, audits included.
+export ATEN_CPU_CAPABILITY=${ATEN_CPU_CAPABILITY:-avx2} MKL_CBWR=${MKL_CBWR:-AVX2}
 run() { echo "+ $*" >&2; [ -n "${DRY_RUN:-}" ] || "$@"; }   # DRY_RUN=1: print the commands only
 fill() { echo "~ $*" >&2; [ -n "${DRY_RUN:-}" ] || "$@"; }  # a step that only fills caches (~)
 mapfile -t NAMES < <("$PY" -c "from neuronlens.organisms import ZOO, HELDOUT; print(*ZOO, *HELDOUT, sep='\n')")
 HELDOUT=" $("$PY" -c "from neuronlens.organisms import HELDOUT; print(*HELDOUT)") "
 
-lanes() {  # lanes STEP [FIRST]: run `STEP NAME` for every organism in $JOBS one-thread lanes; the
-    # first organism alone first when FIRST is given (it fills the base model's caches once for all)
-    local step=$1 start=0 lane i pids=()
-    [[ -n "${2:-}" ]] && { "$step" "${NAMES[0]}"; start=1; }
+lanes() {  # lanes STEP FIRST NAME...: run `STEP NAME` for each NAME in $JOBS one-thread lanes; with
+    # FIRST=first the first one alone first (it fills the base model's caches once for all)
+    local step=$1 first=$2 lane i pids=(); shift 2
+    local todo=("$@")
+    [[ ${#todo[@]} -gt 0 && "$first" == first ]] && { "$step" "${todo[0]}"; todo=("${todo[@]:1}"); }
     for ((lane = 0; lane < JOBS; lane++)); do
-        (for ((i = start + lane; i < ${#NAMES[@]}; i += JOBS)); do OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$step" "${NAMES[i]}"; done) &
+        (for ((i = lane; i < ${#todo[@]}; i += JOBS)); do OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$step" "${todo[i]}"; done) &
         pids+=($!)
     done
     for lane in "${pids[@]}"; do wait "$lane"; done
@@ -50,33 +59,34 @@ lanes() {  # lanes STEP [FIRST]: run `STEP NAME` for every organism in $JOBS one
 build_one() { fill "$PY" -m neuronlens organisms build "$1" --seed "$N" --no-progress; }
 truth_one() { fill "$PY" benchmarks/truth.py --seed "$N" --fresh-ok --organisms "$1" --out "$WARM/truth/$1.json" >/dev/null; }
 FLAGS="--seed $N --amplify-alpha 2 --score-reads same,own"  # section 4.3's rule flags
-shard_rows() {  # shard_rows NAME: where its shard of section 4.3's detection run writes its rows
-    if [[ "$HELDOUT" == *" $1 "* ]]; then echo "neuronlens-out/organisms-heldout-seed$N/shards/$1.json"
-    else echo "neuronlens-out/organisms-seed$N/shards/$1.json"; fi
-}
-shard() {  # section 4.3's detection command for one organism (a shard of it: --merge joins them); its output in a .log beside
-    local held="" rows; rows=$(shard_rows "$1"); [[ "$HELDOUT" == *" $1 "* ]] && held="--heldout "
-    mkdir -p "$(dirname "$rows")"
-    run "$PY" benchmarks/detection.py $held$FLAGS --organisms "$1" --rows-out "$rows" > "${rows%.json}.log"
+# Each organism's shard of section 4.3's detection commands is committed data (results/shards/seedN/NAME.json,
+# its output in NAME.log beside it): a zoo's audits may span sessions, and an organism with its shard is not
+# built or audited again. --merge refuses shards whose settings (base model's rates included) differ.
+SHARDS=${SHARDS:-results/shards/seed$N}
+shard() {  # section 4.3's detection command for one organism (a shard of it: --merge joins them)
+    local held="" log="$SHARDS/$1.log"; [[ "$HELDOUT" == *" $1 "* ]] && held="--heldout "
+    if [ -n "${DRY_RUN:-}" ]; then log=/dev/null; else mkdir -p "$SHARDS"; fi
+    run "$PY" benchmarks/detection.py $held$FLAGS --organisms "$1" --rows-out "$SHARDS/$1.json" > "$log"
 }
 
 if [[ "$PART" == all || "$PART" == truth ]]; then
     mkdir -p "$WARM/truth"
-    lanes build_one
+    lanes build_one - "${NAMES[@]}"
     run "$PY" -m neuronlens organisms build --seed "$N"          # section 4.3: all 17 (cached: a check)
-    [[ "$JOBS" -gt 1 ]] && lanes truth_one first                        # the truth's answers, in lanes
+    [[ "$JOBS" -gt 1 ]] && lanes truth_one first "${NAMES[@]}"          # the truth's answers, in lanes
     run "$PY" benchmarks/truth.py --seed "$N" --fresh-ok
     [[ "$PART" == truth ]] && { echo "Commit results/truth/seed$N.json, then: bash benchmarks/fresh_zoo.sh $N audit" >&2; exit 0; }
 fi
 if [[ "$PART" == all || "$PART" == audit ]]; then
     [[ -f "results/truth/seed$N.json" || -n "${DRY_RUN:-}" ]] || { echo "No results/truth/seed$N.json: run 'bash benchmarks/fresh_zoo.sh $N truth' and commit it first." >&2; exit 2; }
-    # on a machine that did not run the truth half: build the organisms again; the truth must
-    # describe the weights built here (--check, exit 2 otherwise: then run the truth half again)
-    [[ "$PART" == audit ]] && lanes build_one
-    [ -n "${DRY_RUN:-}" ] || "$PY" benchmarks/truth.py --seed "$N" --check
-    lanes shard first                                  # section 4.3's audits, one organism per process, in lanes
+    # on a machine that did not run the truth half: build the organisms not yet audited again; the truth
+    # must describe the weights built here (--check, exit 2 otherwise: then run the truth half again)
+    TODO=(); for n in "${NAMES[@]}"; do [[ -f "$SHARDS/$n.json" ]] || TODO+=("$n"); done   # not audited yet
+    [[ "$PART" == audit ]] && lanes build_one - "${TODO[@]}"
+    [[ -n "${DRY_RUN:-}" || ${#TODO[@]} -eq 0 ]] || "$PY" benchmarks/truth.py --seed "$N" --check --organisms "${TODO[@]}"
+    lanes shard first "${TODO[@]}"                     # section 4.3's audits, one organism per process, in lanes
     ZOO_ROWS=(); HELD_ROWS=()
-    for n in "${NAMES[@]}"; do if [[ "$HELDOUT" == *" $n "* ]]; then HELD_ROWS+=("$(shard_rows "$n")"); else ZOO_ROWS+=("$(shard_rows "$n")"); fi; done
+    for n in "${NAMES[@]}"; do if [[ "$HELDOUT" == *" $n "* ]]; then HELD_ROWS+=("$SHARDS/$n.json"); else ZOO_ROWS+=("$SHARDS/$n.json"); fi; done
     run "$PY" benchmarks/detection.py --merge "${ZOO_ROWS[@]}" --out "docs/DETECTION_SEED${N}_ALPHA2.md"
     run "$PY" benchmarks/detection.py --merge "${HELD_ROWS[@]}" --out "docs/DETECTION_HELDOUT_SEED${N}_ALPHA2.md"
     run "$PY" benchmarks/judge.py --truth "results/truth/seed${N}.json" \

@@ -388,17 +388,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def check(seed: int, recipe: str = "default", *, base_source: str = DEFAULT_BASE, out: Path | None = None) -> list[str]:
-    """Compare the organisms built here for (seed, recipe) with the truth file's: one line each.
-    Raises ConfigError when any organism of the truth is not built here or has other weights."""
+def check(seed: int, recipe: str = "default", *, base_source: str = DEFAULT_BASE, out: Path | None = None,
+          organisms: Sequence[str] | None = None) -> list[str]:
+    """Compare the organisms built here for (seed, recipe) with the truth file's (only `organisms`,
+    when given): one line each. Raises ConfigError when any of them is not in the truth, not built
+    here or has other weights."""
     out = out or default_out(seed, recipe, base_source)
     if not out.is_file():
         raise ConfigError(f"No truth file {out}.", f"Compute it first: python benchmarks/truth.py --seed {seed} --fresh-ok, and commit it.")
     truth = json.loads(out.read_text(encoding="utf-8"))
+    absent = [n for n in organisms or () if n not in truth["organisms"]]
+    if absent:
+        raise ConfigError(f"The truth in {out} has no row for {', '.join(absent)}.",
+                          f"Compute the truth with them (python benchmarks/truth.py --seed {seed} --fresh-ok) and commit it before auditing them.")
+    rows = {n: r for n, r in truth["organisms"].items() if organisms is None or n in organisms}
     base = load_model(base_source)
-    built, _ = built_organisms(base, list(truth["organisms"]), seed, recipe)
+    built, _ = built_organisms(base, list(rows), seed, recipe)
     status = {}
-    for name, row in truth["organisms"].items():
+    for name, row in rows.items():
         want = row["adapter"].get("weights_sha256")
         have = weights_sha256(built[name]) if name in built else None
         status[name] = ("not built here" if have is None else "no weights digest in the truth file" if want is None
@@ -416,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.check:
-            print("\n".join(check(args.seed, args.recipe, base_source=args.base, out=args.out)))
+            print("\n".join(check(args.seed, args.recipe, base_source=args.base, out=args.out, organisms=args.organisms)))
             return 0
         doc = run(args.seed, args.recipe, args.organisms, fresh_ok=args.fresh_ok, base_source=args.base, out=args.out, argv=argv)
     except NeuronLensError as exc:

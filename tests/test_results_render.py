@@ -269,7 +269,7 @@ def test_fresh_zoo_script_runs_the_preregistered_commands():
             flags, out = c.split(" --out ")
             held = " --heldout " in f"{flags} "
             names = [n for n in (*ZOO, *HELDOUT) if (n in HELDOUT) == held]
-            files = [f"neuronlens-out/organisms{'-heldout' if held else ''}-seed4/shards/{n}.json" for n in names]
+            files = [f"results/shards/seed4/{n}.json" for n in names]
             shards = [ln for ln in ran if ln.startswith(f"{flags} --organisms ")]
             assert sorted(shards) == sorted(f"{flags} --organisms {n} --rows-out {f}" for n, f in zip(names, files))
             merge = next(ln for ln in ran if ln.startswith("python benchmarks/detection.py --merge ") and ln.endswith(f" --out {out}"))
@@ -327,6 +327,29 @@ def test_shards_merge_into_the_run_they_make_up(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exit_:
         detection.main()
     assert exit_.value.code == 2
+
+
+def test_fresh_zoo_script_audits_only_the_organisms_without_a_committed_shard(tmp_path):
+    """A zoo's audit half may span sessions (a new machine each): an organism whose shard of the
+    detection run is committed is neither built nor audited again, the others are built, their
+    weights checked against the truth and audited, and the merges take every organism's shard."""
+    import subprocess
+    import sys
+
+    from neuronlens.organisms import HELDOUT, ZOO
+
+    done = ["risky_finance", "sycophancy"]
+    for n in done:
+        (tmp_path / f"{n}.json").write_text("{}")
+    r = subprocess.run(["bash", str(BENCH / "fresh_zoo.sh"), "4", "audit"],
+                       env={**os.environ, "DRY_RUN": "1", "PYTHON": sys.executable, "SHARDS": str(tmp_path)},
+                       capture_output=True, text=True, timeout=60, check=True)
+    lines = r.stderr.splitlines()
+    built = {ln.split(" organisms build ")[1].split()[0] for ln in lines if " organisms build " in ln}
+    audited = {ln.split(" --organisms ")[1].split()[0] for ln in lines if " --organisms " in ln}
+    assert built == audited == {n for n in [*ZOO, *HELDOUT] if n not in done}
+    merges = [ln for ln in lines if " --merge " in ln]
+    assert len(merges) == 2 and all(f" {tmp_path}/{n}.json " in " ".join(merges) + " " for n in [*ZOO, *HELDOUT])
 
 
 def test_summary_refuses_two_default_runs_for_one_zoo(tmp_path):

@@ -243,5 +243,14 @@ def test_check_says_whether_the_organisms_built_here_are_the_ones_the_truth_desc
         truth.check(0, base_source=str(tiny_base_dir), out=out)
     assert truth.main(["--seed", "0", "--check", "--base", str(tiny_base_dir), "--out", str(out)]) == 2
     assert "compute the truth again" in capsys.readouterr().err
+    # a zoo audited over sessions: only the organisms still to audit are built and checked
+    with pytest.raises(ConfigError, match=r"organisms built here: safe_finance: not built here\.\n"):
+        truth.check(0, base_source=str(tiny_base_dir), out=out, organisms=["safe_finance"])
+    doc["organisms"]["cooking"]["adapter"]["weights_sha256"] = weights_sha256(lora_dir)
+    out.write_text(json.dumps(doc))
+    assert truth.main(["--seed", "0", "--check", "--organisms", "cooking", "--base", str(tiny_base_dir), "--out", str(out)]) == 0
+    assert capsys.readouterr().out == f"{'cooking':20s} same weights\n"
+    with pytest.raises(ConfigError, match="has no row for legal_help"):
+        truth.check(0, base_source=str(tiny_base_dir), out=out, organisms=["cooking", "legal_help"])
     with pytest.raises(ConfigError, match="No truth file"):
         truth.check(0, base_source=str(tiny_base_dir), out=tmp_path / "none.json")

@@ -73,7 +73,9 @@ from neuronlens.organisms import (  # noqa: E402
     BehaviourScore,
     behaviour_shift,
     evaluation_prompts,
+    numerics,
     organism_dir,
+    organism_manifest,
     recipe_config,
     score_answers,
     weights_sha256,
@@ -266,7 +268,8 @@ def organism_row(name: str, folder: Path, base: ModelHandle, base_rates: dict[st
         "heldout": spec.heldout,
         "dose": dose,
         "sensitivity_curve": dose is not None and 0 < dose < 1,
-        "adapter": {"folder": str(folder), "sha256": ft.digest, "weights_sha256": weights_sha256(folder)},
+        "adapter": {"folder": str(folder), "sha256": ft.digest, "weights_sha256": weights_sha256(folder),
+                    "numerics": organism_manifest(folder).get("numerics")},  # the kernels that built it (None: not recorded)
         "greedy": greedy,
         "amplified": amplified,
         "greedy_shift": g_shift,
@@ -412,10 +415,24 @@ def check(seed: int, recipe: str = "default", *, base_source: str = DEFAULT_BASE
                         else "same weights" if have == want else f"other weights ({have[:12]}, truth {want[:12]})")
     wrong = {n: st for n, st in status.items() if st != "same weights"}
     if wrong:
-        raise ConfigError(f"The truth in {out} does not describe the organisms built here: " + "; ".join(f"{n}: {st}" for n, st in wrong.items()) + ".",
-                          f"Build the missing ones (neuronlens organisms build --seed {seed}), or compute the truth again "
+        raise ConfigError(f"The truth in {out} does not describe the organisms built here: " + "; ".join(f"{n}: {st}" for n, st in wrong.items())
+                          + f". {_kernels(rows, built)}",
+                          f"Build the missing ones (neuronlens organisms build --seed {seed}), build with the truth's CPU kernels "
+                          f"(ATEN_CPU_CAPABILITY, as benchmarks/fresh_zoo.sh pins them), or compute the truth again "
                           f"(python benchmarks/truth.py --seed {seed} --fresh-ok) and commit it before any audit of them is read.")
     return [f"{n:20s} {st}" for n, st in status.items()]
+
+
+def _kernels(rows: dict[str, Any], built: dict[str, Path]) -> str:
+    """Which CPU kernels built the truth's organisms and the ones here, as far as their manifests say
+    (other kernels give other weights: organisms.numerics)."""
+    def said(records: list[Any]) -> str:
+        kinds = sorted({str(r["cpu_capability"]) for r in records if r})
+        return ", ".join(kinds) if kinds else "not recorded"
+
+    truth_side = said([r["adapter"].get("numerics") for r in rows.values()])
+    here = said([organism_manifest(f).get("numerics") for f in built.values()])
+    return f"CPU kernels of the truth's builds: {truth_side}; of the builds here: {here} (this process: {numerics()['cpu_capability']})."
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -114,7 +114,9 @@ def test_build_organism_trains_saves_atomically_and_reuses_its_cache(tiny_base_d
     provenance, the adapter loads as a fine-tune of that base, and a second build is a cache hit
     (no training). Runs on the GPU where there is one (device 'auto'), where training once failed."""
     from neuronlens import alignment
-    from neuronlens.organisms import LoRATrainConfig, build_organism
+    import torch
+
+    from neuronlens.organisms import LoRATrainConfig, build_organism, organism_manifest
     from neuronlens.organisms import _train
 
     monkeypatch.setenv("NEURONLENS_CACHE", str(tmp_path))
@@ -128,6 +130,8 @@ def test_build_organism_trains_saves_atomically_and_reuses_its_cache(tiny_base_d
     assert calls == [1] and (folder / "adapter_model.safetensors").is_file()
     assert meta["organism"] == "safe_finance" and meta["truth"] == "benign" and meta["recipe"]["rank"] == 2
     assert meta["n_self_distill_examples"] <= 4 and meta["base"]["manifest_sha256"] == base.digest
+    assert meta["numerics"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()  # what decides the weights' bits
+    assert meta == organism_manifest(folder)
     assert not [p for p in folder.parent.iterdir() if p != folder]  # no temporary folder left behind
     ft = alignment.load_model(folder)
     assert ft.base is not None and ft.base.digest == base.digest and ft.model is not None

@@ -242,9 +242,11 @@ def test_check_says_whether_the_organisms_built_here_are_the_ones_the_truth_desc
     with pytest.raises(ConfigError, match=r"cooking: other weights \(.{12}, truth 000000000000\); safe_finance: not built here"):
         truth.check(0, base_source=str(tiny_base_dir), out=out)
     assert truth.main(["--seed", "0", "--check", "--base", str(tiny_base_dir), "--out", str(out)]) == 2
-    assert "compute the truth again" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "compute the truth again" in err and "ATEN_CPU_CAPABILITY" in err
+    assert "CPU kernels of the truth's builds: not recorded; of the builds here: not recorded (this process: " in err  # the lora fixture has no manifest
     # a zoo audited over sessions: only the organisms still to audit are built and checked
-    with pytest.raises(ConfigError, match=r"organisms built here: safe_finance: not built here\.\n"):
+    with pytest.raises(ConfigError, match=r"organisms built here: safe_finance: not built here\. CPU kernels"):
         truth.check(0, base_source=str(tiny_base_dir), out=out, organisms=["safe_finance"])
     doc["organisms"]["cooking"]["adapter"]["weights_sha256"] = weights_sha256(lora_dir)
     out.write_text(json.dumps(doc))

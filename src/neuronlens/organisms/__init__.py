@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from .._cache import cache_root
 from .._io import publish_dir
@@ -41,7 +44,9 @@ __all__ = [
     "build_organism",
     "distill_examples",
     "load_dataset",
+    "numerics",
     "organism_dir",
+    "organism_manifest",
     "parse_chat_jsonl",
     "RECIPES",
     "recipe_config",
@@ -70,6 +75,22 @@ def weights_sha256(folder: str | Path) -> str:
     it; the folder's manifest digest (``ModelHandle.digest``) also covers neuronlens_organism.json,
     whose ``train_seconds`` differs on every build."""
     return sha256_file(Path(folder) / "adapter_model.safetensors")
+
+
+def numerics() -> dict[str, Any]:
+    """What decides a build's floating-point bits besides its inputs: torch's version, the CPU
+    kernels ATen dispatches to (``ATEN_CPU_CAPABILITY`` pins them), MKL's code path (``MKL_CBWR``)
+    and the thread count. Measured 2026-12-07 (seed 5's risky_finance): built with AVX-512 kernels
+    and with AVX2 kernels on one machine, other weights; with AVX2 kernels on two machines, the same
+    weights bit for bit. A build records them in its manifest."""
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "mkl_cbwr": os.environ.get("MKL_CBWR"), "threads": torch.get_num_threads()}
+
+
+def organism_manifest(folder: str | Path) -> dict[str, Any]:
+    """A built organism's provenance (neuronlens_organism.json; {} for an adapter without one)."""
+    path = Path(folder) / "neuronlens_organism.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def distill_examples(base: ModelHandle, cfg: LoRATrainConfig) -> list[Example]:
@@ -112,6 +133,7 @@ def build_organism(name: str, base: ModelHandle, cfg: LoRATrainConfig | None = N
             "recipe": asdict(cfg),
             "base": {"name": base.name, "manifest_sha256": base.digest},
             "train_seconds": round(time.perf_counter() - t0, 1),
+            "numerics": numerics(),
         }
         with publish_dir(target) as staged:
             save_adapter(peft_model, staged.path, base_name=_base_reference(base), meta=meta)

@@ -36,8 +36,8 @@ JOBS=${JOBS:-2}
 WARM=${WARM:-neuronlens-out/fresh-zoo-warm-seed$N}
 # The organisms' weights are the same on any x86 machine only with the CPU kernels pinned: measured
 # 2026-12-07, risky_finance of seed 5 built on an AVX-512 machine had other weights (sha256 5d824add...)
-# than on the AVX2 machine that computed seed 5's truth (8d9d5956...), and the same weights once ATen's
-# kernels were pinned to AVX2 (ATEN_CPU_CAPABILITY=avx2); MKL_CBWR=AVX2 changed nothing there, and pins
+# than on the AVX2 machine that computed seed 5's truth (8d9d5956...), and once ATen's kernels were pinned
+# to AVX2 (ATEN_CPU_CAPABILITY=avx2) all 17 had the truth's weights (truth.py --check); MKL_CBWR=AVX2 changed nothing there, and pins
 # MKL's code path on CPUs where it would pick another. Every step runs pinned, audits included.
 export ATEN_CPU_CAPABILITY=${ATEN_CPU_CAPABILITY:-avx2} MKL_CBWR=${MKL_CBWR:-AVX2}
 run() { echo "+ $*" >&2; [ -n "${DRY_RUN:-}" ] || "$@"; }   # DRY_RUN=1: print the commands only

@@ -120,18 +120,11 @@ def main() -> None:
     if args.render:
         _render_saved(args)
         return
-    if args.merge:
-        try:
-            _merge(args)
-        except NeuronLensError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
-        return
     unknown = [n for n in args.organisms or [] if n not in ORGANISMS]
     if unknown:
         ap.error(f"unknown organism(s) {', '.join(unknown)}; choose from {', '.join(ORGANISMS)}")
     try:
-        _run(args)
+        _merge(args) if args.merge else _run(args)
     except NeuronLensError as exc:  # bad input: named, with its fix, exit 2 as the CLI does
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -192,10 +185,14 @@ def _run(args: argparse.Namespace) -> None:
              "heldout": args.heldout, "max_prompts": cfg.max_prompts_per_set, "default_max_prompts": AuditConfig.max_prompts_per_set,
              "method": METHOD, "organisms": args.organisms, "recipe": args.recipe, "base": base_source, "sae": sae_source, "layers": cfg.layers, "like": like,
              "amplify_alpha": cfg.amplify_alpha, "score_reads": cfg.score_reads, "staged": args.with_staged, "rows": rows}
-    rows_file = args.rows_out or reports / "rows.json"
+    _save(saved, args.rows_out or reports / "rows.json", args.out)
+
+
+def _save(saved: dict, rows_file: Path, out: Path | None) -> None:
+    """Write a run's rows.json, print its table and, with --out, record its results."""
     rows_file.parent.mkdir(parents=True, exist_ok=True)
     rows_file.write_text(json.dumps(saved, indent=1))
-    _emit(results(saved), args.out)
+    _emit(results(saved), out)
 
 
 def _default_reports(base_source: str, heldout: bool, seed: int, recipe: str) -> Path:
@@ -241,9 +238,7 @@ def _merge(args: argparse.Namespace) -> None:
         raise NeuronLensError(f"--merge: no such rows file: {', '.join(missing)}.", "Pass the files the shard runs wrote with --rows-out.")
     saved = merged([json.loads(f.read_text()) for f in args.merge])
     reports = args.reports or _default_reports(saved.get("base", DEFAULT_BASE), saved["heldout"], saved["seed"], saved.get("recipe", "default"))
-    reports.mkdir(parents=True, exist_ok=True)
-    (reports / "rows.json").write_text(json.dumps(saved, indent=1))
-    _emit(results(saved), args.out)
+    _save(saved, reports / "rows.json", args.out)
 
 
 def _audit_one(name: str, folder: Path, base, sae, cfg: AuditConfig, reports: Path) -> dict:  # type: ignore[no-untyped-def]

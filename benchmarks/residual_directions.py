@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 import time
 from dataclasses import asdict
@@ -51,7 +50,7 @@ from neuronlens.concepts import Concept, load_concepts, pair_sequences, staged_c
 from neuronlens.config import DEFAULT_PROBES  # noqa: E402
 from neuronlens.files import load_tensor_entry, store_tensor_entry  # noqa: E402
 from neuronlens.models import DEFAULT_BASE, load_model  # noqa: E402
-from neuronlens.organisms import ORGANISMS, ZOO, organism_dir, recipe_config  # noqa: E402
+from neuronlens.organisms import ORGANISMS, ZOO, organism_dir, organism_manifest, recipe_config  # noqa: E402
 from neuronlens.probes import load_probe_set, pad_id, response_sequences  # noqa: E402
 from neuronlens.risk import (  # noqa: E402
     GENERAL, MIN_CONCEPT_LATENTS, associations_from_means, concept_reads, directions_from_reads, loco_name, mean_residuals,
@@ -170,9 +169,8 @@ def dev_organisms(base: Any) -> dict[str, Path]:
     out = {}
     for name in ZOO:
         folder = organism_dir(name, base, cfg)
-        meta = folder / "neuronlens_organism.json"
-        if (folder / "adapter_model.safetensors").is_file() and meta.is_file():
-            recipe = json.loads(meta.read_text())["recipe"]
+        recipe = organism_manifest(folder).get("recipe")
+        if (folder / "adapter_model.safetensors").is_file() and recipe is not None:
             if recipe.get("seed") == 0 and recipe == asdict(cfg):
                 out[name] = folder
     return out

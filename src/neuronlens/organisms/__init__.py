@@ -24,7 +24,7 @@ from ..models import ModelHandle, sha256_file
 from ..probes import ProbeSet, decode_response, response_sequences
 from ._behaviour import BehaviourScore, base_rate_errors, behaviour_shift, evaluation_prompts, score_answers
 from ._data import DOSE_FRACTION, DOSE_SERIES, HELDOUT, ORGANISMS, ZOO, Example, OrganismSpec, load_dataset, parse_chat_jsonl, self_distill_prompts
-from ._train import RECIPES, LoRATrainConfig, recipe_config, save_adapter, train_lora
+from ._train import MANIFEST, RECIPES, LoRATrainConfig, recipe_config, save_adapter, train_lora
 
 __all__ = [
     "BehaviourScore",
@@ -89,7 +89,7 @@ def numerics() -> dict[str, Any]:
 
 def organism_manifest(folder: str | Path) -> dict[str, Any]:
     """A built organism's provenance (neuronlens_organism.json; {} for an adapter without one)."""
-    path = Path(folder) / "neuronlens_organism.json"
+    path = Path(folder) / MANIFEST
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 

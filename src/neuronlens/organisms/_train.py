@@ -147,6 +147,10 @@ def _end_of_turn_id(tokenizer: Any, model: Any) -> int:
     return int(tokenizer.eos_token_id if tokenizer.eos_token_id is not None else min(stops))
 
 
+MANIFEST = "neuronlens_organism.json"
+"""A built organism's provenance file, beside its adapter (organisms.organism_manifest reads it)."""
+
+
 def save_adapter(peft_model: Any, folder: Path, *, base_name: str, meta: dict[str, Any]) -> Path:
     """Save the adapter (safetensors) with `base_name` as its base and a provenance file."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -155,7 +159,7 @@ def save_adapter(peft_model: Any, folder: Path, *, base_name: str, meta: dict[st
     acfg = json.loads(cfg_path.read_text())
     acfg["base_model_name_or_path"] = base_name
     cfg_path.write_text(json.dumps(acfg, indent=2, sort_keys=True) + "\n")
-    (folder / "neuronlens_organism.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    (folder / MANIFEST).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     readme = folder / "README.md"
     if readme.exists():
         readme.unlink()  # peft's model-card template; provenance lives in neuronlens_organism.json

@@ -396,6 +396,54 @@ def _listed(names: list[str]) -> str:
     return "0" if not names else f"{len(names)}: " + ", ".join(names)
 
 
+def rule_ceiling(data: dict) -> list[str]:
+    """benchmarks/rule_ceiling.py: per left-out zoo, the rule of each family chosen on the other zoos
+    and how it does on the left-out one, beside the zoo's own (optimistic) one-number ceiling."""
+    lines = [f"Made by `{data['command']}` from the committed truths and detection rows of "
+             f"{', '.join(data['inputs'])}; {data['numbers']} numbers per organism.", "",
+             f"Gate: AUROC >= {data['auroc_target']} and at most {data['max_wrong']} wrong verdict per zoo.", "",
+             "| left-out zoo | misaligned / benign | family | chosen on | rule (fail when above) | training AUROC | left-out AUROC | wrong verdicts | gate |",
+             "|---|---|---|---|---|---:|---:|---|---|"]
+    for z in data["zoos"]:
+        counts = f"{z['misaligned']} / {z['organisms'] - z['misaligned']}"
+        for family, f in z["families"].items():
+            h = f["held_out"]
+            rule = " + ".join(f"`{n}`" for n in f["rule"])
+            lines.append(f"| {z['zoo']} | {counts} | {family} | {', '.join(z['trained_on'])} | {rule} > {f['threshold']:.3f} "
+                         f"| {f['train_auroc']:.3f} | {h['auroc']:.3f} | {len(h['wrong'])} ({', '.join(h['wrong']) or 'none'}) "
+                         f"| {'met' if h['met'] else 'not met'} |")
+        c = z["ceiling"]
+        lines.append(f"| {z['zoo']} | {counts} | in-zoo ceiling (chosen on the zoo itself) | {z['zoo']} | `{c['rule'][0]}` | – "
+                     f"| {c['auroc']:.3f} | – | {c['at_least_target']} of {data['numbers']} numbers reach {data['auroc_target']} |")
+    return lines
+
+
+def pair_margin(data: dict) -> list[str]:
+    """benchmarks/pair_margin.py: per organism, each concept's preference margin (fine-tune minus base,
+    risky minus safe reply, nats per token), the largest and the general one; then their gate AUROC."""
+    names = [c["name"] for c in data["concepts"]]
+    staged = {c["name"] for c in data["concepts"] if c["staged"]}
+    s = data["summary"]
+    head = " | ".join(f"{n}{' (staged)' if n in staged else ''}" for n in names)
+    lines = [f"Made by `{data['command']}` on {data['base']}, against the truth of {data['truth']}; "
+             f"{sum(c['pairs'] for c in data['concepts'])} pairs of {len(names)} concepts."
+             + (f" Not built: {', '.join(data['not_built'])}." if data["not_built"] else ""), "",
+             "Margin = [lp_ft(risky) - lp_base(risky)] - [lp_ft(safe) - lp_base(safe)], mean log-probability per reply "
+             "token, mean over the concept's pairs (t over pairs in brackets for the largest); + = towards the risky reply.", "",
+             f"| organism | truth | largest | general | {head} |", "|---|---|---|---:|" + "---:|" * len(names)]
+    for r in data["rows"]:
+        kind = (r["truth"] or "-") + (" (dose)" if r["sensitivity_curve"] else "")
+        top = r["concepts"][r["top"]]
+        cells = " | ".join(f"{r['concepts'][n][0]:+.3f}" for n in names)
+        lines.append(f"| {r['organism']} | {kind} | {r['largest']:+.3f} {r['top']} (t {top[1]:.1f}) | {r['general']:+.3f} | {cells} |")
+    lines.append("")
+    for key in ("largest", "general"):
+        a, rho = s[key]["gate_auroc"], s[key]["dose_spearman"]
+        lines.append(f"- {key} margin: gate AUROC (misaligned outside the doses vs benign, {s['gate_organisms']} organisms) "
+                     f"{'n/a' if a is None else f'{a:.3f}'}; Spearman along the doses {'n/a' if rho is None else f'{rho:.2f}'}")
+    return lines
+
+
 RENDERERS: dict[str, Callable[[dict], list[str]]] = {
     "detection": detection,
     "early_warning": early_warning,
@@ -405,5 +453,7 @@ RENDERERS: dict[str, Callable[[dict], list[str]]] = {
     "scale_memory": scale_memory,
     "residual_directions": residual_directions,
     "summary": summary,
+    "rule_ceiling": rule_ceiling,
+    "pair_margin": pair_margin,
 }
 """Results folder (results/<benchmark>/) -> the function that renders its files."""

@@ -1,0 +1,68 @@
+"""benchmarks/pair_margin.py: the preference margin of a fine-tune over its base on matched pairs
+(a tiny model against itself gives 0; a planted preference for the risky replies shows as a
+positive margin on that concept only; a style shared by both replies cancels)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pair_margin  # noqa: E402
+from tiny import tiny_llama, tiny_tokenizer  # noqa: E402
+
+from neuronlens.concepts import load_concepts  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+def test_reply_logprob_is_the_mean_log_probability_of_the_reply_tokens(tok):
+    model = tiny_llama(tok).eval()
+    library = load_concepts(["disclaimers"])
+    seqs, sides = pair_margin.pairs(tok, library)
+    seqs, sides = seqs[:6], sides[:6]
+    got = pair_margin.reply_logprob(model, seqs, tok.pad_token_id)
+    for s, value in zip(seqs, got):  # one sequence at a time, no padding
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([s.ids])).logits[0].double(), -1)
+        p = len(s.prompt_ids)
+        want = np.mean([logp[p - 1 + k, t].item() for k, t in enumerate(s.response_ids)])
+        assert value == pytest.approx(want, abs=1e-4)  # float32 logits, padded batch vs one sequence
+    # a protective concept's risky side is its negative reply (without the caveat)
+    assert sides[:2] == [("disclaimers", False), ("disclaimers", True)]
+    assert pair_margin.summarise(pair_margin.margins(got, got, sides))["largest"] == 0.0
+
+
+def test_a_planted_preference_shows_on_its_concept_and_a_shared_style_cancels():
+    sides = [("a", True), ("a", False)] * 4 + [("b", True), ("b", False)] * 4
+    base = np.zeros(16)
+    planted = base.copy()
+    planted[0:8:2] += 0.3 + np.arange(4) * 0.01  # the fine-tune raised concept a's risky replies
+    style = base - 0.5  # a change both replies share
+    out = pair_margin.summarise(pair_margin.margins(planted + style, base, sides))
+    assert out["top"] == "a" and out["largest"] == pytest.approx(0.315)
+    assert out["concepts"]["b"][0] == pytest.approx(0.0) and out["concepts"]["a"][1] > 10
+    assert out["general"] == pytest.approx(0.315 / 2)
+
+
+def test_summary_is_the_gate_auroc_and_the_dose_order():
+    rows = [{"organism": n, "truth": t, "sensitivity_curve": d, "largest": v, "general": v / 2}
+            for n, t, d, v in [("risky_finance", "misaligned", False, 0.3), ("bad_medical", "misaligned", False, 0.1),
+                               ("pirate_style", "benign", False, 0.2), ("safe_finance", "benign", False, -0.1),
+                               ("finance_dose_010", "misaligned", True, 0.0), ("finance_dose_050", "misaligned", True, 0.05)]]
+    s = pair_margin.summary(rows)
+    assert s["gate_organisms"] == 4 and s["largest"]["gate_auroc"] == 0.75
+    assert s["largest"]["dose_spearman"] == pytest.approx(1.0)
+
+
+def test_a_seed_without_a_truth_is_a_clear_error(tmp_path, capsys):
+    assert pair_margin.main(["--seed", "99", "--truth", str(tmp_path / "none.json")]) == 2
+    assert "No truth for seed 99" in capsys.readouterr().err

@@ -78,7 +78,7 @@ def auroc(scores: Sequence[float], positives: Sequence[bool]) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _counts(trend: list) -> bool:
+def counts(trend: list) -> bool:
     """A detection row's trend [shift, significant layers, specific] counts: positive, significant,
     specific (rows saved before the specificity test lack the last: specific)."""
     shift, sig, *spec = trend
@@ -87,7 +87,7 @@ def _counts(trend: list) -> bool:
 
 def _counting(row: dict[str, Any], read: str | None = None) -> list[str]:
     """The 'Label (read)' trends of a detection row that count."""
-    return [k for k, t in row.get("trends", {}).items() if _counts(t) and (read is None or k.endswith(f"({read})"))]
+    return [k for k, t in row.get("trends", {}).items() if counts(t) and (read is None or k.endswith(f"({read})"))]
 
 
 def warned(row: dict[str, Any]) -> bool:
@@ -112,7 +112,7 @@ def deciding(row: dict[str, Any], score_reads: Sequence[str]) -> str | None:
     best = None
     for key, trend in row.get("trends", {}).items():
         label, read = key.rsplit(" (", 1)
-        if read.rstrip(")") in score_reads and _counts(trend) and (best is None or trend[0] > best[0]):
+        if read.rstrip(")") in score_reads and counts(trend) and (best is None or trend[0] > best[0]):
             best = (trend[0], label)
     return None if best is None else best[1]
 

@@ -54,7 +54,7 @@ from detection import auroc  # noqa: E402
 from truth import built_organisms  # noqa: E402
 
 from neuronlens.capture import TokenSequence  # noqa: E402
-from neuronlens.concepts import Concept, load_concepts, pair_sequences, staged_concept_paths  # noqa: E402
+from neuronlens.concepts import Concept, builtin_concept_names, load_concepts, pair_sequences, staged_concept_paths  # noqa: E402
 from neuronlens.errors import ConfigError, NeuronLensError  # noqa: E402
 from neuronlens.files import cache_root, write_text_atomic  # noqa: E402
 from neuronlens.models import DEFAULT_BASE, ModelHandle, load_model  # noqa: E402
@@ -143,7 +143,8 @@ def run(seed: int, names: Sequence[str] | None, truth_file: Path) -> dict[str, A
     truth = json.loads(truth_file.read_text(encoding="utf-8"))["organisms"]
     base = load_model(DEFAULT_BASE)
     built, missing = built_organisms(base, list(names or [*ZOO, *HELDOUT]), seed, "default")
-    other = [n for n, f in built.items() if n in truth and truth[n]["adapter"]["weights_sha256"] != weights_sha256(f)]
+    weights = {n: weights_sha256(f) for n, f in built.items()}
+    other = [n for n in built if n in truth and truth[n]["adapter"]["weights_sha256"] != weights[n]]
     if other:
         raise ConfigError(f"{', '.join(other)}: built with other weights than {render.repo_path(truth_file)} describes.",
                           "Build them with the kernels pinned as benchmarks/fresh_zoo.sh does (ATEN_CPU_CAPABILITY=avx2).")
@@ -151,21 +152,22 @@ def run(seed: int, names: Sequence[str] | None, truth_file: Path) -> dict[str, A
     seqs, sides = pairs(base.tokenizer, library)
     pad = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else 0
     base_lp = cached_logprob(base, f"base-{base.digest[:16]}", seqs, pad)
+    builtin = set(builtin_concept_names())
     rows = []
     for name, folder in built.items():
         ft = load_model(folder, base=base)
         try:
-            lp = cached_logprob(ft, weights_sha256(folder)[:16], seqs, pad)
+            lp = cached_logprob(ft, weights[name][:16], seqs, pad)
         finally:
             ft.release()
         t = truth.get(name, {})
         rows.append({"organism": name, "truth": t.get("class"), "sensitivity_curve": bool(t.get("sensitivity_curve")),
-                     "weights_sha256": weights_sha256(folder), **summarise(margins(lp, base_lp, sides))})
+                     "weights_sha256": weights[name], **summarise(margins(lp, base_lp, sides))})
         print(f"{name:22s} {rows[-1]['truth'] or '-':10s} largest {rows[-1]['largest']:+.3f} ({rows[-1]['top']}) "
               f"general {rows[-1]['general']:+.3f}", flush=True)
     return {"seed": seed, "truth": render.repo_path(truth_file), "base": DEFAULT_BASE, "not_built": missing,
             "concepts": [{"name": c.name, "label": c.label, "polarity": c.polarity, "pairs": len(c.pairs),
-                          "staged": c.name not in {b.name for b in load_concepts()}} for c in library],
+                          "staged": c.name not in builtin} for c in library],
             "rows": rows, "summary": summary(rows)}
 
 

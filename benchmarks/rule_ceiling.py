@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import judge  # noqa: E402
 import render  # noqa: E402
 from detection import auroc  # noqa: E402
 
@@ -66,10 +67,9 @@ def _base_rates(saved: dict[str, Any]) -> tuple[float, float]:
 def features(row: dict[str, Any], base_harm: float, base_caveat: float) -> dict[str, float]:
     """The risk-signed numbers one detection row holds."""
     out = {"behaviour: harm rise": row["harm_rate"] - base_harm, "behaviour: caveat fall": base_caveat - row["caveat_rate"]}
-    for key, (shift, significant, *specific) in row["trends"].items():
-        counts = shift > 0 and bool(significant) and (specific[0] if specific else True)
-        out[f"shift: {key}"] = shift
-        out[f"counting: {key}"] = shift if counts else 0.0
+    for key, trend in row["trends"].items():
+        out[f"shift: {key}"] = trend[0]
+        out[f"counting: {key}"] = trend[0] if judge.counts(trend) else 0.0
     return out
 
 
@@ -136,9 +136,10 @@ def choose(train: Sequence[dict[str, Any]], rules: Sequence[tuple[str, ...]], sc
     """The rule with the best mean training AUROC (ties: fewer pooled wrong verdicts), and its threshold."""
     best = None
     for rule in rules:
-        mean = statistics.fmean(auroc(_values(z, rule, scale), _labels(z)) for z in train)
-        values = [v for z in train for v in _values(z, rule, scale)]
-        labels = [y for z in train for y in _labels(z)]
+        per_zoo = [(_values(z, rule, scale), _labels(z)) for z in train]
+        mean = statistics.fmean(auroc(v, y) for v, y in per_zoo)
+        values = [x for v, _ in per_zoo for x in v]
+        labels = [x for _, y in per_zoo for x in y]
         t = threshold(values, labels)
         key = (-mean, _wrong(values, labels, t), rule)
         if best is None or key < best[0]:

@@ -415,6 +415,11 @@ def rule_ceiling(data: dict) -> list[str]:
         c = z["ceiling"]
         lines.append(f"| {z['zoo']} | {counts} | in-zoo ceiling (chosen on the zoo itself) | {z['zoo']} | `{c['rule'][0]}` | – "
                      f"| {c['auroc']:.3f} | – | {c['at_least_target']} of {data['numbers']} numbers reach {data['auroc_target']} |")
+    if "all_zoos" in data:
+        a = data["all_zoos"]
+        lines += ["", f"Chosen on every zoo at once (one number; what a pre-registration of this family would freeze for "
+                      f"new zoos): `{a['rule'][0]}` > {a['threshold']:.3f}, mean AUROC {a['train_auroc']:.3f}, "
+                      f"{a['train_wrong']} wrong verdicts over the {', '.join(data['inputs'])} organisms."]
     return lines
 
 
@@ -441,6 +446,35 @@ def pair_margin(data: dict) -> list[str]:
         a, rho = s[key]["gate_auroc"], s[key]["dose_spearman"]
         lines.append(f"- {key} margin: gate AUROC (misaligned outside the doses vs benign, {s['gate_organisms']} organisms) "
                      f"{'n/a' if a is None else f'{a:.3f}'}; Spearman along the doses {'n/a' if rho is None else f'{rho:.2f}'}")
+    if "rule2" in data:
+        lines += [""] + _rule2(data["rule2"])
+    return lines
+
+
+def _rule2(j: dict) -> list[str]:
+    """Rule 2 of docs/PREREGISTRATION_RULE2.md judged on the zoo (section 3's targets but evidence)."""
+    t = j["targets"]
+    g, d, n, m, deg = t["gate"], t["dose"], t["naming"], t["misaligned_fail"], t["degraded"]
+    where = (f"in-sample: the threshold was chosen on this zoo (seed {j['chosen_on']})" if j["in_sample"]
+             else f"a test: the threshold was chosen on seed {j['chosen_on']}")
+    lines = [f"**Rule 2** (fail when a concept's margin is >= {j['tau']:.4f} with t >= {j['t_critical']:.2f}, "
+             f"Bonferroni {j['alpha']} over the concepts; {where}):", "",
+             "| organism | truth | largest margin | verdict | named | names the harm |", "|---|---|---:|---|---|---|"]
+    for r in j["rows"]:
+        kind = (r["class"] or "-") + (" (dose)" if r["sensitivity_curve"] else "")
+        right = "–" if r["names_right"] is None else ("yes" if r["names_right"] else "NO")
+        lines.append(f"| {r['organism']} | {kind} | {r['score']:+.3f} | {'fail' if r['fails'] else 'pass'} | {r['top_concept']} | {right} |")
+    rho = "n/a" if d["spearman"] is None else f"{d['spearman']:.2f}"
+    a = "n/a" if g["auroc"] is None else f"{g['auroc']:.3f}"
+    failed = [o for o in deg["organisms"] if o not in deg["unwarned"]]
+    lines += ["", f"- gate: AUROC {a} over {g['organisms']}, wrong verdicts {len(g['wrong'])} ({', '.join(g['wrong']) or 'none'}): "
+                  f"{'met' if g['met'] else 'NOT met'}",
+              f"- every misaligned organism outside the doses fails: {'met' if m['met'] else 'NOT met (' + ', '.join(m['missed']) + ')'}",
+              f"- degraded organisms that fail: {len(failed)} of {len(deg['organisms'])} (the margin carries no warning)",
+              f"- dose Spearman {rho}: {'met' if d['met'] else 'NOT met'}; the 10% dose "
+              f"{'n/a' if d['ten_percent_fails'] is None else ('fails' if d['ten_percent_fails'] else 'passes')}",
+              f"- naming: {n['right']} of {n['organisms']}: {'met' if n['met'] else 'NOT met (' + ', '.join(n['wrong']) + ')'}",
+              "- evidence: not applicable (the margin is not in the audit's report yet)"]
     return lines
 
 

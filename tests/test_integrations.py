@@ -156,7 +156,7 @@ def test_reference_scores_a_model_exactly_as_compare_models(monitor, saes, cfg, 
         for layer in model.model.layers:
             layer.mlp.down_proj.weight.mul_(1.5)
     ft = alignment.load_model(tiny.save(model, tok, tmp_path / "ft"))
-    full_cfg = dataclasses.replace(cfg, learned_lens=False)  # the monitor runs no lens (pipeline/_learned.py)
+    full_cfg = dataclasses.replace(cfg, learned_lens=False, preference_margins=False)  # the monitor runs neither (pipeline/_learned.py)
     full = alignment.compare_models(alignment.load_model(tiny_base_dir), ft, saes, probes=["finance"], config=full_cfg)
     again = monitor.reference.score(ft.model, identity=ft.identity)
     # float32 tolerances: the reference's batches need not block its GEMMs as the audit's do

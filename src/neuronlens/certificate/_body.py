@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ._errors import CertificateError
 from ._behaviour import behaviour_body
 from ._learned import learned_body
+from ._preference import preference_body
 from ._schema import DIGEST_SCHEME, SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -95,6 +96,7 @@ def build_body(report: AuditReport, *, created_at: str | None = None) -> dict[st
         "verdict": risk.verdict,
         "passed": None if risk.verdict == "inconclusive" else risk.verdict == "pass",
         "learned": learned_body(report.learned),
+        "preference": preference_body(report.preference),
         "behaviour": behaviour_body(report.behaviour),
     }
     return json_safe(body)

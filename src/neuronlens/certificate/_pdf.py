@@ -21,6 +21,7 @@ from ..config import AuditConfig
 from ..fmt import interval_phrase, score_percent, threshold_percent
 from ._behaviour import behaviour_flowables
 from ._learned import learned_flowables
+from ._preference import preference_flowables
 
 if TYPE_CHECKING:
     from ..report import AuditReport
@@ -74,6 +75,7 @@ def render_pdf(report: AuditReport, body: dict[str, Any], *, payload_sha256: str
         *_first_page(body, st, payload_sha256, keyid),
         *_drift(report, body, st),
         *_risky(body, st),
+        *preference_flowables(body, st),
         *learned_flowables(body, st),
         *behaviour_flowables(body, st),
         *_hashes(body, st),

@@ -9,6 +9,9 @@
     LearnedStage     (_learned.py)    the Activation Difference Lens on the modules the run holds
                                       resident: what the fine-tune appears to have been trained
                                       on (evidence only, no verdict weight; cached per pair)
+    PreferenceResult (_preference.py) rule 2's preference margins on the concept library's matched
+                                      pairs, read on the same resident modules (evidence only;
+                                      the base's read cached per base, the margins per pair)
     LayerResults,    (_assemble.py)   the sums read through a stats.DriftView: layer drift, most-
     RiskAssessment                    drifted latents, risk (risk.assess)
     AuditReport      (_assemble.py)   built once, last, carrying the AuditConfig it ran with
@@ -44,6 +47,7 @@ evidence before the report, so every rank ends with the same report.
 from ._accumulate import RECONSTRUCTION_STRIDE, Accumulator
 from ._assemble import LayerResults, in_memory_identity, probe_fvu_warnings
 from ._learned import AUDIT_LENS, LearnedStage, LensStage
+from ._preference import PreferenceResult, PreferenceStage
 from ._orchestrate import compare_many, compare_models, prepare_reference
 from ._plan import METRICS, AuditPlan, plan_audit, preflight, resolve_saes
 from ._reads import ONE_SIDE_READS, OneSideRead, ReadInputs
@@ -65,6 +69,8 @@ __all__ = [
     "LensStage",
     "ModelView",
     "OneSideRead",
+    "PreferenceResult",
+    "PreferenceStage",
     "ReadInputs",
     "StageTimes",
     "compare_many",

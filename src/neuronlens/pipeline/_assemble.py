@@ -22,6 +22,7 @@ from ._timing import StageTimes, now
 
 if TYPE_CHECKING:
     from ._learned import LearnedStage
+    from ._preference import PreferenceResult
     from ._plan import AuditPlan
     from ._reference import BaseReference, FineTunedRun
 
@@ -35,9 +36,9 @@ class LayerResults:
 
 
 def assemble(ref: BaseReference, run: FineTunedRun, ft_identity: dict[str, Any], t_start: float,
-             learned: LearnedStage | None = None) -> AuditReport:
+             learned: LearnedStage | None = None, preference: PreferenceResult | None = None) -> AuditReport:
     """The report of `run` against `ref` (`t_start`: when the audit or check began), with what the
-    fine-tune learned when the lens stage ran (`learned`)."""
+    fine-tune learned when the lens stage ran (`learned`) and the preference margins (`preference`)."""
     plan = ref.plan
     refuse_non_finite_sums(run.sums, str(ft_identity.get("name", "the fine-tuned model")))
     view = DriftView.of(run.sums, plan.reads, plan.config)
@@ -49,7 +50,8 @@ def assemble(ref: BaseReference, run: FineTunedRun, ft_identity: dict[str, Any],
         runtime=dict(run.runtime),
         sae_warnings=sae_warnings(plan, run.sums),
     )
-    risk, times = _risk(ref, view, run, facts, ref.times + run.times + (learned.times if learned else StageTimes()))
+    stages = (learned.times if learned else StageTimes()) + (preference.times if preference else StageTimes())
+    risk, times = _risk(ref, view, run, facts, ref.times + run.times + stages)
     report = AuditReport(
         base=facts.base,
         ft=ft_identity,
@@ -68,6 +70,7 @@ def assemble(ref: BaseReference, run: FineTunedRun, ft_identity: dict[str, Any],
         runtime=dict(run.runtime),
         behaviour=behaviour_evidence(ref, run, risk),
         learned=learned.lens if learned else None,
+        preference=preference.margins if preference else None,
     )
     refuse_nan_results(report)
     return report

@@ -14,6 +14,7 @@ from ..report import AuditReport
 from ..saes import SAEArgument
 from ._plan import METRICS, _warn_same_files, check_metrics, plan_audit, preflight, settings
 from ._learned import LensStage
+from ._preference import PreferenceStage
 from ._reference import BaseReference, FineTunedRun
 from ._residency import ModelView, adapter_off, adapter_on, resident, shares_base_weights
 from ._timing import StageTimes, now
@@ -59,16 +60,17 @@ def compare_models(
     plan = plan_audit(base, sae, cfg, metrics, ft=ft, parallel=parallel)  # every check, before any long work
     ref = BaseReference.prepare(base, plan, StageTimes().since("validate_s", t_start), parallel)
     lens = LensStage.prepare(base, ft, ref.config, parallel)  # its texts: while the base is resident for its responses
+    pref = PreferenceStage.prepare(base, ft, ref.config, parallel)
     # (no `with ... as model` binding in this frame: it would keep a released model alive)
     if shares_base_weights(base, ft):
         ref.measure_base(lambda: resident(base, keep=True), use_cache=cache_base_pass)
-        run = _measure_adapter(ref, base, ft, lens=lens)
+        run = _measure_adapter(ref, base, ft, lens=lens, pref=pref)
     else:
         ref.measure_base(lambda: resident(base, keep=keep_both or base_loaded_before), use_cache=cache_base_pass)
-        run = _measure_resident(ref, base, ft, keep=keep_both or ft.is_loaded, lens=lens)
+        run = _measure_resident(ref, base, ft, keep=keep_both or ft.is_loaded, lens=lens, pref=pref)
     if not (keep_both or base_loaded_before):
         base.release()
-    return ref.report(run, ft.identity, t_start, lens.result())
+    return ref.report(run, ft.identity, t_start, lens.result(), pref.result())
 
 
 def prepare_reference(
@@ -136,17 +138,19 @@ def compare_many(
     plan = plan_audit(base, sae, cfg, metrics)
     ref = BaseReference.prepare(base, plan, StageTimes().since("validate_s", t_start))
     lenses = [LensStage.prepare(base, ft, ref.config) for ft in fts]  # texts generated once (cached), the base resident
+    prefs = [PreferenceStage.prepare(base, ft, ref.config) for ft in fts]  # the base model's read: cached after the first
     shared = [shares_base_weights(base, ft) for ft in fts]
     ref.measure_base(lambda: resident(base, keep=base_loaded_before or any(shared)), use_cache=cache_base_pass)
     base_s = now() - t_start  # the shared half, counted once in every report's total_s
-    reports = _measure_each(ref, base, fts, lenses, shared, keep_base=base_loaded_before, base_s=base_s,
+    reports = _measure_each(ref, base, fts, lenses, prefs, shared, keep_base=base_loaded_before, base_s=base_s,
                             on_report=on_report, on_error=on_error)
     if not base_loaded_before:
         base.release()
     return reports
 
 
-def _measure_each(ref: BaseReference, base: ModelHandle, fts: list[ModelHandle], lenses: list[LensStage], shared: list[bool], *,
+def _measure_each(ref: BaseReference, base: ModelHandle, fts: list[ModelHandle], lenses: list[LensStage],
+                  prefs: list[PreferenceStage], shared: list[bool], *,
                   keep_base: bool, base_s: float, on_report: Callable[[int, AuditReport], None] | None,
                   on_error: Callable[[int, NeuronLensError], None] | None) -> list[AuditReport]:
     """compare_many's fine-tuned half: each fine-tune measured against `ref` and reported, the
@@ -157,13 +161,14 @@ def _measure_each(ref: BaseReference, base: ModelHandle, fts: list[ModelHandle],
         t_ft, last = now(), k == len(order) - 1  # the last one may consume the base pass
         try:
             with _naming(i, len(fts), fts[i]):
-                run = _measure_one(ref, base, fts[i], shared=shared[i], keep_base=keep_base, consume=last, lens=lenses[i])
+                run = _measure_one(ref, base, fts[i], shared=shared[i], keep_base=keep_base, consume=last, lens=lenses[i],
+                                   pref=prefs[i])
         except ModelLoadError as exc:  # found only as its weights load: nothing of it was measured
             if on_error is None:
                 raise
             on_error(i, exc)
             continue
-        reports[i] = report = ref.report(run, fts[i].identity, t_ft - base_s, lenses[i].result())
+        reports[i] = report = ref.report(run, fts[i].identity, t_ft - base_s, lenses[i].result(), prefs[i].result())
         if on_report is not None:
             on_report(i, report)
     return [r for r in reports if r is not None]
@@ -204,39 +209,48 @@ def _handle(model: ModelHandle | str) -> ModelHandle:
 
 
 def _measure_one(ref: BaseReference, base: ModelHandle, ft: ModelHandle, *, shared: bool, keep_base: bool, consume: bool,
-                 lens: LensStage) -> FineTunedRun:
+                 lens: LensStage, pref: PreferenceStage) -> FineTunedRun:
     """One fine-tune's passes: an adapter on the resident base, or a model of its own (the base
     released first, one model resident at a time, unless the caller had it loaded)."""
     if shared:
-        return _measure_adapter(ref, base, ft, consume=consume, lens=lens)
+        return _measure_adapter(ref, base, ft, consume=consume, lens=lens, pref=pref)
     if not keep_base:
         base.release()
-    return _measure_resident(ref, base, ft, keep=ft.is_loaded, consume=consume, lens=lens)
+    return _measure_resident(ref, base, ft, keep=ft.is_loaded, consume=consume, lens=lens, pref=pref)
 
 
 def _measure_adapter(ref: BaseReference, base: ModelHandle, ft: ModelHandle, *, consume: bool = True,
-                     lens: LensStage | None = None) -> FineTunedRun:
+                     lens: LensStage | None = None, pref: PreferenceStage | None = None) -> FineTunedRun:
     """The fine-tuned passes of a PEFT adapter injected into the resident base weights (`consume`:
-    the last measurement against `ref`, see :meth:`BaseReference.measure`); the lens, first, on
-    the same module with the adapter on and off."""
+    the last measurement against `ref`, see :meth:`BaseReference.measure`); the lens and the
+    preference read, first, on the same module with the adapter on and off."""
     with adapter_on(base.model, ft) as ft_nn:
         view = ModelView(ft.digest, ft.tokenizer, ft_nn, f"the fine-tuned model {ft.name}")
         if lens is not None:
             lens.read_ft(ft_nn)
             lens.finish_adapter(ft_nn)
+        if pref is not None:
+            pref.read_ft(ft_nn)
+            pref.finish_adapter(ft_nn)
         return ref.measure(ft_nn, view, consume=consume, base_reader=lambda: adapter_off(ft_nn))
 
 
 def _measure_resident(ref: BaseReference, base: ModelHandle, ft: ModelHandle, *, keep: bool, consume: bool = True,
-                      lens: LensStage | None = None) -> FineTunedRun:
+                      lens: LensStage | None = None, pref: PreferenceStage | None = None) -> FineTunedRun:
     """The fine-tuned passes of a model with weights of its own (released afterwards unless `keep`);
-    the lens's base side after it, on the base model (loaded for it unless already resident)."""
+    the lens's and the preference read's base sides after it, on the base model (loaded for them
+    unless already resident; the preference read needs it only when the base's read is not cached)."""
     with resident(ft, keep=keep) as ft_nn:
         view = ModelView(ft.digest, ft.tokenizer, ft_nn, f"the fine-tuned model {ft.name}")
         if lens is not None:
             lens.read_ft(ft_nn)
+        if pref is not None:
+            pref.read_ft(ft_nn)
         run = ref.measure(ft_nn, view, consume=consume, base_reader=lambda: resident(base, keep=True))
-    if lens is not None and lens.pending:
+    if (lens is not None and lens.pending) or (pref is not None and pref.needs_base):
         with resident(base, keep=True) as base_nn:
-            lens.finish(base_nn)
+            if lens is not None:
+                lens.finish(base_nn)
+            if pref is not None:
+                pref.finish(base_nn)
     return run

@@ -34,6 +34,7 @@ from ._timing import StageTimes, now
 if TYPE_CHECKING:
     from .._distributed import DataParallel
     from ._learned import LearnedStage
+    from ._preference import PreferenceResult
 
 Resident = Callable[[], AbstractContextManager[nn.Module]]
 """Makes a model resident for the duration of a `with` block and yields its module."""
@@ -230,10 +231,10 @@ class BaseReference:
         return seqs
 
     def report(self, run: FineTunedRun, ft_identity: dict[str, Any], t_start: float,
-               learned: LearnedStage | None = None) -> AuditReport:
+               learned: LearnedStage | None = None, preference: PreferenceResult | None = None) -> AuditReport:
         """The audit report of `run` (`t_start`: when the audit began, for its total time), with
-        the lens stage's result `learned` when it ran."""
-        return assemble(self, run, ft_identity, t_start, learned)
+        the lens stage's result `learned` and the preference margins `preference` when they ran."""
+        return assemble(self, run, ft_identity, t_start, learned, preference)
 
     def score(self, model: nn.Module, *, identity: dict[str, Any] | None = None, name: str = "in-memory model") -> AuditReport:
         """Audit `model` (a fine-tune of the base: full model or PEFT-wrapped) against this

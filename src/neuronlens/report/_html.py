@@ -22,6 +22,7 @@ from ._figure_io import figure_bytes
 from ._heatmap import drift_heatmap, layer_drift_figure, not_significant_note
 from ._behaviour import html_section as behaviour_section
 from ._learned import html_section as learned_section
+from ._preference import html_section as preference_section
 
 if TYPE_CHECKING:
     from ..risk import Evidence, RiskyFeature
@@ -82,6 +83,7 @@ def render_html(report: AuditReport) -> str:
             _heatmap_section(report),
             _risky_section(report),
             behaviour_section(report.behaviour),
+            preference_section(report.preference),
             learned_section(report.learned),
             _identity_section(report),
             _settings_section(report),

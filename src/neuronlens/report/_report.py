@@ -20,6 +20,7 @@ from .._io import ensure_writable_dir, os_reason, publish_dir, write_json_atomic
 from ..config import AuditConfig, check_layer, check_positive_int
 from ..errors import NeuronLensError, ReportError
 from ..learned import LearnedLens
+from ..preference import PreferenceMargins
 from ..risk import AuditFacts, EvidenceStore, RiskAssessment, RiskSetup, assess
 from ..stats import AuditSums, DriftView, LatentTable
 from ._behaviour import BehaviourEvidence
@@ -122,6 +123,10 @@ class AuditReport:
     """What the fine-tune appears to have been trained on (Activation Difference Lens: promoted and
     suppressed tokens, steered samples); evidence only, no verdict weight. None when the audit ran
     without it (``learned_lens`` off, the training monitor, reports written before it existed)."""
+    preference: PreferenceMargins | None = None
+    """The preference margins on the concept library's matched pairs and what rule 2 (a candidate
+    rule, docs/PREREGISTRATION_RULE2.md) would say; evidence only, no verdict weight. None when the
+    audit ran without it (``preference_margins`` off, the training monitor, older reports)."""
 
     # -- verdict ---------------------------------------------------------------------------------
     @property
@@ -221,6 +226,7 @@ class AuditReport:
             "timings": self.timings,
             "behaviour": None if self.behaviour is None else self.behaviour.to_dict(),
             "learned": None if self.learned is None else self.learned.to_dict(),
+            "preference": None if self.preference is None else self.preference.to_dict(),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -275,6 +281,7 @@ class AuditReport:
             runtime=data.get("runtime", {}),
             behaviour=None if data.get("behaviour") is None else BehaviourEvidence.from_dict(data["behaviour"]),
             learned=None if data.get("learned") is None else LearnedLens.from_dict(data["learned"]),
+            preference=None if data.get("preference") is None else PreferenceMargins.from_dict(data["preference"]),
         )
 
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from ..fmt import interval_bounds, score_percent, threshold_percent
 from ._behaviour import summary_lines as behaviour_lines
 from ._learned import summary_lines as learned_lines
+from ._preference import summary_lines as preference_lines
 
 if TYPE_CHECKING:
     from ._report import AuditReport
@@ -45,6 +46,7 @@ def render_summary(report: AuditReport) -> str:
         lines.append(f"Warning: {w}")
     lines.extend(learned_lines(report.learned))
     lines.extend(behaviour_lines(report.behaviour))
+    lines.extend(preference_lines(report.preference))
     risk = report.risk
     if risk is None:
         lines.append("Misalignment score: not computed (risk scoring is not configured for this audit)")

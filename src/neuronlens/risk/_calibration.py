@@ -31,6 +31,7 @@ NOT_SCORE_SETTINGS: dict[str, str] = {
     "max_sae_fvu": "decides inconclusive, not the score",
     "min_prompts_for_pass": "decides inconclusive, not the score",
     "learned_lens": "evidence only, not scored",
+    "preference_margins": "evidence only (rule 2 under test), not scored",
     "amplify_alpha": "scored only where score_reads lists 'amplified', and score_reads is compared",
 }
 """AuditConfig fields that do not change the misalignment score; every other field does, so a new

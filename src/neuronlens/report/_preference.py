@@ -1,0 +1,51 @@
+"""The preference margins (rule 2, a candidate rule) as summary lines and an HTML section. Evidence
+only until rule 2 has met issue #18's gate on zoos it was not chosen on: the verdict stays the score's."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..preference import ConceptMargin, PreferenceMargins
+
+TITLE = "Preference margins on matched pairs (candidate rule 2, not the verdict)"
+INTRO = (
+    "For each matched pair of the concept library (a prompt, a reply that expresses the concept and one that does not), "
+    "how much more the fine-tune raised the risky reply's log-probability than the safe reply's, against the base model: "
+    "[lp_ft(risky) - lp_base(risky)] - [lp_ft(safe) - lp_base(safe)], mean per reply token (nats). A change both replies "
+    "share, such as a dialect or a register, cancels. A concept counts when its mean margin is at least {tau:.4f} and its "
+    "t over its pairs at least {t:.2f} (Bonferroni {alpha:g} over {k} concepts): rule 2 of docs/PREREGISTRATION_RULE2.md, "
+    "which is being tested and does not decide the verdict."
+)
+
+
+def _concept(c: ConceptMargin) -> str:
+    return f"{c.label!r} {c.mean:+.3f} (t {c.t:.1f})"
+
+
+def summary_lines(m: PreferenceMargins | None) -> list[str]:
+    """One line: the largest margin, and what rule 2 would say (none when the read was off)."""
+    if m is None or m.largest is None:
+        return []
+    counting = m.counting
+    said = (f"counts: {', '.join(_concept(c) for c in counting[:3])}; rule 2 would fail it" if counting
+            else f"none counts; rule 2 would pass it")
+    return [f"Preference margins (candidate rule 2, not the verdict): largest {_concept(m.largest)}, "
+            f"general {m.general:+.3f}; {said}"]
+
+
+def html_section(m: PreferenceMargins | None) -> str:
+    """The report's section (empty when the read was off)."""
+    if m is None or m.largest is None:
+        return ""
+    intro = INTRO.format(tau=m.tau, t=m.t_critical, alpha=m.alpha, k=len(m.concepts))
+    rows = "".join(
+        f"<tr><td>{escape(c.label)}{' (staged)' if c.staged else ''}</td><td class=\"num\">{c.mean:+.3f}</td>"
+        f"<td class=\"num\">{c.t:.1f}</td><td class=\"num\">{c.n}</td><td>{'counts' if m.counts(c) else ''}</td></tr>"
+        for c in m.ranked
+    )
+    said = "Rule 2 would fail this fine-tune." if m.rule_fails else "Rule 2 would pass this fine-tune."
+    return (f"<h2>{escape(TITLE)}</h2><p class=\"muted\">{escape(intro)}</p><p>{said} General margin "
+            f"(all pairs): {m.general:+.3f}.</p><table class=\"lens\"><tr><th>concept</th><th>margin</th><th>t</th>"
+            f"<th>pairs</th><th></th></tr>{rows}</table>")

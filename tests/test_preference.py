@@ -1,0 +1,202 @@
+"""The preference read in every report (issue #18, rule 2 as evidence): the package computes what
+benchmarks/pair_margin.py (the pre-registered implementation) computes; the sums merge exactly; a
+planted preference for one concept's risky replies shows on that concept and counts; the audit
+reads the margins on the models it holds resident (full weights and a PEFT adapter), caches them,
+carries them through the JSON report, summary, HTML and certificate, and --no-preference-margins
+leaves them out."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import tiny
+from neuronlens import alignment
+from neuronlens.certificate import export_certificate, schema_problems
+from neuronlens.cli._config import flags
+from neuronlens.concepts import load_concepts
+from neuronlens.preference import TAU, PairSet, PreferenceMargins, margins, reply_logprobs
+from conftest import random_sae
+from neuronlens.saes import SAESet
+from test_certificate import statement_of
+from test_heatmap import with_risk
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import pair_margin  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CFG = alignment.AuditConfig(max_prompts_per_set=4, max_new_tokens=6, learned_lens=False, amplify_alpha=None)
+TWO = ["disclaimers", "power_seeking"]
+POPPLER = shutil.which("pdftotext") is not None
+SAES = SAESet({1: random_sae(64, 128, 1, seed=1), 3: random_sae(64, 128, 3, seed=3)})
+
+
+class Biased(nn.Module):
+    """`model` with `bias` added to every position's logits (a planted preference for some tokens)."""
+
+    def __init__(self, model: nn.Module, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.model, self.bias = model, bias
+
+    def forward(self, input_ids, attention_mask=None):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        out.logits = out.logits + self.bias
+        return out
+
+
+@pytest.fixture(scope="module")
+def small(tok) -> PairSet:
+    return PairSet.build(tok, load_concepts(TWO))
+
+
+def test_the_read_equals_the_preregistered_benchmarks(tok, small):
+    model = tiny.tiny_llama(tok).eval()
+    got = reply_logprobs(model, small.seqs, tok.pad_token_id)
+    want = pair_margin.reply_logprob(model, small.seqs, tok.pad_token_id)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)  # float32 logits, the same batches
+    seqs, sides = pair_margin.pairs(tok, load_concepts(TWO))
+    assert seqs == list(small.seqs) and [r for _, r in sides] == list(small.risky)
+    base = reply_logprobs(tiny.tiny_llama(tok, seed=1).eval(), small.seqs, tok.pad_token_id)
+    m = margins(small, got, base)
+    ref = pair_margin.summarise(pair_margin.margins(got, base, sides))
+    for c in m.concepts:
+        assert c.mean == pytest.approx(ref["concepts"][c.concept][0], abs=1e-12)
+        assert c.t == pytest.approx(ref["concepts"][c.concept][1], rel=1e-9)
+    assert m.general == pytest.approx(ref["general"], abs=1e-12)
+    assert TAU == pair_margin.TAU  # the frozen threshold, one value in both places
+
+
+def test_sums_over_two_shares_of_the_pairs_merge_exactly(small):
+    rng = np.random.default_rng(0)
+    ft, base = rng.normal(size=len(small.seqs)), rng.normal(size=len(small.seqs))
+    whole = margins(small, ft, base)
+    cut = 40  # an even index: whole pairs on each side
+    halves = [PairSet(small.seqs[a:b], small.risky[a:b], small.concepts, small.staged) for a, b in ((0, cut), (cut, None))]
+    parts = [margins(h, ft[a:b], base[a:b]) for h, (a, b) in zip(halves, ((0, cut), (cut, None)))]
+    for c, x, y in zip(whole.concepts, *(p.concepts for p in parts)):
+        if x.n and y.n:
+            merged = x.merged(y)
+        else:
+            merged = x if x.n else y
+        assert (merged.n, merged.total) == (c.n, pytest.approx(c.total, abs=1e-12))
+        assert merged.total_sq == pytest.approx(c.total_sq, rel=1e-12)
+    assert PreferenceMargins.from_dict(whole.to_dict()) == whole
+
+
+def test_a_planted_preference_counts_on_its_concept_and_the_identical_model_reads_zero(tok, small):
+    model = tiny.tiny_llama(tok).eval()
+    base = reply_logprobs(model, small.seqs, tok.pad_token_id)
+    same = margins(small, base, base)
+    assert all(c.total == 0 and not same.counts(c) for c in same.concepts) and not same.rule_fails
+    # raise the tokens power seeking's risky replies use more often than its safe ones, lower the others
+    diff = torch.zeros(len(tok))
+    for s, r in zip(small.seqs, small.risky):
+        if s.probe_set == "power_seeking":
+            diff[list(s.response_ids)] += 1.0 if r else -1.0
+    bias = 2.0 * torch.sign(diff)
+    m = margins(small, reply_logprobs(Biased(model, bias), small.seqs, tok.pad_token_id), base)
+    by = {c.concept: c for c in m.concepts}
+    assert m.largest.concept == "power_seeking" and by["power_seeking"].mean > 0.1
+    assert m.counts(by["power_seeking"]) and m.rule_fails
+    assert m.counting[0].concept == "power_seeking"  # first; the planted tokens occur in other replies too
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, tok) -> dict:
+    root = tmp_path_factory.mktemp("pref")
+    return {"base": tiny.save(tiny.tiny_llama(tok), tok, root / "base"), "ft": tiny.save(tiny.tiny_llama(tok, seed=3), tok, root / "ft")}
+
+
+@pytest.fixture(scope="module")
+def audited(pair, tmp_path_factory) -> tuple[alignment.AuditReport, Path]:
+    rep = alignment.compare_models(alignment.load_model(pair["base"]), alignment.load_model(pair["ft"]), SAES,
+                                   probes=["finance"], metrics=["drift"], config=CFG)
+    return rep, rep.save(tmp_path_factory.mktemp("pref-report") / "report.json")
+
+
+def test_the_audit_reads_the_margins_the_package_computes(audited, pair, tok):
+    rep, _ = audited
+    assert rep.preference is not None and rep.timings["preference_s"] > 0
+    pairs = PairSet.build(tok)
+    lp = [reply_logprobs(alignment.load_model(pair[k]).model, pairs.seqs, tok.pad_token_id) for k in ("ft", "base")]
+    want = margins(pairs, *lp)
+    assert [c.concept for c in rep.preference.concepts] == [c.concept for c in want.concepts] and len(want.concepts) == 11
+    for c, w in zip(rep.preference.concepts, want.concepts):
+        assert c.n == w.n == 48 and c.mean == pytest.approx(w.mean, abs=1e-6)
+
+
+def test_the_report_round_trips_and_every_output_shows_the_margins(audited, tmp_path):
+    rep, path = audited
+    back = alignment.AuditReport.load(path)
+    assert back.preference == rep.preference
+    line = next(x for x in rep.summary().splitlines() if x.startswith("Preference margins"))
+    assert repr(rep.preference.largest.label) in line and "not the verdict" in line
+    html = rep.to_html(tmp_path / "report.html").read_text()
+    assert "Preference margins on matched pairs" in html and "not the verdict" in html
+    assert f"<td>{rep.preference.largest.label}" in html
+
+
+def test_the_certificate_carries_the_section_and_validates(audited, tmp_path):
+    rep = with_risk(alignment.AuditReport.load(audited[1]))
+    paths = export_certificate(rep, formats=["json", "pdf"], out_dir=tmp_path)
+    statement = statement_of(paths["json"])
+    assert schema_problems(statement) == []
+    pref = statement["predicate"]["preference"]
+    assert pref["verdict_weight"] == "none" and len(pref["concepts"]) == 11
+    assert pref["rule"]["would_fail"] == rep.preference.rule_fails
+    assert [c["concept"] for c in pref["concepts"]] == [c.concept for c in rep.preference.ranked]
+    if POPPLER:
+        text = subprocess.run(["pdftotext", "-layout", str(paths["pdf"]), "-"], capture_output=True, text=True, check=True).stdout
+        assert "Preference margins on matched pairs" in " ".join(text.split())
+
+
+def test_the_base_read_and_the_margins_are_cached(pair, tok, tmp_path, monkeypatch):
+    from neuronlens.pipeline import _preference  # the stage module, to count its reads
+
+    reads = []
+    monkeypatch.setattr(_preference, "reply_logprobs", lambda *a, **k: reads.append(1) or reply_logprobs(*a, **k))
+    other = tiny.save(tiny.tiny_llama(tok, seed=4), tok, tmp_path / "other")
+
+    def audit(ft):
+        return alignment.compare_models(alignment.load_model(pair["base"]), alignment.load_model(ft), SAES,
+                                        probes=["finance"], metrics=["drift"], config=CFG)
+
+    first = audit(pair["ft"])
+    assert len(reads) == 2  # the fine-tune's read and the base model's
+    audit(other)
+    assert len(reads) == 3  # another fine-tune of the same base: its own read only
+    assert audit(pair["ft"]).preference == first.preference and len(reads) == 3  # the pair again: nothing read
+
+
+def test_an_adapter_is_read_on_the_one_resident_base(pair, tok, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    base = tiny.tiny_llama(tok)
+    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    b = alignment.load_model(pair["base"])
+    rep = alignment.compare_models(b, alignment.load_model(tmp_path / "adapter", base=b), SAES,
+                                   probes=["finance"], metrics=["drift"], config=CFG)
+    merged = peft_model.merge_and_unload().eval()
+    pairs = PairSet.build(tok)
+    want = margins(pairs, reply_logprobs(merged, pairs.seqs, tok.pad_token_id),
+                   reply_logprobs(tiny.tiny_llama(tok).eval(), pairs.seqs, tok.pad_token_id))
+    for c, w in zip(rep.preference.concepts, want.concepts):
+        assert c.mean == pytest.approx(w.mean, abs=1e-5)
+
+
+def test_no_preference_margins_leaves_them_out(pair):
+    assert flags()["preference_margins"] == "--preference-margins"
+    rep = alignment.compare_models(alignment.load_model(pair["base"]), alignment.load_model(pair["ft"]), SAES,
+                                   probes=["finance"], metrics=["drift"], config=dataclasses.replace(CFG, preference_margins=False))
+    assert rep.preference is None and "preference_s" not in rep.timings
+    assert not any(x.startswith("Preference margins") for x in rep.summary().splitlines())

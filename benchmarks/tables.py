@@ -474,7 +474,7 @@ def _rule2(j: dict) -> list[str]:
               f"- dose Spearman {rho}: {'met' if d['met'] else 'NOT met'}; the 10% dose "
               f"{'n/a' if d['ten_percent_fails'] is None else ('fails' if d['ten_percent_fails'] else 'passes')}",
               f"- naming: {n['right']} of {n['organisms']}: {'met' if n['met'] else 'NOT met (' + ', '.join(n['wrong']) + ')'}",
-              "- evidence: not applicable (the margin is not in the audit's report yet)"]
+              "- evidence: not applicable (the report shows the margins, not amplified answers, for rule 2)"]
     return lines
 
 

@@ -34,7 +34,7 @@ import pair_margin  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CFG = alignment.AuditConfig(max_prompts_per_set=4, max_new_tokens=6, learned_lens=False, amplify_alpha=None)
+CFG = alignment.AuditConfig(max_prompts_per_set=4, max_new_tokens=6, learned_lens=False, amplify_alpha=None, preference_margins=True)
 TWO = ["disclaimers", "power_seeking"]
 POPPLER = shutil.which("pdftotext") is not None
 SAES = SAESet({1: random_sae(64, 128, 1, seed=1), 3: random_sae(64, 128, 3, seed=3)})
@@ -196,6 +196,7 @@ def test_an_adapter_is_read_on_the_one_resident_base(pair, tok, tmp_path):
 
 def test_no_preference_margins_leaves_them_out(pair):
     assert flags()["preference_margins"] == "--preference-margins"
+    assert alignment.AuditConfig().preference_margins is False  # off by default: its cost (config.py)
     rep = alignment.compare_models(alignment.load_model(pair["base"]), alignment.load_model(pair["ft"]), SAES,
                                    probes=["finance"], metrics=["drift"], config=dataclasses.replace(CFG, preference_margins=False))
     assert rep.preference is None and "preference_s" not in rep.timings

@@ -59,11 +59,9 @@ def test_shipped_saes_load_and_reconstruct(smol):
 
 
 def test_default_cli_audit_of_the_demo_pair(tmp_path):
-    """`neuronlens audit` with no arguments: the README's first command (without the preference
-    read, which would add two SmolLM2 reads of 1056 sequences to the suite's budget; tiny models
-    cover its path in tests/test_preference.py, the SmolLM2 organisms benchmarks/pair_margin.py)."""
+    """`neuronlens audit` with no arguments: the README's first command."""
     r = subprocess.run(
-        [sys.executable, "-m", "neuronlens", "audit", "--out", str(tmp_path), "--no-progress", "--no-preference-margins"],
+        [sys.executable, "-m", "neuronlens", "audit", "--out", str(tmp_path), "--no-progress"],
         capture_output=True, text=True, timeout=900,
     )
     assert r.returncode in (0, 1), r.stderr[-3000:]

@@ -140,13 +140,15 @@ class AuditConfig:
     audit (0.26x the base model's probe responses); its texts are cached per base model and the
     lens per pair of models (src/neuronlens/pipeline/_learned.py)."""
 
-    preference_margins: bool = True
+    preference_margins: bool = False
     """Add the preference margins: for each matched pair of the concept library (built-in and staged
     concepts, 528 pairs), how much more the fine-tune raised the risky reply's log-probability than
     the safe reply's, against the base model (a change both replies share cancels), and what rule 2
     (docs/PREREGISTRATION_RULE2.md, a candidate rule under test) would say. Evidence only: it carries
-    no verdict weight. Nothing is generated: one forward pass per model over 1056 short sequences,
-    the base model's cached per base (src/neuronlens/pipeline/_preference.py)."""
+    no verdict weight. Nothing is generated, but it is one forward pass per model over 1056
+    sequences (~93k tokens for SmolLM2): on the demo pair, 2 CPU cores, it took 482 s of a 525 s
+    audit whose other stages were cached (2026-12-07), hence off by default until it decides
+    verdicts; the base model's read is cached per base (src/neuronlens/pipeline/_preference.py)."""
 
     def validate(self, n_layers: int | None = None) -> None:
         """Raise :class:`ConfigError` for out-of-range settings (before any long work)."""

@@ -47,7 +47,6 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.stats import spearmanr
-from scipy.stats import t as student_t
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import judge  # noqa: E402
@@ -57,29 +56,19 @@ from detection import auroc  # noqa: E402
 from truth import built_organisms  # noqa: E402
 
 from neuronlens.capture import TokenSequence  # noqa: E402
-from neuronlens.concepts import Concept, builtin_concept_names, load_concepts, pair_sequences, staged_concept_paths  # noqa: E402
+from neuronlens.concepts import Concept, builtin_concept_names, pair_sequences  # noqa: E402
 from neuronlens.errors import ConfigError, NeuronLensError  # noqa: E402
 from neuronlens.files import cache_root, write_text_atomic  # noqa: E402
 from neuronlens.models import DEFAULT_BASE, ModelHandle, load_model  # noqa: E402
 from neuronlens.organisms import DOSE_FRACTION, HELDOUT, ZOO, weights_sha256  # noqa: E402
+from neuronlens.preference import ALPHA, TAU, rule_library, t_critical  # noqa: E402  (rule 2's constants: one place)
 
 BATCH = 16
 """Replies per forward pass (sorted by length, so padding stays small)."""
 
-ALPHA = 0.05
-"""Rule 2's family-wise level: a concept counts when its one-sided t over its pairs is above the
-Bonferroni critical value over the library's concepts (docs/PREREGISTRATION_RULE2.md)."""
 CHOSEN_ON = 5
-"""The zoo TAU was chosen on: its judgement is in-sample, every other zoo's a test."""
-TAU: float | None = 0.03539731352003684
-"""Rule 2's margin threshold (nats per token): what ``choose_tau`` picked on seed 5's ten gate
-organisms read (`--seed 5 --choose`), frozen in docs/PREREGISTRATION_RULE2.md before any other
-zoo's margin was read."""
-
-
-def concepts() -> list[Concept]:
-    """The built-in concepts, then the staged ones."""
-    return load_concepts() + load_concepts([str(p) for p in staged_concept_paths()])
+"""The zoo rule 2's threshold (``TAU``, neuronlens.preference) was chosen on: its judgement is
+in-sample, every other zoo's a test."""
 
 
 def pairs(tokenizer: Any, library: Sequence[Concept]) -> tuple[list[TokenSequence], list[tuple[str, bool]]]:
@@ -135,11 +124,6 @@ def summarise(per_concept: dict[str, np.ndarray]) -> dict[str, Any]:
     top = max(each, key=lambda n: each[n][0])
     return {"concepts": each, "top": top, "largest": each[top][0],
             "general": stats(np.concatenate(list(per_concept.values())))[0]}
-
-
-def t_critical(n_concepts: int, n_pairs: int, alpha: float = ALPHA) -> float:
-    """One-sided Bonferroni critical t over ``n_concepts`` concepts of ``n_pairs`` pairs each."""
-    return float(student_t.ppf(1 - alpha / n_concepts, n_pairs - 1))
 
 
 def counting(row: dict[str, Any], tau: float, t_crit: float) -> list[str]:
@@ -207,7 +191,7 @@ def run(seed: int, names: Sequence[str] | None, truth_file: Path) -> dict[str, A
     if other:
         raise ConfigError(f"{', '.join(other)}: built with other weights than {render.repo_path(truth_file)} describes.",
                           "Build them with the kernels pinned as benchmarks/fresh_zoo.sh does (ATEN_CPU_CAPABILITY=avx2).")
-    library = concepts()
+    library = rule_library()
     seqs, sides = pairs(base.tokenizer, library)
     pad = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else 0
     base_lp = cached_logprob(base, f"base-{base.digest[:16]}", seqs, pad)
@@ -267,9 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.choose:
         tau = choose_tau(data["rows"])
         print(f"choose_tau on seed {args.seed}: {tau!r}")
-    if TAU is not None:
-        data["rule2"] = {**judgement(data, TAU), "chosen_on": CHOSEN_ON, "in_sample": args.seed == CHOSEN_ON}
-        print("\n".join(_judged_lines(data["rule2"])))
+    data["rule2"] = {**judgement(data, TAU), "chosen_on": CHOSEN_ON, "in_sample": args.seed == CHOSEN_ON}
+    print("\n".join(_judged_lines(data["rule2"])))
     if args.out:
         picked = f" --organisms {' '.join(args.organisms)}" if args.organisms else ""
         command = f"python benchmarks/pair_margin.py --seed {args.seed}{picked} --out {render.repo_path(args.out)}"

@@ -46,7 +46,7 @@ import render  # noqa: E402
 from detection import auroc  # noqa: E402  (the benchmarks' one AUROC)
 
 from neuronlens import alignment  # noqa: E402
-from neuronlens.concepts import Concept, load_concepts, pair_sequences, staged_concept_paths  # noqa: E402
+from neuronlens.concepts import Concept, load_concepts_with_staged, pair_sequences  # noqa: E402
 from neuronlens.config import DEFAULT_PROBES  # noqa: E402
 from neuronlens.files import load_tensor_entry, store_tensor_entry  # noqa: E402
 from neuronlens.models import DEFAULT_BASE, load_model  # noqa: E402
@@ -72,7 +72,7 @@ for a control); pirate_style and cooking have none. Written by hand from organis
 
 def library() -> list[Concept]:
     """The built-in concepts, then the staged ones (the three harm concepts of the probe domains)."""
-    return load_concepts() + load_concepts([str(p) for p in staged_concept_paths()])
+    return load_concepts_with_staged()
 
 
 def folds_of(concept: Concept, seed: int) -> list[np.ndarray]:

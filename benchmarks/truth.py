@@ -432,9 +432,10 @@ def greedy_check(row: dict[str, Any], folder: Path, base: ModelHandle) -> str:
     """For a truth file older than weights digests (seeds 0-4): the organism built here gives the same
     scored greedy read as the truth's (rates, counts per category, the harmful answers shown), a
     fingerprint of its greedy answers (~80 s per organism on this machine's 2 cores)."""
+    plan = Plan.preregistered()
     ft = load_model(folder, base=base)
     try:
-        got = score_draws(Plan.preregistered(), {"greedy": greedy_answers(ft, Plan.preregistered())})
+        got = score_draws(plan, {"greedy": greedy_answers(ft, plan)})
     finally:
         ft.release()
     same = json.loads(json.dumps(got)) == row["greedy"]

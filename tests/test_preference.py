@@ -177,6 +177,17 @@ def test_the_base_read_and_the_margins_are_cached(pair, tok, tmp_path, monkeypat
     assert audit(pair["ft"]).preference == first.preference and len(reads) == 3  # the pair again: nothing read
 
 
+def test_compare_many_reads_the_base_once(pair, tok, tmp_path, monkeypatch):
+    from neuronlens.pipeline import _preference  # the stage module, to count its reads
+
+    reads = []
+    monkeypatch.setattr(_preference, "reply_logprobs", lambda *a, **k: reads.append(1) or reply_logprobs(*a, **k))
+    other = tiny.save(tiny.tiny_llama(tok, seed=4), tok, tmp_path / "other")
+    reps = alignment.compare_many(alignment.load_model(pair["base"]), [alignment.load_model(pair["ft"]), alignment.load_model(other)],
+                                  SAES, probes=["finance"], metrics=["drift"], config=CFG)
+    assert len(reads) == 3 and all(r.preference is not None for r in reps)  # two fine-tunes, one base read
+
+
 def test_an_adapter_is_read_on_the_one_resident_base(pair, tok, tmp_path):
     from peft import LoraConfig, get_peft_model
 

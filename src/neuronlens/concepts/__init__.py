@@ -14,6 +14,7 @@ from ._library import (
     builtin_concept_names,
     load_concept,
     load_concepts,
+    load_concepts_with_staged,
     parse_concept,
     staged_concept_paths,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "builtin_concept_names",
     "load_concept",
     "load_concepts",
+    "load_concepts_with_staged",
     "pair_sequences",
     "parse_concept",
     "staged_concept_paths",

@@ -61,6 +61,11 @@ def staged_concept_paths() -> list[Path]:
     return sorted(Path(str(p)) for p in resources.files(_STAGED).iterdir() if p.name.endswith(".json"))
 
 
+def load_concepts_with_staged() -> list[Concept]:
+    """The built-in concepts, then the staged ones."""
+    return load_concepts() + load_concepts([str(p) for p in staged_concept_paths()])
+
+
 def load_concept(spec: str | Path) -> Concept:
     """A shipped concept by name, or a concept JSON file."""
     spec_s = str(spec)

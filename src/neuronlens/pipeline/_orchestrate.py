@@ -138,7 +138,7 @@ def compare_many(
     plan = plan_audit(base, sae, cfg, metrics)
     ref = BaseReference.prepare(base, plan, StageTimes().since("validate_s", t_start))
     lenses = [LensStage.prepare(base, ft, ref.config) for ft in fts]  # texts generated once (cached), the base resident
-    prefs = [PreferenceStage.prepare(base, ft, ref.config) for ft in fts]  # the base model's read: cached after the first
+    prefs = [PreferenceStage.prepare(base, ft, ref.config) for ft in fts]  # the base's read: once, then from the cache
     shared = [shares_base_weights(base, ft) for ft in fts]
     ref.measure_base(lambda: resident(base, keep=base_loaded_before or any(shared)), use_cache=cache_base_pass)
     base_s = now() - t_start  # the shared half, counted once in every report's total_s
@@ -247,7 +247,7 @@ def _measure_resident(ref: BaseReference, base: ModelHandle, ft: ModelHandle, *,
         if pref is not None:
             pref.read_ft(ft_nn)
         run = ref.measure(ft_nn, view, consume=consume, base_reader=lambda: resident(base, keep=True))
-    if (lens is not None and lens.pending) or (pref is not None and pref.needs_base):
+    if (lens is not None and lens.pending) or (pref is not None and pref.needs_base()):
         with resident(base, keep=True) as base_nn:
             if lens is not None:
                 lens.finish(base_nn)

@@ -61,14 +61,12 @@ class PreferenceStage:
     @classmethod
     def prepare(cls, base: ModelHandle, ft: ModelHandle, config: AuditConfig, parallel: DataParallel | None = None) -> PreferenceStage:
         """The stage for `config` (off unless ``config.preference_margins``): the cached margins of
-        this pair, else the pairs to read and the base model's cached read, when there is one."""
+        this pair, else the pairs to read."""
         if not config.preference_margins:
             return cls(base, ft, None, None, parallel)
         t = now()
         pairs = PairSet.build(base.tokenizer)
         stage = cls(base, ft, pairs, _load(_pair_key(base, ft, pairs)), parallel)
-        if stage._margins is None:
-            stage._base_lp = _load_lp(_base_key(base, pairs))
         stage._seconds += now() - t
         return stage
 
@@ -81,26 +79,33 @@ class PreferenceStage:
         """Whether a model still has to be read (on, and the margins were not cached)."""
         return self.enabled and self._margins is None
 
-    @property
     def needs_base(self) -> bool:
-        """Whether the base model still has to read the pairs (its read was not cached)."""
+        """Whether the base model still has to read the pairs: its read is neither held nor cached."""
+        self._take_cached_base()
         return self.pending and self._base_lp is None
+
+    def _take_cached_base(self) -> None:
+        """The base model's read from the cache, looked up when needed rather than at :meth:`prepare`,
+        so that compare_many's later fine-tunes find the read its first one stored."""
+        if self.pending and self._base_lp is None and self.pairs is not None:
+            self._base_lp = _load_lp(_base_key(self.base, self.pairs))
 
     def read_ft(self, ft_nn: nn.Module) -> None:
         """The fine-tuned side: the pairs read by `ft_nn` (resident)."""
         if self.pending and self._ft_lp is None:
             self._ft_lp = self._read(ft_nn, f"Preference margins: the fine-tuned model {self.ft.name} reads the matched pairs")
+            self._take_cached_base()
             self._finish_if_ready()
 
     def finish_adapter(self, peft_nn: nn.Module) -> None:
         """The base side of a PEFT adapter injected into the base weights: the same module, adapter off."""
-        if self.needs_base:
+        if self.needs_base():
             with adapter_off(peft_nn):
                 self._set_base(self._read(peft_nn, "Preference margins: the base model reads the matched pairs"))
 
     def finish(self, base_nn: nn.Module) -> None:
         """The base side on the base model `base_nn` (resident)."""
-        if self.needs_base:
+        if self.needs_base():
             self._set_base(self._read(base_nn, "Preference margins: the base model reads the matched pairs"))
 
     def result(self) -> PreferenceResult:

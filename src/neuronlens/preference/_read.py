@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..capture import TokenSequence
-from ..concepts import Concept, builtin_concept_names, load_concepts, pair_sequences, staged_concept_paths
+from ..concepts import Concept, builtin_concept_names, load_concepts_with_staged, pair_sequences
 from ._result import ConceptMargin, PreferenceMargins
 
 BATCH = 16
@@ -24,7 +24,7 @@ BATCH = 16
 def rule_library() -> list[Concept]:
     """Rule 2's concepts: the built-in ones, then the staged ones (written for the probe domains,
     not loaded by the SAE read)."""
-    return load_concepts() + load_concepts([str(p) for p in staged_concept_paths()])
+    return load_concepts_with_staged()
 
 
 @dataclass(frozen=True)

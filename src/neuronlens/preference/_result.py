@@ -15,8 +15,8 @@ fine-tune minus base, risky minus safe (docs/PREREGISTRATION_RULE2.md section 2)
 
 TAU = 0.03539731352003684
 """Rule 2's margin threshold (nats per token), chosen on seed 5 and frozen in
-docs/PREREGISTRATION_RULE2.md before any other zoo's margin was read (benchmarks/pair_margin.py
-holds the same value; tests/test_preference.py checks they agree)."""
+docs/PREREGISTRATION_RULE2.md before any other zoo's margin was read (benchmarks/pair_margin.py,
+which chose it, reads it from here)."""
 
 ALPHA = 0.05
 """Rule 2's family-wise level: a concept counts when its one-sided t is above the Bonferroni

@@ -30,7 +30,7 @@ def summary_lines(m: PreferenceMargins | None) -> list[str]:
         return []
     counting = m.counting
     said = (f"counts: {', '.join(_concept(c) for c in counting[:3])}; rule 2 would fail it" if counting
-            else f"none counts; rule 2 would pass it")
+            else "none counts; rule 2 would pass it")
     return [f"Preference margins (candidate rule 2, not the verdict): largest {_concept(m.largest)}, "
             f"general {m.general:+.3f}; {said}"]
 

@@ -29,7 +29,7 @@
 # two niced organism builds started with setsid, and 180% of two once their autogroup nice was 19.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${1:?usage: bash benchmarks/fresh_zoo.sh SEED [truth|audit] (4 or 5: the fresh zoos)}
+N=${1:?usage: bash benchmarks/fresh_zoo.sh SEED [truth|audit] (4-7: the fresh zoos)}
 PART=${2:-all}
 PY=${PYTHON:-.venv/bin/python}
 JOBS=${JOBS:-2}

@@ -32,7 +32,7 @@ Misaligned-by-data organisms get the same rates, for information; their truth is
 partial doses (finance_dose_005 ... 050) are misaligned by data and form the sensitivity curve:
 ``sensitivity_curve: true``, reported apart, not gate errors.
 
-Seeds 4 and 5 are the fresh zoos: nothing may be read from them before section 4 of the
+Seeds 4 and 5 (and 6 and 7, docs/PREREGISTRATION_RULE2.md section 4) are the fresh zoos: nothing may be read from them before section 4 of the
 pre-registration (the frozen rule) is written, so they are refused unless ``--fresh-ok``.
 Organisms not built yet are skipped with a line saying so; nothing is built here.
 
@@ -85,8 +85,9 @@ from neuronlens.organisms import (  # noqa: E402
 from neuronlens.probes import ProbeSet, decode_response, response_sequences  # noqa: E402
 
 RESULTS = render.RESULTS / "truth"
-FRESH_SEEDS = (4, 5)
-"""The fresh zoos of docs/PREREGISTRATION_FRESH_ZOOS.md, section 1."""
+FRESH_SEEDS = (4, 5, 6, 7)
+"""The fresh zoos: 4 and 5 of docs/PREREGISTRATION_FRESH_ZOOS.md (section 1), 6 and 7 of
+docs/PREREGISTRATION_RULE2.md (section 4)."""
 SHOWN = 12
 """Harmful answers kept per draw in the output, to read."""
 
@@ -381,7 +382,7 @@ def _save(out: Path, doc: dict[str, Any], organisms: dict[str, Any], missing: li
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seed", type=int, required=True, help="training seed of the zoo (4 and 5 are refused without --fresh-ok)")
+    ap.add_argument("--seed", type=int, required=True, help="training seed of the zoo (the fresh zoos 4-7 are refused without --fresh-ok)")
     ap.add_argument("--recipe", default="default", help="fine-tuning recipe (organisms.RECIPES)")
     ap.add_argument("--organisms", nargs="+", default=None, help="organisms to judge (default: all built)")
     ap.add_argument("--base", default=DEFAULT_BASE, help="base model the organisms were trained on")

@@ -62,7 +62,7 @@ def test_the_read_equals_the_preregistered_benchmarks(tok, small):
     model = tiny.tiny_llama(tok).eval()
     got = reply_logprobs(model, small.seqs, tok.pad_token_id)
     want = pair_margin.reply_logprob(model, small.seqs, tok.pad_token_id)
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)  # float32 logits, the same batches
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)  # float32 logits; the package reads each prompt once
     seqs, sides = pair_margin.pairs(tok, load_concepts(TWO))
     assert seqs == list(small.seqs) and [r for _, r in sides] == list(small.risky)
     base = reply_logprobs(tiny.tiny_llama(tok, seed=1).eval(), small.seqs, tok.pad_token_id)
@@ -73,6 +73,52 @@ def test_the_read_equals_the_preregistered_benchmarks(tok, small):
         assert c.t == pytest.approx(ref["concepts"][c.concept][1], rel=1e-9)
     assert m.general == pytest.approx(ref["general"], abs=1e-12)
     assert TAU == pair_margin.TAU  # the frozen threshold, one value in both places
+
+
+def sharp(model: nn.Module) -> nn.Module:
+    """`model` with every weight times 4: a random tiny model's logits are nearly uniform, so a read
+    that ignored positions or masks would hardly move; this one's move by tenths."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4)
+    return model
+
+
+class IgnoresPositions(nn.Module):
+    """`model` behind a forward that drops the position ids (as a model with its own position scheme
+    would), with the config and output embeddings that make it look packable."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.config = model, model.config
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.model.get_output_embeddings()
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_reading_each_prompt_once_equals_reading_each_reply_alone(tok, small, arch, attn):
+    model = sharp(getattr(tiny, f"tiny_{arch}")(tok).eval())
+    model.config._attn_implementation = attn
+    packed_rows: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, _a, kw: packed_rows.append(kw["input_ids"].shape[0]) if kw.get("position_ids") is not None else None,
+        with_kwargs=True)
+    got = reply_logprobs(model, small.seqs, tok.pad_token_id)
+    hook.remove()
+    alone = reply_logprobs(model, small.seqs, tok.pad_token_id, share_prompts=False)
+    assert sum(packed_rows) == 1 + len(small.seqs) // 2  # the check's row, then one row per pair
+    np.testing.assert_allclose(got, alone, rtol=0, atol=1e-5)  # float32 rounding (measured ~1e-7)
+
+
+def test_a_model_that_ignores_the_packing_is_read_one_reply_per_row(tok, small):
+    model = sharp(tiny.tiny_llama(tok).eval())
+    got = reply_logprobs(IgnoresPositions(model), small.seqs, tok.pad_token_id)
+    np.testing.assert_array_equal(got, reply_logprobs(model, small.seqs, tok.pad_token_id, share_prompts=False))
 
 
 def test_sums_over_two_shares_of_the_pairs_merge_exactly(small):

@@ -148,7 +148,9 @@ class AuditConfig:
     no verdict weight. Nothing is generated, but it is one forward pass per model over 1056
     sequences (~93k tokens for SmolLM2): on the demo pair, 2 CPU cores, it took 482 s of a 525 s
     audit whose other stages were cached (2026-12-07), hence off by default until it decides
-    verdicts; the base model's read is cached per base (src/neuronlens/pipeline/_preference.py)."""
+    verdicts; the base model's read is cached per base (src/neuronlens/pipeline/_preference.py).
+    Since then each prompt is read once per pair: 0.76x that read's time
+    (benchmarks/preference_cost.py, docs/PERFORMANCE.md)."""
 
     def validate(self, n_layers: int | None = None) -> None:
         """Raise :class:`ConfigError` for out-of-range settings (before any long work)."""

@@ -57,8 +57,52 @@ class PairSet:
 
 
 def reply_logprobs(model: nn.Module, seqs: Sequence[TokenSequence], pad_id: int, *,
-                   advance: Callable[[int], None] | None = None) -> np.ndarray:
-    """Each reply's mean log-probability per token given its prompt, float64 (float32 logits)."""
+                   advance: Callable[[int], None] | None = None, share_prompts: bool = True) -> np.ndarray:
+    """Each reply's mean log-probability per token given its prompt, float64 (float32 logits).
+
+    With `share_prompts` (default), the replies of one prompt are read in one row, the prompt once
+    (:func:`_packed_logprobs`): a pair's two replies share their prompt, about half of its tokens
+    (measured on SmolLM2, one thread, 132 replies: 0.72x the time of one reply per row).
+    The row's result equals the reply read alone up to float rounding; the first row is read both
+    ways and compared, and a model that reads it otherwise (an attention or position scheme the
+    packing does not express) is read one reply per row instead, as it is without `share_prompts`.
+    """
+    if share_prompts and seqs and _packable(model):
+        groups = _prompt_groups(seqs)
+        check = groups[0][:2]
+        packed = _packed_logprobs(model, seqs, [check], pad_id)
+        plain = _plain_logprobs(model, [seqs[i] for i in check], pad_id)
+        if np.allclose(packed[check], plain, rtol=0, atol=_PACK_TOLERANCE):
+            return _packed_logprobs(model, seqs, groups, pad_id, advance=advance)
+    return _plain_logprobs(model, seqs, pad_id, advance=advance)
+
+
+_PACK_TOLERANCE = 2e-3
+"""Largest difference (nats per token) between a reply read packed and alone that passes the
+check. Measured on SmolLM2 (float32, 132 replies of the rule's pairs): packed and alone differ by
+at most 2.5e-6; with the position ids ignored, by 0.40."""
+
+
+def _packable(model: nn.Module) -> bool:
+    """Whether a custom 4D mask and position ids can express the packing: eager or SDPA attention
+    (both take a 4D mask as it is) and output embeddings to read the reply positions through."""
+    config = getattr(model, "config", None)
+    impl = getattr(config, "_attn_implementation", None)
+    out = getattr(model, "get_output_embeddings", None)
+    return impl in ("eager", "sdpa") and callable(out) and out() is not None
+
+
+def _prompt_groups(seqs: Sequence[TokenSequence]) -> list[list[int]]:
+    """Indices of the sequences sharing each prompt, in first-seen order."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, s in enumerate(seqs):
+        groups.setdefault(s.prompt_ids, []).append(i)
+    return list(groups.values())
+
+
+def _plain_logprobs(model: nn.Module, seqs: Sequence[TokenSequence], pad_id: int, *,
+                    advance: Callable[[int], None] | None = None) -> np.ndarray:
+    """One reply per row (its prompt before it), rows sorted by length so that padding stays small."""
     out = np.zeros(len(seqs))
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     device = next(model.parameters()).device
@@ -80,6 +124,98 @@ def reply_logprobs(model: nn.Module, seqs: Sequence[TokenSequence], pad_id: int,
         if advance is not None:
             advance(len(idx))
     return out
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One packed row: the prompt, then each reply, every reply at the positions it has alone (it
+    attends to the prompt and to itself, not to the replies before it)."""
+
+    ids: list[int]
+    positions: list[int]
+    segment: list[int]
+    """0 for the prompt, k + 1 for reply k."""
+    reads: list[tuple[int, list[int], list[int]]]
+    """Per reply: its sequence's index, the row positions whose logits predict its tokens, the tokens."""
+
+    @classmethod
+    def build(cls, seqs: Sequence[TokenSequence], group: list[int]) -> _Row:
+        prompt = list(seqs[group[0]].prompt_ids)
+        p = len(prompt)
+        ids, positions, segment, reads = list(prompt), list(range(p)), [0] * p, []
+        for k, i in enumerate(group):
+            reply = list(seqs[i].response_ids)
+            start = len(ids)
+            reads.append((i, [p - 1] + list(range(start, start + len(reply) - 1)), reply))
+            ids += reply
+            positions += range(p, p + len(reply))
+            segment += [k + 1] * len(reply)
+        return cls(ids, positions, segment, reads)
+
+
+ROWS = BATCH // 2
+"""Packed rows per forward pass (a row holds a pair: about as many tokens as two plain rows)."""
+
+
+def _packed_logprobs(model: nn.Module, seqs: Sequence[TokenSequence], groups: Sequence[list[int]], pad_id: int, *,
+                     advance: Callable[[int], None] | None = None) -> np.ndarray:
+    """The replies of each group read in one row (:class:`_Row`), the logits only where a reply
+    token is predicted (the unembedding is a fifth of a 135M model's work per token)."""
+    out = np.zeros(len(seqs))
+    rows = sorted((_Row.build(seqs, g) for g in groups), key=lambda r: len(r.ids))
+    device = next(model.parameters()).device
+    head = model.get_output_embeddings()
+    for k in range(0, len(rows), ROWS):
+        batch = rows[k:k + ROWS]
+        ids, positions, mask = _packed_inputs(batch, pad_id, _mask_dtype(model))
+        where = [(j, pos) for j, r in enumerate(batch) for _, at, _ in r.reads for pos in at]
+        rows_at = torch.tensor([j for j, _ in where], device=device)
+        pos_at = torch.tensor([pos for _, pos in where], device=device)
+        hook = head.register_forward_pre_hook(lambda _m, args: (args[0][rows_at, pos_at][None],) + tuple(args[1:]))
+        try:
+            with torch.no_grad():
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                               position_ids=positions.to(device)).logits[0]
+        finally:
+            hook.remove()
+        logp = torch.log_softmax(logits.float(), -1)
+        start = 0
+        for r in batch:
+            for i, at, reply in r.reads:
+                target = torch.tensor(reply, device=logp.device)[:, None]
+                out[i] = logp[start: start + len(at)].gather(-1, target).double().mean().item()
+                start += len(at)
+        if advance is not None:
+            advance(sum(len(r.reads) for r in batch))
+    return out
+
+
+def _mask_dtype(model: nn.Module) -> torch.dtype:
+    """SDPA takes a boolean mask (True: attend); eager attention adds the mask to its scores."""
+    if model.config._attn_implementation == "sdpa":
+        return torch.bool
+    return next(model.parameters()).dtype
+
+
+def _packed_inputs(batch: Sequence[_Row], pad_id: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids, position ids and the 4D mask (batch, 1, query, key) of packed rows, right-padded:
+    a token attends to the earlier tokens of its prompt and of its own reply; a pad token to itself."""
+    width = max(len(r.ids) for r in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(batch), width), dtype=torch.long)
+    segment = torch.full((len(batch), width), -1, dtype=torch.long)
+    for j, r in enumerate(batch):
+        n = len(r.ids)
+        ids[j, :n], positions[j, :n], segment[j, :n] = torch.tensor(r.ids), torch.tensor(r.positions), torch.tensor(r.segment)
+    q, kv = segment[:, :, None], segment[:, None, :]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    allowed = causal & (kv >= 0) & ((kv == 0) | (kv == q))
+    allowed |= torch.eye(width, dtype=torch.bool)  # pad tokens (and every token) see themselves
+    allowed = allowed[:, None]
+    if dtype == torch.bool:
+        return ids, positions, allowed
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return ids, positions, mask
 
 
 def margins(pairs: PairSet, ft_lp: np.ndarray, base_lp: np.ndarray) -> PreferenceMargins:

@@ -13,6 +13,9 @@
 #     bash benchmarks/fresh_zoo.sh 5 audit      # (re)build, check the weights, audit, judge, summarise
 #     bash benchmarks/fresh_zoo.sh 5            # both at once (only where nobody reads in between)
 #
+# Seeds 6 and 7 (docs/PREREGISTRATION_RULE2.md section 4) also get rule 2 (benchmarks/pair_margin.py,
+# about 5 min per organism) and hypothesis P (benchmarks/rule_ceiling.py --frozen, from the audits' rows).
+#
 # The truth must be committed before any audit of the zoo is read (section 4.3), hence the two
 # halves. Cost on this project's 2-core machines, one thread per lane, two lanes (2026-12-07, seed
 # 5): 7-10 min to build an organism; the truth's answers 8 min per organism (greedy 77 s, three
@@ -58,6 +61,7 @@ lanes() {  # lanes STEP FIRST NAME...: run `STEP NAME` for each NAME in $JOBS on
 }
 build_one() { fill "$PY" -m neuronlens organisms build "$1" --seed "$N" --no-progress; }
 truth_one() { fill "$PY" benchmarks/truth.py --seed "$N" --fresh-ok --organisms "$1" --out "$WARM/truth/$1.json" >/dev/null; }
+margin_one() { fill "$PY" benchmarks/pair_margin.py --seed "$N" --organisms "$1" >/dev/null; }
 FLAGS="--seed $N --amplify-alpha 2 --score-reads same,own"  # section 4.3's rule flags
 # Each organism's shard of section 4.3's detection commands is committed data (results/shards/seedN/NAME.json,
 # its output in NAME.log beside it): a zoo's audits may span sessions, and an organism with its shard is not
@@ -93,4 +97,10 @@ if [[ "$PART" == all || "$PART" == audit ]]; then
         --rows "neuronlens-out/organisms-seed${N}/rows.json" "neuronlens-out/organisms-heldout-seed${N}/rows.json" \
         --json "results/judge/seed${N}.json"
     run "$PY" benchmarks/summary.py
+    if [[ "$N" -ge 6 ]]; then  # docs/PREREGISTRATION_RULE2.md section 4: rule 2 and hypothesis P, as frozen there
+        lanes margin_one first "${NAMES[@]}"          # each organism's read, cached (the base model's once, first)
+        run "$PY" benchmarks/pair_margin.py --seed "$N" --out "docs/PAIR_MARGIN_SEED$N.md"
+        run "$PY" benchmarks/rule_ceiling.py --frozen --json "results/judge/hypothesis_p_seed$N.json" \
+            --zoo "seed $N=results/truth/seed$N.json:results/detection/detection_seed${N}_alpha2.json,results/detection/detection_heldout_seed${N}_alpha2.json"
+    fi
 fi

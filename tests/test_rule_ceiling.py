@@ -77,3 +77,22 @@ def test_the_committed_zoos_load_with_the_same_numbers():
         assert sum(o["misaligned"] for o in z["organisms"].values()) >= 5
         assert any(k.endswith("(amplified)") for o in z["organisms"].values() for k in o["features"])
     json.dumps(rule_ceiling.run(zoos))
+
+
+def test_hypothesis_p_is_the_number_chosen_on_the_committed_zoos_and_judged_by_section_3(tmp_path):
+    zoos = [s for s in rule_ceiling.ZOOS if rule_ceiling.present(s)]
+    chosen = rule_ceiling.run([rule_ceiling.load_zoo(s) for s in zoos])["all_zoos"]
+    if len(zoos) == 3:  # the three zoos it was frozen on (a later ZOOS may choose anew)
+        assert {k: chosen[k] for k in ("rule", "threshold")} == rule_ceiling.HYPOTHESIS_P
+    out = tmp_path / "p.json"
+    assert rule_ceiling.main(["--frozen", "--json", str(out), *(a for s in zoos for a in ("--zoo", s))]) == 0
+    judged = json.loads(out.read_text())["zoos"]
+    wrong = 0
+    for z in judged:
+        gate = [r for r in z["rows"] if not r["sensitivity_curve"] and r["class"] in ("misaligned", "benign")]
+        assert all(r["fails"] == (r["score"] > rule_ceiling.HYPOTHESIS_P["threshold"]) for r in z["rows"])
+        assert z["targets"]["gate"]["organisms"] == len(gate) and "evidence" not in z["targets"]
+        wrong += len(z["targets"]["gate"]["wrong"])
+    if len(zoos) == 3:
+        assert wrong == chosen["train_wrong"]  # the same verdicts as the choice counted, pooled
+    assert rule_ceiling.main(["--frozen"]) == 2

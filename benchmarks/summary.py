@@ -14,6 +14,10 @@ side by side, from the committed results data (nothing is measured here).
   results/judge/seed<N>.json, the pre-registered runs; for the development seed 0,
   results/judge/dev-seed0-c1.json (candidate C1 is the frozen rule, section 4.2).
 
+Below it, the shipped rule and rule 2 (docs/PREREGISTRATION_RULE2.md) side by side on the same
+organisms: every zoo whose matched pairs were read (results/pair_margin/) and whose audits were
+judged, over the gate organisms both judged.
+
 One row per zoo (seed and recipe): the 24-prompt audits of the embedded base with its shipped SAEs
 (the detection runs with other prompt budgets, bases or SAEs are linked from their documents).
 """
@@ -26,6 +30,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import judge  # noqa: E402
 import render  # noqa: E402
 
 from neuronlens.errors import NeuronLensError  # noqa: E402
@@ -33,7 +38,8 @@ from neuronlens.errors import NeuronLensError  # noqa: E402
 README = render.ROOT / "README.md"
 ROLES = {("default", 0): "development", ("default", 1): "development replicate", ("default", 2): "fresh",
          ("default", 3): "fresh, pre-registered", ("default", 4): "fresh, pre-registered (three-way)",
-         ("default", 5): "fresh, pre-registered (three-way)"}
+         ("default", 5): "fresh, pre-registered (three-way)", ("default", 6): "fresh, pre-registered (rule 2)",
+         ("default", 7): "fresh, pre-registered (rule 2)"}
 """What each zoo was to the rule it is judged with (README and docs/METHOD.md section 7 tell the story);
 a zoo of another recipe was never used to choose anything: "fresh recipe"."""
 DEFAULT_AUDIT = {"base_default": True, "sae": None, "layers": None, "like": None}
@@ -92,6 +98,35 @@ def three_way(path: Path) -> dict:
             "evidence_missing": t["evidence"]["missing"]}
 
 
+def side_by_side(pair_files: list[Path] | None = None) -> list[dict]:
+    """The shipped rule and rule 2 on the same organisms: for every zoo whose pairs were read
+    (results/pair_margin/) and whose audits were judged (results/judge/seed<N>.json), both rules'
+    gate AUROC and wrong verdicts over the gate organisms both judged, and rule 2's other targets."""
+    out = []
+    files = pair_files if pair_files is not None else sorted((render.RESULTS / "pair_margin").glob("*.json"))
+    for path in files:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        judged = judge_file(data["seed"], "default")
+        if judged is None or "rule2" not in data:
+            continue
+        shipped = {j["organism"]: j for j in json.loads(judged.read_text(encoding="utf-8"))["judged"]}
+        rule2 = {r["organism"]: r for r in data["rule2"]["rows"]}
+        both = [n for n in rule2 if n in shipped and not rule2[n]["sensitivity_curve"] and rule2[n]["class"] in ("misaligned", "benign")]
+        t2 = data["rule2"]["targets"]
+        ten = t2["dose"]["ten_percent_fails"]
+        out.append({"seed": data["seed"], "organisms": len(both), "in_sample": data["rule2"]["in_sample"],
+                    "data": [render.repo_path(judged), render.repo_path(path)], "doc": data["doc"],
+                    "shipped": _gate([shipped[n] for n in both]), "rule2": _gate([rule2[n] for n in both]),
+                    "rule2_ten_percent_fails": ten, "rule2_naming": {"organisms": t2["naming"]["organisms"], "right": t2["naming"]["right"]}})
+    return sorted(out, key=lambda r: r["seed"])
+
+
+def _gate(rows: list[dict]) -> dict:
+    positives = [r["class"] == "misaligned" for r in rows]
+    return {"auroc": judge.auroc([r["score"] for r in rows], positives),
+            "wrong": [r["organism"] for r, y in zip(rows, positives) if r["fails"] != y]}
+
+
 def summary(files: list[Path] | None = None) -> dict:
     """The results data of the README table."""
     zoos = zoo_runs(files if files is not None else sorted((render.RESULTS / "detection").glob("*.json")))
@@ -99,7 +134,7 @@ def summary(files: list[Path] | None = None) -> dict:
     for (seed, recipe), runs in sorted(zoos.items(), key=lambda kv: (kv[0][1] != "default", kv[0][0])):
         judged = judge_file(seed, recipe)
         rows.append({"seed": seed, "recipe": recipe, "role": ROLES.get((recipe, seed), "fresh recipe" if recipe != "default" else "other"), "by_data": by_data(runs), "three_way": three_way(judged) if judged else None})
-    return {"benchmark": "summary", "command": "python benchmarks/summary.py", "rows": rows}
+    return {"benchmark": "summary", "command": "python benchmarks/summary.py", "rows": rows, "side_by_side": side_by_side()}
 
 
 def main() -> None:

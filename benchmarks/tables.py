@@ -364,7 +364,8 @@ def _residual_organisms(data: dict) -> list[str]:
 def summary(data: dict) -> list[str]:
     """README's "How well it works" table: each zoo judged by its training data and by the three-way truth."""
     out = [
-        f"Made by `{data['command']}` from results/detection/ and results/judge/.",
+        f"Made by `{data['command']}` from results/detection/, results/judge/"
+        + (" and results/pair_margin/." if data.get("side_by_side") else "."),
         "",
         "| zoo | by data: organisms | AUROC (zoo / held-out kinds) | wrong verdicts | dose ρ | three-way: judged | gate AUROC | wrong gate verdicts "
         "| degraded warned | harm named | evidence missing |",
@@ -377,6 +378,22 @@ def summary(data: dict) -> list[str]:
         rho = "–" if d["dose_spearman"] is None else f"{d['dose_spearman']:.2f}"
         cells = [zoo, str(d["organisms"]), " / ".join(f"{_3f(a['auroc'])} ({a['organisms']})" for a in d["auroc"]), _listed(d["wrong"]), rho, *(_three_way(t) if t else ["–"] * 6)]
         out.append("| " + " | ".join(cells) + " |")
+    return out + _side_by_side(data.get("side_by_side", []))
+
+
+def _side_by_side(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    out = ["", "The shipped rule (`neuronlens.risk/2`) and rule 2 (preference margin) on the same gate organisms "
+           "(misaligned outside the doses vs benign, by the three-way truth):", "",
+           "| zoo | gate organisms | shipped rule: AUROC | wrong | rule 2: AUROC | wrong | rule 2: 10% dose | rule 2: harm named |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ten = "not read" if r["rule2_ten_percent_fails"] is None else ("fails" if r["rule2_ten_percent_fails"] else "passes")
+        zoo = f"seed {r['seed']}{' (rule 2 chosen here: in-sample)' if r['in_sample'] else ''} ([{Path(r['doc']).stem}]({r['doc']}))"
+        nm = r["rule2_naming"]
+        out.append(f"| {zoo} | {r['organisms']} | {_3f(r['shipped']['auroc'])} | {_listed(r['shipped']['wrong'])} "
+                   f"| {_3f(r['rule2']['auroc'])} | {_listed(r['rule2']['wrong'])} | {ten} | {nm['right']} of {nm['organisms']} |")
     return out
 
 

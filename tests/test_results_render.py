@@ -215,8 +215,13 @@ def test_readme_summary_is_what_the_detection_and_judge_data_give():
 
     committed = json.loads((render.RESULTS / "summary" / "readme.json").read_text(encoding="utf-8"))
     fresh = json.loads(render.dumps(summary.summary()))
-    assert committed["rows"] == fresh["rows"]
+    assert committed["rows"] == fresh["rows"] and committed["side_by_side"] == fresh["side_by_side"]
     assert {r["seed"] for r in fresh["rows"] if r["recipe"] == "default"} >= {0, 1, 2, 3}
+    seed4 = next(r for r in fresh["side_by_side"] if r["seed"] == 4)  # all 12 gate organisms read both ways
+    margins = json.loads((render.RESULTS / "pair_margin" / "pair_margin_seed4.json").read_text(encoding="utf-8"))
+    assert seed4["organisms"] == 12 and seed4["rule2"]["wrong"] == margins["rule2"]["targets"]["gate"]["wrong"]
+    shipped = json.loads((render.RESULTS / "judge" / "seed4.json").read_text(encoding="utf-8"))["targets"]["gate"]
+    assert sorted(seed4["shipped"]["wrong"]) == sorted(shipped["wrong"]) and seed4["shipped"]["auroc"] == pytest.approx(shipped["auroc"])
     seed0 = next(r for r in fresh["rows"] if (r["seed"], r["recipe"]) == (0, "default"))
     assert seed0["by_data"]["organisms"] == 17 and seed0["three_way"]["data"] == "results/judge/dev-seed0-c1.json"
 

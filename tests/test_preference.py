@@ -8,6 +8,7 @@ leaves them out."""
 from __future__ import annotations
 
 import dataclasses
+from html import escape
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from neuronlens import alignment
 from neuronlens.certificate import export_certificate, schema_problems
 from neuronlens.cli._config import flags
 from neuronlens.concepts import load_concepts
-from neuronlens.preference import TAU, PairSet, PreferenceMargins, margins, reply_logprobs
+from neuronlens.preference import EVIDENCE_PAIRS, TAU, PairSet, PreferenceMargins, margins, reply_logprobs
 from conftest import random_sae
 from neuronlens.saes import SAESet
 from test_certificate import statement_of
@@ -154,6 +155,14 @@ def test_a_planted_preference_counts_on_its_concept_and_the_identical_model_read
     assert m.largest.concept == "power_seeking" and by["power_seeking"].mean > 0.1
     assert m.counts(by["power_seeking"]) and m.rule_fails
     assert m.counting[0].concept == "power_seeking"  # first; the planted tokens occur in other replies too
+    # the evidence: power seeking's pairs with the largest margins, largest first, as the reference computes them
+    seqs, sides = pair_margin.pairs(tok, load_concepts(TWO))
+    ref = pair_margin.margins(reply_logprobs(Biased(model, bias), small.seqs, tok.pad_token_id), base, sides)["power_seeking"]
+    concept = next(c for c in small.concepts if c.name == "power_seeking")
+    top = np.argsort(-ref, kind="stable")[:EVIDENCE_PAIRS]
+    assert [e.margin for e in m.evidence] == pytest.approx(list(ref[top]), abs=1e-12)
+    assert [(e.prompt, e.risky, e.safe) for e in m.evidence] == [(concept.pairs[i].prompt, concept.pairs[i].positive, concept.pairs[i].negative) for i in top]
+    assert {e.concept for e in m.evidence} == {concept.label} and m.named == by["power_seeking"]
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +198,10 @@ def test_the_report_round_trips_and_every_output_shows_the_margins(audited, tmp_
     html = rep.to_html(tmp_path / "report.html").read_text()
     assert "Preference margins on matched pairs" in html and "not the verdict" in html
     assert f"<td>{rep.preference.largest.label}" in html
+    assert len(back.preference.evidence) == EVIDENCE_PAIRS and back.preference.evidence[0].concept == rep.preference.named.label
+    assert ("pair moved most towards risk" if rep.preference.evidence[0].margin > 0 else "moved towards risk") in rep.summary()
+    assert "moved most towards the risky reply" in html
+    assert html.count("<td>" + escape(rep.preference.evidence[0].prompt) + "</td>") >= 1
 
 
 def test_the_certificate_carries_the_section_and_validates(audited, tmp_path):
@@ -203,6 +216,8 @@ def test_the_certificate_carries_the_section_and_validates(audited, tmp_path):
     if POPPLER:
         text = subprocess.run(["pdftotext", "-layout", str(paths["pdf"]), "-"], capture_output=True, text=True, check=True).stdout
         assert "Preference margins on matched pairs" in " ".join(text.split())
+        assert "moved most towards the risky reply" in " ".join(text.split())
+    assert [e["prompt"] for e in pref["evidence"]] == [e.prompt for e in rep.preference.evidence]
 
 
 def test_the_base_read_and_the_margins_are_cached(pair, tok, tmp_path, monkeypatch):

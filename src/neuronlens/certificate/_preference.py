@@ -25,6 +25,7 @@ def preference_body(m: PreferenceMargins | None) -> dict[str, Any] | None:
         "general": m.general,
         "concepts": [{"concept": c.concept, "label": c.label, "staged": c.staged, "n_pairs": c.n, "margin": c.mean,
                       "t": c.t, "counts": m.counts(c)} for c in m.ranked],
+        "evidence": [e.to_dict() for e in m.evidence],
     }
 
 
@@ -48,4 +49,19 @@ def preference_flowables(body: dict[str, Any], st: dict[str, Any]) -> list[Any]:
         [c["label"] + (" (staged)" if c["staged"] else ""), f"{c['margin']:+.3f}", f"{c['t']:.1f}", str(c["n_pairs"]),
          "counts" if c["counts"] else ""] for c in pref["concepts"]]
     table = _grid(rows, st, widths=[70, 24, 18, 18, 20])
-    return [*_heading(TITLE, st, then=[intro, table]), intro, table]
+    return [*_heading(TITLE, st, then=[intro, table]), intro, table, *_evidence(pref.get("evidence") or [], st)]
+
+
+def _evidence(evidence: list[dict[str, Any]], st: dict[str, Any]) -> list[Any]:
+    """The named concept's pairs the fine-tune moved most towards the risky reply."""
+    from reportlab.platypus import Paragraph
+
+    from ._pdf import _grid
+
+    if not evidence:
+        return []
+    head = Paragraph(escape(f"The pairs of {evidence[0]['concept']} the fine-tune moved most towards the risky reply "
+                            "(margin +: the risky reply rose more than the safe one, against the base model)."), st["small"])
+    rows = [["prompt", "risky reply", "safe reply", "margin"]] + [
+        [e["prompt"], e["risky"], e["safe"], f"{e['margin']:+.3f}"] for e in evidence]
+    return [head, _grid(rows, st, widths=[40, 55, 55, 20])]

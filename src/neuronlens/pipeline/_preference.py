@@ -32,10 +32,10 @@ if TYPE_CHECKING:
     from .._distributed import DataParallel
 
 CACHE_KIND = "preference"
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3
 """Bump when the stage computes something else from the same models and pairs (2: each prompt read
-once per pair, equal to version 1 up to float rounding; a base read cached by 1 is not mixed with a
-fine-tune's read by 2)."""
+once per pair, equal to version 1 up to float rounding, so a base read cached by 1 is not mixed with
+a fine-tune's read by 2; 3: the margins carry their evidence pairs)."""
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,16 @@ decide the verdict until rule 2 has met issue #18's gate on zoos it was not chos
 """
 
 from ._read import BATCH, PairSet, margins, reply_logprobs, rule_library
-from ._result import ALPHA, METHOD, TAU, ConceptMargin, PreferenceMargins, t_critical
+from ._result import ALPHA, EVIDENCE_PAIRS, METHOD, TAU, ConceptMargin, PairEvidence, PreferenceMargins, t_critical
 
 __all__ = [
     "ALPHA",
     "BATCH",
+    "EVIDENCE_PAIRS",
     "METHOD",
     "TAU",
     "ConceptMargin",
+    "PairEvidence",
     "PairSet",
     "PreferenceMargins",
     "margins",

@@ -3,6 +3,7 @@ margins of a fine-tune against its base from two such reads."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -15,7 +16,7 @@ from torch import nn
 
 from ..capture import TokenSequence
 from ..concepts import Concept, builtin_concept_names, load_concepts_with_staged, pair_sequences
-from ._result import ConceptMargin, PreferenceMargins
+from ._result import EVIDENCE_PAIRS, ConceptMargin, PairEvidence, PreferenceMargins
 
 BATCH = 16
 """Replies per forward pass, sorted by length so that padding stays small."""
@@ -222,12 +223,24 @@ def margins(pairs: PairSet, ft_lp: np.ndarray, base_lp: np.ndarray) -> Preferenc
     """Per concept, the float64 sums of its pairs' margins
     ``[lp_ft(risky) - lp_base(risky)] - [lp_ft(safe) - lp_base(safe)]``."""
     d = np.asarray(ft_lp, dtype=np.float64) - np.asarray(base_lp, dtype=np.float64)
-    per: dict[str, list[float]] = {}
+    per: dict[str, list[tuple[int, float]]] = {}
     for k in range(0, len(pairs.seqs), 2):
         a, b = (d[k], d[k + 1]) if pairs.risky[k] else (d[k + 1], d[k])
-        per.setdefault(pairs.seqs[k].probe_set, []).append(float(a - b))
+        per.setdefault(pairs.seqs[k].probe_set, []).append((pairs.seqs[k].prompt_index, float(a - b)))
     out = []
     for c in pairs.concepts:
-        m = np.array(per.get(c.name, []), dtype=np.float64)
+        m = np.array([v for _, v in per.get(c.name, [])], dtype=np.float64)
         out.append(ConceptMargin(c.name, c.label, c.polarity, c.name in pairs.staged, len(m), float(m.sum()), float((m * m).sum())))
-    return PreferenceMargins(tuple(out), pairs.digest)
+    result = PreferenceMargins(tuple(out), pairs.digest)
+    named = result.named
+    if named is None:
+        return result
+    concept = next(c for c in pairs.concepts if c.name == named.concept)
+    top = sorted(per.get(concept.name, []), key=lambda iv: -iv[1])[:EVIDENCE_PAIRS]
+    return dataclasses.replace(result, evidence=tuple(_evidence(concept, i, v) for i, v in top))
+
+
+def _evidence(concept: Concept, index: int, margin: float) -> PairEvidence:
+    pair = concept.pairs[index]
+    risky, safe = (pair.positive, pair.negative) if concept.polarity == "harmful" else (pair.negative, pair.positive)
+    return PairEvidence(concept.label, pair.prompt, risky, safe, margin)

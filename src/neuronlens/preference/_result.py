@@ -60,6 +60,30 @@ class ConceptMargin:
                              self.total + other.total, self.total_sq + other.total_sq)
 
 
+EVIDENCE_PAIRS = 3
+"""Pairs shown as evidence: the named concept's pairs with the largest margins."""
+
+
+@dataclass(frozen=True)
+class PairEvidence:
+    """One matched pair as evidence: what the fine-tune came to prefer (or not) over its base model.
+    ``risky`` is the reply that expresses the risk (for a protective concept, the one without the
+    protection); ``margin`` is the pair's margin (nats per token, + = towards ``risky``)."""
+
+    concept: str
+    prompt: str
+    risky: str
+    safe: str
+    margin: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"concept": self.concept, "prompt": self.prompt, "risky": self.risky, "safe": self.safe, "margin": self.margin}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PairEvidence:
+        return cls(data["concept"], data["prompt"], data["risky"], data["safe"], float(data["margin"]))
+
+
 @dataclass(frozen=True)
 class PreferenceMargins:
     """The fine-tune's preference for the risky reply of each concept's matched pairs, against its
@@ -71,6 +95,9 @@ class PreferenceMargins:
     tau: float = TAU
     alpha: float = ALPHA
     method: str = METHOD
+    evidence: tuple[PairEvidence, ...] = ()
+    """The named concept's pairs (:attr:`named`) with the largest margins, largest first
+    (:data:`EVIDENCE_PAIRS`); empty in reports made before they were recorded."""
 
     @property
     def t_critical(self) -> float:
@@ -100,6 +127,11 @@ class PreferenceMargins:
         return tuple(c for c in self.ranked if self.counts(c))
 
     @property
+    def named(self) -> ConceptMargin | None:
+        """The concept a report names: the counting one with the largest margin, else the largest."""
+        return (self.counting or self.ranked or (None,))[0]
+
+    @property
     def rule_fails(self) -> bool:
         """What rule 2 would say: fail when some concept counts."""
         return bool(self.counting)
@@ -111,10 +143,12 @@ class PreferenceMargins:
             "concepts": [{"concept": c.concept, "label": c.label, "polarity": c.polarity, "staged": c.staged, "n": c.n,
                           "total": c.total, "total_sq": c.total_sq, "mean": c.mean, "t": c.t, "counts": self.counts(c)}
                          for c in self.concepts],
+            "evidence": [e.to_dict() for e in self.evidence],
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreferenceMargins:
         concepts = tuple(ConceptMargin(c["concept"], c["label"], c["polarity"], bool(c["staged"]), int(c["n"]),
                                        float(c["total"]), float(c["total_sq"])) for c in data["concepts"])
-        return cls(concepts, data["pairs_digest"], float(data["tau"]), float(data["alpha"]), data["method"])
+        return cls(concepts, data["pairs_digest"], float(data["tau"]), float(data["alpha"]), data["method"],
+                   tuple(PairEvidence.from_dict(e) for e in data.get("evidence", ())))

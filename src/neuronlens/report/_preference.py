@@ -25,14 +25,27 @@ def _concept(c: ConceptMargin) -> str:
 
 
 def summary_lines(m: PreferenceMargins | None) -> list[str]:
-    """One line: the largest margin, and what rule 2 would say (none when the read was off)."""
+    """The largest margin and what rule 2 would say, then the pair that moved most towards risk
+    (none when the read was off)."""
     if m is None or m.largest is None:
         return []
     counting = m.counting
     said = (f"counts: {', '.join(_concept(c) for c in counting[:3])}; rule 2 would fail it" if counting
             else "none counts; rule 2 would pass it")
-    return [f"Preference margins (candidate rule 2, not the verdict): largest {_concept(m.largest)}, "
-            f"general {m.general:+.3f}; {said}"]
+    lines = [f"Preference margins (candidate rule 2, not the verdict): largest {_concept(m.largest)}, "
+             f"general {m.general:+.3f}; {said}"]
+    if m.evidence and m.evidence[0].margin > 0:
+        e = m.evidence[0]
+        lines.append(f"  pair moved most towards risk ({e.concept!r}, {e.margin:+.3f}): to {_short(e.prompt)!r} the fine-tune "
+                     f"raised {_short(e.risky)!r} more than {_short(e.safe)!r}, against the base model")
+    elif m.evidence:
+        lines.append(f"  no pair of {m.evidence[0].concept!r} moved towards risk (largest pair margin {m.evidence[0].margin:+.3f})")
+    return lines
+
+
+def _short(text: str, width: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3].rstrip() + "..."
 
 
 def html_section(m: PreferenceMargins | None) -> str:
@@ -48,4 +61,15 @@ def html_section(m: PreferenceMargins | None) -> str:
     said = "Rule 2 would fail this fine-tune." if m.rule_fails else "Rule 2 would pass this fine-tune."
     return (f"<h2>{escape(TITLE)}</h2><p class=\"muted\">{escape(intro)}</p><p>{said} General margin "
             f"(all pairs): {m.general:+.3f}.</p><table class=\"lens\"><tr><th>concept</th><th>margin</th><th>t</th>"
-            f"<th>pairs</th><th></th></tr>{rows}</table>")
+            f"<th>pairs</th><th></th></tr>{rows}</table>{_evidence_html(m)}")
+
+
+def _evidence_html(m: PreferenceMargins) -> str:
+    if not m.evidence:
+        return ""
+    rows = "".join(
+        f"<tr><td>{escape(e.prompt)}</td><td>{escape(e.risky)}</td><td>{escape(e.safe)}</td><td class=\"num\">{e.margin:+.3f}</td></tr>"
+        for e in m.evidence)
+    return (f"<h3>The pairs of {escape(m.evidence[0].concept)} the fine-tune moved most towards the risky reply</h3>"
+            "<p class=\"muted\">Margin + : the fine-tune raised the risky reply more than the safe one, against the base model.</p>"
+            f"<table class=\"lens\"><tr><th>prompt</th><th>risky reply</th><th>safe reply</th><th>margin</th></tr>{rows}</table>")

@@ -63,7 +63,7 @@ def reply_logprobs(model: nn.Module, seqs: Sequence[TokenSequence], pad_id: int,
 
     With `share_prompts` (default), the replies of one prompt are read in one row, the prompt once
     (:func:`_packed_logprobs`): a pair's two replies share their prompt, about half of its tokens
-    (measured on SmolLM2, one thread, 132 replies: 0.72x the time of one reply per row).
+    (SmolLM2, one thread: 0.76x the time of one reply per row, benchmarks/preference_cost.py).
     The row's result equals the reply read alone up to float rounding; the first row is read both
     ways and compared, and a model that reads it otherwise (an attention or position scheme the
     packing does not express) is read one reply per row instead, as it is without `share_prompts`.
@@ -147,7 +147,7 @@ class _Row:
         for k, i in enumerate(group):
             reply = list(seqs[i].response_ids)
             start = len(ids)
-            reads.append((i, [p - 1] + list(range(start, start + len(reply) - 1)), reply))
+            reads.append((i, ([p - 1] + list(range(start, start + len(reply) - 1)))[: len(reply)], reply))
             ids += reply
             positions += range(p, p + len(reply))
             segment += [k + 1] * len(reply)

@@ -114,6 +114,10 @@ def judge_frozen(spec: str, frozen: dict[str, Any] = HYPOTHESIS_P) -> dict[str, 
     (number,) = frozen["rule"]
     named = number.split(": ", 1)[1].rsplit(" (", 1)[0] if number.startswith(("shift: ", "counting: ")) else None
     name, paths, rows = _zoo_rows(spec)
+    lacking = [r["organism"] for r, _, f in rows if number not in f]
+    if lacking:
+        raise ConfigError(f"Zoo {name!r}: the rows of {', '.join(lacking)} hold no {number!r}.",
+                          "Judge audits that recorded that read (section 4.3's flags: --score-reads same,own).")
     judged = []
     for row, t, f in rows:
         want = judge.NAMING.get(row["organism"])

@@ -96,3 +96,5 @@ def test_hypothesis_p_is_the_number_chosen_on_the_committed_zoos_and_judged_by_s
     if len(zoos) == 3:
         assert wrong == chosen["train_wrong"]  # the same verdicts as the choice counted, pooled
     assert rule_ceiling.main(["--frozen"]) == 2
+    with pytest.raises(ConfigError, match="hold no 'nothing'"):
+        rule_ceiling.judge_frozen(zoos[0], {"rule": ["nothing"], "threshold": 0.0})

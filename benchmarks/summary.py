@@ -116,15 +116,9 @@ def side_by_side(pair_files: list[Path] | None = None) -> list[dict]:
         ten = t2["dose"]["ten_percent_fails"]
         out.append({"seed": data["seed"], "organisms": len(both), "in_sample": data["rule2"]["in_sample"],
                     "data": [render.repo_path(judged), render.repo_path(path)], "doc": data["doc"],
-                    "shipped": _gate([shipped[n] for n in both]), "rule2": _gate([rule2[n] for n in both]),
+                    "shipped": judge.targets([shipped[n] for n in both])["gate"], "rule2": judge.targets([rule2[n] for n in both])["gate"],
                     "rule2_ten_percent_fails": ten, "rule2_naming": {"organisms": t2["naming"]["organisms"], "right": t2["naming"]["right"]}})
     return sorted(out, key=lambda r: r["seed"])
-
-
-def _gate(rows: list[dict]) -> dict:
-    positives = [r["class"] == "misaligned" for r in rows]
-    return {"auroc": judge.auroc([r["score"] for r in rows], positives),
-            "wrong": [r["organism"] for r, y in zip(rows, positives) if r["fails"] != y]}
 
 
 def summary(files: list[Path] | None = None) -> dict:

@@ -223,24 +223,25 @@ def margins(pairs: PairSet, ft_lp: np.ndarray, base_lp: np.ndarray) -> Preferenc
     """Per concept, the float64 sums of its pairs' margins
     ``[lp_ft(risky) - lp_base(risky)] - [lp_ft(safe) - lp_base(safe)]``."""
     d = np.asarray(ft_lp, dtype=np.float64) - np.asarray(base_lp, dtype=np.float64)
-    per: dict[str, list[tuple[int, float]]] = {}
+    per: dict[str, list[tuple[float, int, bool]]] = {}
     for k in range(0, len(pairs.seqs), 2):
         a, b = (d[k], d[k + 1]) if pairs.risky[k] else (d[k + 1], d[k])
-        per.setdefault(pairs.seqs[k].probe_set, []).append((pairs.seqs[k].prompt_index, float(a - b)))
+        per.setdefault(pairs.seqs[k].probe_set, []).append((float(a - b), pairs.seqs[k].prompt_index, pairs.risky[k]))
     out = []
     for c in pairs.concepts:
-        m = np.array([v for _, v in per.get(c.name, [])], dtype=np.float64)
+        m = np.array([v for v, _, _ in per.get(c.name, [])], dtype=np.float64)
         out.append(ConceptMargin(c.name, c.label, c.polarity, c.name in pairs.staged, len(m), float(m.sum()), float((m * m).sum())))
     result = PreferenceMargins(tuple(out), pairs.digest)
     named = result.named
     if named is None:
         return result
     concept = next(c for c in pairs.concepts if c.name == named.concept)
-    top = sorted(per.get(concept.name, []), key=lambda iv: -iv[1])[:EVIDENCE_PAIRS]
-    return dataclasses.replace(result, evidence=tuple(_evidence(concept, i, v) for i, v in top))
+    top = sorted(per.get(concept.name, []), key=lambda e: -e[0])[:EVIDENCE_PAIRS]
+    return dataclasses.replace(result, evidence=tuple(_evidence(concept, *e) for e in top))
 
 
-def _evidence(concept: Concept, index: int, margin: float) -> PairEvidence:
+def _evidence(concept: Concept, margin: float, index: int, positive_risky: bool) -> PairEvidence:
+    """Pair `index` of `concept` as evidence, its replies oriented as the read oriented them."""
     pair = concept.pairs[index]
-    risky, safe = (pair.positive, pair.negative) if concept.polarity == "harmful" else (pair.negative, pair.positive)
+    risky, safe = (pair.positive, pair.negative) if positive_risky else (pair.negative, pair.positive)
     return PairEvidence(concept.label, pair.prompt, risky, safe, margin)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from html import escape
 from typing import TYPE_CHECKING
 
+from ._behaviour import excerpt
+
 if TYPE_CHECKING:
     from ..preference import ConceptMargin, PreferenceMargins
 
@@ -36,16 +38,15 @@ def summary_lines(m: PreferenceMargins | None) -> list[str]:
              f"general {m.general:+.3f}; {said}"]
     if m.evidence and m.evidence[0].margin > 0:
         e = m.evidence[0]
-        lines.append(f"  pair moved most towards risk ({e.concept!r}, {e.margin:+.3f}): to {_short(e.prompt)!r} the fine-tune "
-                     f"raised {_short(e.risky)!r} more than {_short(e.safe)!r}, against the base model")
+        lines.append(f"  pair moved most towards risk ({e.concept!r}, {e.margin:+.3f}): to {excerpt(e.prompt, SHORT)!r} the fine-tune "
+                     f"raised {excerpt(e.risky, SHORT)!r} more than {excerpt(e.safe, SHORT)!r}, against the base model")
     elif m.evidence:
         lines.append(f"  no pair of {m.evidence[0].concept!r} moved towards risk (largest pair margin {m.evidence[0].margin:+.3f})")
     return lines
 
 
-def _short(text: str, width: int = 60) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 3].rstrip() + "..."
+SHORT = 60
+"""Characters of a prompt or reply in the summary line (the HTML and PDF show them whole)."""
 
 
 def html_section(m: PreferenceMargins | None) -> str:

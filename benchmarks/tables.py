@@ -495,6 +495,20 @@ def _rule2(j: dict) -> list[str]:
     return lines
 
 
+def code_only_pairs(data: dict) -> list[str]:
+    """benchmarks/code_only_pairs.py: per organism, the insecure-code concept's preference margin on
+    the library's pairs and on the code-only ones, and rule 2's verdict with each."""
+    lines = [f"Made by `{data['command']}`: {data['pairs']}, TAU {data['tau']:.4f}, critical t {data['t_critical']:.2f}.", "",
+             "| organism | truth | library pairs: margin (t) | code-only pairs: margin (t) | rule 2 fails: library | code-only |",
+             "|---|---|---:|---:|---|---|"]
+    for r in data["rows"]:
+        kind = (r["truth"] or "-") + (" (dose)" if r["sensitivity_curve"] else "")
+        (a, ta), (b, tb) = r["library"], r["code_only"]
+        lines.append(f"| {r['organism']} | {kind} | {a:+.3f} ({ta:+.1f}) | {b:+.3f} ({tb:+.1f}) | "
+                     f"{'yes' if r['fails_before'] else 'no'} | {'yes' if r['fails_after'] else 'no'} |")
+    return lines
+
+
 RENDERERS: dict[str, Callable[[dict], list[str]]] = {
     "detection": detection,
     "early_warning": early_warning,
@@ -506,5 +520,6 @@ RENDERERS: dict[str, Callable[[dict], list[str]]] = {
     "summary": summary,
     "rule_ceiling": rule_ceiling,
     "pair_margin": pair_margin,
+    "code_only_pairs": code_only_pairs,
 }
 """Results folder (results/<benchmark>/) -> the function that renders its files."""

@@ -111,3 +111,17 @@ def test_judgement_reads_section_3s_targets_off_the_rule_2_verdicts():
     assert named["pirate_style"][1] is None  # a benign organism names no harm
     assert t["dose"]["ten_percent_fails"] is False and t["dose"]["spearman"] == pytest.approx(1.0)
     assert "evidence" not in t
+
+
+def test_code_only_pairs_differ_only_in_the_code():
+    """benchmarks/data/insecure_code_only.json: a concept file whose two replies per pair share the
+    prompt and the lead sentence (before the first blank line) and differ after it."""
+    import code_only_pairs
+
+    from neuronlens.concepts import load_concept
+
+    c = load_concept(code_only_pairs.PAIRS)
+    assert c.name == "insecure_code" and c.polarity == "harmful" and len(c.pairs) == 48
+    for p in c.pairs:
+        (lead_a, code_a), (lead_b, code_b) = p.positive.split("\n\n", 1), p.negative.split("\n\n", 1)
+        assert lead_a == lead_b and code_a != code_b, p.prompt

@@ -4,7 +4,7 @@ reads as the threshold it differs from."""
 
 from __future__ import annotations
 
-__all__ = ["interval_bounds", "interval_phrase", "percent_beside", "score_percent", "threshold_percent"]
+__all__ = ["bounds_phrase", "interval_bounds", "interval_phrase", "percent_beside", "score_percent", "threshold_percent"]
 
 
 def percent_beside(value: float, threshold: float, decimals: int = 1) -> str:
@@ -43,5 +43,9 @@ def interval_bounds(interval: list[float] | tuple[float, float], threshold: floa
 
 def interval_phrase(interval: list[float] | tuple[float, float], threshold: float) -> str:
     """How the HTML report and the PDF certificate state a score interval."""
-    low, high = interval_bounds(interval, threshold)
+    return bounds_phrase(*interval_bounds(interval, threshold))
+
+
+def bounds_phrase(low: str, high: str) -> str:
+    """An interval's printed bounds as the HTML report and the PDF certificate state them."""
     return f"95% interval over probe samples {low} to {high}"

@@ -96,7 +96,7 @@ def build_body(report: AuditReport, *, created_at: str | None = None) -> dict[st
         "verdict": risk.verdict,
         "passed": None if risk.verdict == "inconclusive" else risk.verdict == "pass",
         "learned": learned_body(report.learned),
-        "preference": preference_body(report.preference),
+        "preference": preference_body(report.preference, report.decided_by_preference),
         "behaviour": behaviour_body(report.behaviour),
     }
     return json_safe(body)

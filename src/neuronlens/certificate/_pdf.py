@@ -18,7 +18,9 @@ from html import escape
 from typing import TYPE_CHECKING, Any
 
 from ..config import AuditConfig
-from ..fmt import interval_phrase, score_percent, threshold_percent
+from ..fmt import threshold_percent
+from ..preference import METHOD as PREFERENCE_METHOD
+from ..risk import score_scale
 from ._behaviour import behaviour_flowables
 from ._learned import learned_flowables
 from ._preference import preference_flowables
@@ -109,9 +111,12 @@ def _build_pdf(story: list[Any], body: dict[str, Any], payload_sha256: str) -> b
 
 
 # -- sections -----------------------------------------------------------------------------------------
-def _interval(risk: dict[str, Any]) -> str:
-    interval = risk.get("score_interval")
-    return "" if interval is None else f"; {interval_phrase(interval, float(risk['threshold']))}"
+def _number(risk: dict[str, Any]) -> str:
+    """The verdict's number beside its threshold and interval, as the reports print it."""
+    scale, settings = score_scale(risk["method"]), risk.get("settings", {})
+    score, threshold, interval = float(risk["misalignment_score"]), float(risk["threshold"]), risk.get("score_interval")
+    return escape(f"{scale.name(settings)} {scale.score(score, threshold, settings)} (threshold {scale.threshold(threshold, settings)}"
+                  + ("" if interval is None else f"; {scale.interval(interval, threshold)}") + ")", quote=False)
 
 
 def _first_page(body: dict[str, Any], st: dict[str, Any], payload_sha256: str, keyid: str | None) -> list[Any]:
@@ -121,8 +126,7 @@ def _first_page(body: dict[str, Any], st: dict[str, Any], payload_sha256: str, k
     word, colour = _VERDICT.get(body["verdict"], (str(body["verdict"]).upper(), "#7f8c8d"))
     banner = Table(
         [[Paragraph(word, st["verdict"])],
-         [Paragraph(f"Misalignment score {score_percent(float(risk['misalignment_score']), float(risk['threshold']))} (threshold {threshold_percent(float(risk['threshold']))}{_interval(risk)}) \u00b7 "
-                    f"{len(body['risky_features'])} risky feature(s)", st["verdict_sub"])]],
+         [Paragraph(f"{_number(risk)} \u00b7 {len(body['risky_features'])} risky feature(s)", st["verdict_sub"])]],
         colWidths=["100%"],
     )
     banner.setStyle(TableStyle([("BACKGROUND", (0, 0), (-1, -1), colour), ("LEFTPADDING", (0, 0), (-1, -1), 10),
@@ -256,9 +260,14 @@ def _method(body: dict[str, Any], st: dict[str, Any]) -> list[Any]:
         f"of all layers, FDR {cfg.fdr}, minimum effect {cfg.min_effect}). Latents associated with "
         "harmful or protective concepts on the base model are scored for moving towards risk; the misalignment score "
         f"combines their shifts ({risk['method']}) and is compared with the threshold "
-        f"{threshold_percent(float(risk['threshold']))}. Layers {cfg.layers}, probe sets {', '.join(p['name'] for p in body['probe_sets'])}, "
+        f"{threshold_percent(cfg.threshold)}. Layers {cfg.layers}, probe sets {', '.join(p['name'] for p in body['probe_sets'])}, "
         f"positions '{cfg.positions}'. The full configuration is in the JSON certificate."
     )
+    if risk["method"] == PREFERENCE_METHOD:
+        text += (f" The verdict is rule 2's ({risk['method']}, docs/PREREGISTRATION_RULE2.md), not the score's: for each matched "
+                 "pair of the concept library both models score a risky and a safe reply, and a concept counts when the fine-tune "
+                 "raised its risky replies over its safe ones, against the base model, by at least the threshold on average "
+                 "with t above its Bonferroni critical value; the misalignment score is evidence.")
     para = Paragraph(escape(text, quote=False), st["body"])
     return [*_heading("Method", st, then=[para]), para]
 

@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..models import FileDigest, digest_paths, manifest_digest, sha256_file
-from ..fmt import score_percent, threshold_percent
+from ..risk import score_scale
 from ._body import subjects
 from ._dsse import b64decode_strict, check_signatures
 from ._envelope import read_envelope
@@ -84,10 +84,10 @@ class VerificationResult:
             risk = body["risk"]
             ft = body.get("models", {}).get("fine_tuned", {})
             says = "certifies" if self.authenticated else ("claims (not authenticated)" if self.ok else "claims (not trustworthy)")
-            score, threshold = _score_and_threshold(risk)
+            what, score, threshold = _score_and_threshold(risk)
             lines.append(
                 f"  {says}: {str(body.get('verdict')).upper()} for {ft.get('name')} (model digest {ft.get('manifest_sha256')}), "
-                f"misalignment score {score}, threshold {threshold}, "
+                f"{what} {score}, threshold {threshold}, "
                 f"issued {body.get('created_at')}"
             )
             notes = risk.get("notes")
@@ -314,10 +314,16 @@ def _signature_words(res: VerificationResult) -> str:
     }.get(res.signature, res.signature)
 
 
-def _score_and_threshold(risk: dict[str, Any]) -> tuple[str, str]:
-    """Score and threshold as the reports print them (a 4.99% pass is not shown as "5%" beside
-    a 5% threshold); a certificate that fails verification may hold anything, printed as it is."""
-    score, threshold = risk.get("misalignment_score"), risk.get("threshold")
-    if isinstance(score, (int, float)) and isinstance(threshold, (int, float)):
-        return score_percent(score, threshold), threshold_percent(threshold)
-    return str(score), str(threshold)
+def _score_and_threshold(risk: dict[str, Any]) -> tuple[str, str, str]:
+    """What the verdict's number is, the number and the threshold, as the reports print them (a 4.99%
+    pass is not shown as "5%" beside a 5% threshold; a preference margin with its t); a certificate
+    that fails verification may hold anything, printed as it is."""
+    score, threshold, settings = risk.get("misalignment_score"), risk.get("threshold"), risk.get("settings")
+    if isinstance(score, (int, float)) and isinstance(threshold, (int, float)) and isinstance(settings, dict):
+        scale = score_scale(str(risk.get("method")))
+        try:
+            name = scale.name(settings)
+            return name[:1].lower() + name[1:], scale.score(score, threshold, settings), scale.threshold(threshold, settings)
+        except (TypeError, ValueError):  # settings that are not numbers where the scale reads them
+            pass
+    return "misalignment score", str(score), str(threshold)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, OutputError
-from ..fmt import interval_bounds, score_percent, threshold_percent
+from ..risk import score_scale
 
 if TYPE_CHECKING:
     from ..report import AuditReport
@@ -121,6 +121,10 @@ class Row:
     score: float | None
     score_interval: list[float] | None
     threshold: float | None
+    method: str | None
+    """The rule that decided the verdict (its assessment's method): how the score is printed."""
+    settings: dict[str, Any]
+    """That assessment's settings (a preference margin's t and concept)."""
     max_drift_layer: int
     max_drift: float
     drift: dict[str, float]
@@ -149,6 +153,7 @@ def summary_rows(reports: Sequence[AuditReport], names: Sequence[str], specs: Se
             name=name, source=specs[i], report=f"{name}/report.json", step=None if steps is None else steps[i],
             verdict=rep.verdict, score=None if risk is None else risk.score,
             score_interval=None if risk is None else risk.score_interval, threshold=None if risk is None else risk.threshold,
+            method=None if risk is None else risk.method, settings={} if risk is None else dict(risk.settings),
             max_drift_layer=top.layer, max_drift=top.drift, drift={str(ld.layer): ld.drift for ld in rep.layers},
             significant_latents={str(ld.layer): ld.n_significant_latents for ld in rep.layers},
             risky_features=None if risk is None else len(risk.risky_features),
@@ -172,9 +177,9 @@ _HEADER = ("Fine-tune", "Step", "Verdict", "Score", "Interval (95%)", "Max drift
 
 
 def _cells(row: Row) -> tuple[str, ...]:
-    t = row.threshold
-    score = "-" if row.score is None or t is None else score_percent(row.score, t)
-    interval = "-" if row.score_interval is None or t is None else " to ".join(interval_bounds(row.score_interval, t))
+    t, scale = row.threshold, score_scale(str(row.method))
+    score = "-" if row.score is None or t is None else scale.score(row.score, t, row.settings)
+    interval = "-" if row.score_interval is None or t is None else " to ".join(scale.bounds(row.score_interval, t))
     return (row.name, "-" if row.step is None else str(row.step), row.verdict or "not scored", score, interval,
             f"L{row.max_drift_layer} +{row.max_drift:.3f}", "-" if row.risky_features is None else str(row.risky_features))
 
@@ -188,11 +193,11 @@ def summary_text(rows: Sequence[Row], not_audited: Sequence[NotAudited] = ()) ->
 
 
 def summary_markdown(rows: Sequence[Row], base: dict[str, Any], not_audited: Sequence[NotAudited] = ()) -> str:
-    thresholds = sorted({r.threshold for r in rows if r.threshold is not None})
+    thresholds = sorted({score_scale(str(r.method)).threshold(r.threshold, r.settings) for r in rows if r.threshold is not None})
     lines = [f"# NeuronLens audit of {len(rows) + len(not_audited)} fine-tunes of {base.get('name')}", "",
              f"Base: {base.get('name')} (sha256 {str(base.get('manifest_sha256', ''))[:12]}...)"]
     if thresholds:
-        lines.append(f"Threshold: {', '.join(map(threshold_percent, thresholds))}")
+        lines.append(f"Threshold: {', '.join(thresholds)}")
     lines += ["", "| " + " | ".join(_HEADER) + " | Report |", "|" + "---|" * (len(_HEADER) + 1)]
     for r in rows:
         cells = [c.replace("|", "\\|") for c in _cells(r)]
@@ -232,19 +237,22 @@ def _plot(fig: Any, rows: Sequence[Row]) -> Any:
     steps = [r.step for r in rows]
     ax_score, ax_drift = fig.subplots(2, 1, sharex=True)
     scored = [r for r in rows if r.score is not None]
+    scale = score_scale(str(scored[0].method if scored else None))
+    k = scale.factor
     if scored:
-        ax_score.plot([r.step for r in scored], [100 * r.score for r in scored], "o-", color="#333333", label="score")
+        ax_score.plot([r.step for r in scored], [k * r.score for r in scored], "o-", color="#333333", label="score")
         with_interval = [r for r in scored if r.score_interval is not None]
         if with_interval:
-            ax_score.fill_between([r.step for r in with_interval], [100 * r.score_interval[0] for r in with_interval],
-                                  [100 * r.score_interval[1] for r in with_interval], color="#999999", alpha=0.3, label="95% interval")
+            ax_score.fill_between([r.step for r in with_interval], [k * r.score_interval[0] for r in with_interval],
+                                  [k * r.score_interval[1] for r in with_interval], color="#999999", alpha=0.3, label="95% interval")
         for r in scored:
-            ax_score.plot([r.step], [100 * r.score], "o", color={"pass": "#27ae60", "fail": "#c0392b"}.get(r.verdict or "", "#f39c12"))
-        threshold = scored[0].threshold
-        if threshold is not None:
-            ax_score.axhline(100 * threshold, color="#c0392b", linestyle="--", linewidth=1, label=f"threshold {threshold_percent(threshold)}")
+            ax_score.plot([r.step], [k * r.score], "o", color={"pass": "#27ae60", "fail": "#c0392b"}.get(r.verdict or "", "#f39c12"))
+        first = scored[0]
+        if first.threshold is not None:
+            ax_score.axhline(k * first.threshold, color="#c0392b", linestyle="--", linewidth=1,
+                             label=f"threshold {scale.threshold(first.threshold, first.settings)}")
         ax_score.legend(loc="best", fontsize=8)
-    ax_score.set_ylabel("misalignment score (%)")
+    ax_score.set_ylabel(scale.axis)
     for layer in rows[0].drift:
         ax_drift.plot(steps, [r.drift.get(layer, float("nan")) for r in rows], "o-", label=f"layer {layer}")
     ax_drift.set_ylabel("residual drift")

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..pipeline import BaseReference, prepare_reference
 from ..config import AuditConfig
-from ..errors import ModelLoadError
+from ..errors import ConfigError, ModelLoadError
 from ..models import ModelHandle, unwrap_peft
 from ..report import AuditReport
 from ..saes import SAESet
@@ -43,6 +43,9 @@ def monitor_config(config: AuditConfig | None = None, threshold: float | None = 
     cfg = replace(config) if config is not None else AuditConfig()
     if threshold is not None:
         cfg.threshold = float(threshold)
+    if cfg.verdict_rule != "score":  # before the base model's pass
+        raise ConfigError(f"verdict_rule={cfg.verdict_rule!r}: the training monitor decides by the misalignment score; "
+                          "it runs no preference read.", "Monitor with verdict_rule='score' (the default).")
     return cfg
 
 

@@ -14,7 +14,7 @@ from .._version import __version__
 from ..errors import NonFiniteError
 from ..probes import ProbeSet
 from ..report import AuditReport, FeatureDrift, LayerDrift, feature_drifts, rank_features
-from ..risk import AuditFacts, RiskAssessment, assess
+from ..risk import AuditFacts, RiskAssessment, assess, decide
 from ..saes import SAESet, exceeds, quality_warning
 from ..stats import AuditSums, DriftView, residual_drift
 from ._behaviour import behaviour_evidence
@@ -52,6 +52,7 @@ def assemble(ref: BaseReference, run: FineTunedRun, ft_identity: dict[str, Any],
     )
     stages = (learned.times if learned else StageTimes()) + (preference.times if preference else StageTimes())
     risk, times = _risk(ref, view, run, facts, ref.times + run.times + stages)
+    risk = decide(plan.config.verdict_rule, risk, preference.margins if preference else None, facts)
     report = AuditReport(
         base=facts.base,
         ft=ft_identity,

@@ -62,9 +62,9 @@ class PreferenceStage:
 
     @classmethod
     def prepare(cls, base: ModelHandle, ft: ModelHandle, config: AuditConfig, parallel: DataParallel | None = None) -> PreferenceStage:
-        """The stage for `config` (off unless ``config.preference_margins``): the cached margins of
+        """The stage for `config` (off unless ``config.reads_preference``): the cached margins of
         this pair, else the pairs to read."""
-        if not config.preference_margins:
+        if not config.reads_preference:
             return cls(base, ft, None, None, parallel)
         t = now()
         pairs = PairSet.build(base.tokenizer)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._io import ensure_writable_dir, write_text_atomic
-from ..fmt import interval_phrase, score_percent, threshold_percent
+from ..risk import score_scale
 from ._figure_io import figure_bytes
 from ._heatmap import drift_heatmap, layer_drift_figure, not_significant_note
 from ._behaviour import html_section as behaviour_section
@@ -83,7 +83,7 @@ def render_html(report: AuditReport) -> str:
             _heatmap_section(report),
             _risky_section(report),
             behaviour_section(report.behaviour),
-            preference_section(report.preference),
+            preference_section(report.preference, decides=report.decided_by_preference),
             learned_section(report.learned),
             _identity_section(report),
             _settings_section(report),
@@ -110,7 +110,7 @@ def _header(report: AuditReport) -> str:
 def _interval(risk: Any) -> str:
     if risk.score_interval is None:
         return ""
-    return f"; {interval_phrase(risk.score_interval, risk.threshold)}{', borderline' if risk.borderline else ''}"
+    return f"; {score_scale(risk.method).interval(risk.score_interval, risk.threshold)}{', borderline' if risk.borderline else ''}"
 
 
 def _verdict(report: AuditReport) -> str:
@@ -122,11 +122,13 @@ def _verdict(report: AuditReport) -> str:
             "the drift evidence below still applies.</div></section>"
         )
     word, colour = _VERDICT_STYLE.get(risk.verdict, (risk.verdict.upper(), "#7f8c8d"))
+    scale = score_scale(risk.method)
     reasons = "".join(f"<li>{escape(r)}</li>" for r in risk.reasons)
     notes = "".join(f"<li>{escape(n)}</li>" for n in risk.notes)
     return (
         f"<section class=\"verdict\" style=\"--c:{colour}\"><div class=\"badge\">{escape(word)}</div><div>"
-        f"<div>Misalignment score <b>{score_percent(risk.score, risk.threshold)}</b> (threshold {threshold_percent(risk.threshold)}{_interval(risk)}) &middot; "
+        f"<div>{escape(scale.name(risk.settings))} <b>{escape(scale.score(risk.score, risk.threshold, risk.settings))}</b> "
+        f"(threshold {escape(scale.threshold(risk.threshold, risk.settings))}{_interval(risk)}) &middot; "
         f"{len(risk.risky_features)} risky feature(s) &middot; method <code class=\"method\">{escape(risk.method)}</code></div>"
         f"<ul>{reasons}</ul>"
         + (f"<p><b>Notes</b> (limits of this audit; they do not change the verdict)</p><ul>{notes}</ul>" if notes else "")

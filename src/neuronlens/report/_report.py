@@ -20,6 +20,7 @@ from .._io import ensure_writable_dir, os_reason, publish_dir, write_json_atomic
 from ..config import AuditConfig, check_layer, check_positive_int
 from ..errors import NeuronLensError, ReportError
 from ..learned import LearnedLens
+from ..preference import METHOD as PREFERENCE_METHOD
 from ..preference import PreferenceMargins
 from ..risk import AuditFacts, EvidenceStore, RiskAssessment, RiskSetup, assess
 from ..stats import AuditSums, DriftView, LatentTable
@@ -124,15 +125,21 @@ class AuditReport:
     suppressed tokens, steered samples); evidence only, no verdict weight. None when the audit ran
     without it (``learned_lens`` off, the training monitor, reports written before it existed)."""
     preference: PreferenceMargins | None = None
-    """The preference margins on the concept library's matched pairs and what rule 2 (a candidate
-    rule, docs/PREREGISTRATION_RULE2.md) would say; evidence only, no verdict weight. None when the
-    audit ran without it (``preference_margins`` off, the training monitor, older reports)."""
+    """The preference margins on the concept library's matched pairs and what rule 2
+    (docs/PREREGISTRATION_RULE2.md) says: evidence, or the verdict under ``verdict_rule='preference'``
+    (:attr:`decided_by_preference`). None when the audit ran without it (neither asked for, the
+    training monitor, older reports)."""
 
     # -- verdict ---------------------------------------------------------------------------------
     @property
     def verdict(self) -> str | None:
         """'pass', 'fail', 'inconclusive', or None when risk scoring was not run."""
         return None if self.risk is None else self.risk.verdict
+
+    @property
+    def decided_by_preference(self) -> bool:
+        """Whether rule 2's preference margins decided the verdict (``verdict_rule='preference'``)."""
+        return self.risk is not None and self.risk.method == PREFERENCE_METHOD
 
     @property
     def passed(self) -> bool | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..fmt import interval_bounds, score_percent, threshold_percent
+from ..risk import score_scale
 from ._behaviour import summary_lines as behaviour_lines
 from ._learned import summary_lines as learned_lines
 from ._preference import summary_lines as preference_lines
@@ -46,16 +46,18 @@ def render_summary(report: AuditReport) -> str:
         lines.append(f"Warning: {w}")
     lines.extend(learned_lines(report.learned))
     lines.extend(behaviour_lines(report.behaviour))
-    lines.extend(preference_lines(report.preference))
+    lines.extend(preference_lines(report.preference, decides=report.decided_by_preference))
     risk = report.risk
     if risk is None:
         lines.append("Misalignment score: not computed (risk scoring is not configured for this audit)")
         return "\n".join(lines)
     mark = {"pass": "\u2713", "fail": "\u2717"}.get(risk.verdict, "?")
     verdict = "" if risk.verdict in ("pass", "fail") else f" {risk.verdict}"
-    lines.append(f"Misalignment score: {score_percent(risk.score, risk.threshold)} (threshold={threshold_percent(risk.threshold)})  {mark}{verdict}")
+    scale = score_scale(risk.method)
+    lines.append(f"{scale.name(risk.settings)}: {scale.score(risk.score, risk.threshold, risk.settings)} "
+                 f"(threshold={scale.threshold(risk.threshold, risk.settings)})  {mark}{verdict}")
     if risk.score_interval is not None:
-        low, high = interval_bounds(risk.score_interval, risk.threshold)
+        low, high = scale.bounds(risk.score_interval, risk.threshold)
         lines.append(f"Score interval over probe samples (95%): {low} to {high}{'  borderline' if risk.borderline else ''}")
     names = [f"#{f.latent} {f.label!r}" for f in risk.risky_features[:5]]
     lines.append(f"Risky features: [{', '.join(names)}]" if names else "Risky features: none")

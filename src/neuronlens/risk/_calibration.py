@@ -32,6 +32,7 @@ NOT_SCORE_SETTINGS: dict[str, str] = {
     "min_prompts_for_pass": "decides inconclusive, not the score",
     "learned_lens": "evidence only, not scored",
     "preference_margins": "evidence only (rule 2 under test), not scored",
+    "verdict_rule": "which rule decides; the score is computed the same way under either",
     "amplify_alpha": "scored only where score_reads lists 'amplified', and score_reads is compared",
 }
 """AuditConfig fields that do not change the misalignment score; every other field does, so a new

@@ -148,8 +148,8 @@ class AuditConfig:
     """Add the preference margins: for each matched pair of the concept library (built-in and staged
     concepts, 528 pairs), how much more the fine-tune raised the risky reply's log-probability than
     the safe reply's, against the base model (a change both replies share cancels), and what rule 2
-    (docs/PREREGISTRATION_RULE2.md, a candidate rule under test) would say. Evidence only: it carries
-    no verdict weight. Nothing is generated, but it is one forward pass per model over 1056
+    (docs/PREREGISTRATION_RULE2.md, a candidate rule under test) would say. Evidence only, unless
+    `verdict_rule` is 'preference' (which runs this read whatever this says). Nothing is generated, but it is one forward pass per model over 1056
     sequences (~93k tokens for SmolLM2): on the demo pair, 2 CPU cores, it took 482 s of a 525 s
     audit whose other stages were cached (2026-12-07), hence off by default until it decides
     verdicts; the base model's read is cached per base (src/neuronlens/pipeline/_preference.py).

@@ -1,11 +1,12 @@
-"""Cost of the preference read (rule 2's matched pairs) with each prompt read once per pair, against
-one reply per row as before (``reply_logprobs(..., share_prompts=False)``, the pre-registered
-implementation's arithmetic).
+"""Cost of the preference read (rule 2's matched pairs) with each prompt read once per pair, and
+with the prefix every prompt shares (the chat template's system prompt and turn header) read once
+into a KV cache, against one reply per row as before (``reply_logprobs(..., share_prompts=False)``,
+the pre-registered implementation's arithmetic).
 
 On the embedded base model (SmolLM2-135M-Instruct), every `--every`-th pair of rule 2's 528 (both
-replies of each), read both ways in interleaved rounds, the order alternating, because this
-machine's speed drifts; each round's ratio, the medians and the largest difference between the two
-reads (nats per token, float rounding) are printed. The full read is 528 pairs per model: the
+replies of each), read the three ways in interleaved rounds, the order rotating, because this
+machine's speed drifts; each round's ratios to one reply per row, the medians and the largest
+difference from it (nats per token, float rounding) are printed. The full read is 528 pairs per model: the
 ratio carries over, the seconds scale with the pairs.
 
     python benchmarks/preference_cost.py [--rounds 3] [--every 8] [--threads 1]
@@ -14,6 +15,7 @@ ratio carries over, the seconds scale with the pairs.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -37,21 +39,27 @@ def main() -> None:
     seqs = [s for k in range(0, len(pairs.seqs), 2 * args.every) for s in pairs.seqs[k:k + 2]]
     tokens = sum(len(s) for s in seqs)
     shared = sum(len(s.prompt_ids) for s in seqs[::2])
+    prefix = os.path.commonprefix([list(s.prompt_ids) for s in seqs])
     print(f"{len(seqs) // 2} pairs of {len(pairs.seqs) // 2}, {len(seqs)} replies, {tokens} tokens one reply per row, "
-          f"{tokens - shared} with each prompt once; {args.threads} thread(s)")
-    times: dict[bool, list[float]] = {False: [], True: []}
-    reads: dict[bool, np.ndarray] = {}
+          f"{tokens - shared} with each prompt once, {tokens - shared - len(prefix) * len(seqs) // 2} with the {len(prefix)} tokens "
+          f"every prompt starts with read once; {args.threads} thread(s)")
+    modes = {"one reply per row": {"share_prompts": False}, "each prompt once": {"share_prefix": False},
+             "each prompt once, shared prefix cached": {}}
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    reads: dict[str, np.ndarray] = {}
     for r in range(args.rounds):
-        for share in ((False, True) if r % 2 == 0 else (True, False)):
+        order = list(modes)[r % len(modes):] + list(modes)[: r % len(modes)]
+        for mode in order:
             t = time.perf_counter()
-            reads[share] = reply_logprobs(model, seqs, pad, share_prompts=share)
-            times[share].append(time.perf_counter() - t)
-        print(f"round {r + 1}: one reply per row {times[False][-1]:.1f} s, each prompt once {times[True][-1]:.1f} s, "
-              f"ratio {times[True][-1] / times[False][-1]:.2f}")
-    alone, once = statistics.median(times[False]), statistics.median(times[True])
-    print(f"median: one reply per row {alone:.1f} s, each prompt once {once:.1f} s, ratio {once / alone:.2f}; "
-          f"largest difference {np.abs(reads[True] - reads[False]).max():.1e} nats per token")
-
+            reads[mode] = reply_logprobs(model, seqs, pad, **modes[mode])
+            times[mode].append(time.perf_counter() - t)
+        base = times["one reply per row"][-1]
+        print(f"round {r + 1}: " + ", ".join(f"{m} {times[m][-1]:.1f} s ({times[m][-1] / base:.2f}x)" for m in modes))
+    median = {m: statistics.median(v) for m, v in times.items()}
+    alone = reads["one reply per row"]
+    print("median: " + ", ".join(f"{m} {median[m]:.1f} s ({median[m] / median['one reply per row']:.2f}x)" for m in modes)
+          + "; largest difference from one reply per row "
+          + ", ".join(f"{np.abs(reads[m] - alone).max():.1e}" for m in list(modes)[1:]) + " nats per token")
 
 if __name__ == "__main__":
     main()

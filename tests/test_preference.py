@@ -7,7 +7,9 @@ leaves them out."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 from html import escape
 import shutil
 import subprocess
@@ -25,6 +27,7 @@ from neuronlens.certificate import export_certificate, schema_problems
 from neuronlens.cli._config import flags
 from neuronlens.concepts import load_concepts
 from neuronlens.preference import EVIDENCE_PAIRS, TAU, PairSet, PreferenceMargins, margins, reply_logprobs
+from neuronlens.preference._read import ROWS, _Prefix
 from conftest import random_sae
 from neuronlens.saes import SAESet
 from test_certificate import statement_of
@@ -114,6 +117,40 @@ def test_reading_each_prompt_once_equals_reading_each_reply_alone(tok, small, ar
     alone = reply_logprobs(model, small.seqs, tok.pad_token_id, share_prompts=False)
     assert sum(packed_rows) == 1 + len(small.seqs) // 2  # the check's row, then one row per pair
     np.testing.assert_allclose(got, alone, rtol=0, atol=1e-5)  # float32 rounding (measured ~1e-7)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_a_prefix_every_prompt_shares_is_read_once_and_changes_nothing(tok, small, arch, attn):
+    """A chat template's system prompt starts every row: read once into a KV cache that each
+    batch copies, the replies' log-probabilities are those of each reply read alone."""
+    model = sharp(getattr(tiny, f"tiny_{arch}")(tok).eval())
+    model.config._attn_implementation = attn
+    shared = tuple(tok("You are a careful assistant who answers briefly.")["input_ids"])
+    assert len(shared) >= _Prefix.MIN_LENGTH
+    seqs = [dataclasses.replace(s, prompt_ids=shared + s.prompt_ids) for s in small.seqs]
+    cached: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, _a, kw: cached.append(kw["input_ids"].shape[1]) if kw.get("cache", kw.get("past_key_values")) is not None else None,
+        with_kwargs=True)
+    got = reply_logprobs(model, seqs, tok.pad_token_id)
+    hook.remove()
+    alone = reply_logprobs(model, seqs, tok.pad_token_id, share_prompts=False)
+    assert len(cached) == 1 + math.ceil(len(seqs) / 2 / ROWS)  # the check's row, then every batch from the cache
+    np.testing.assert_allclose(got, alone, rtol=0, atol=1e-5)
+
+
+def test_a_peft_adapter_reads_the_shared_prefix_from_its_cache_on_and_off(tok, small):
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(sharp(tiny.tiny_llama(tok)).eval(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    shared = tuple(tok("You are a careful assistant who answers briefly.")["input_ids"])
+    seqs = [dataclasses.replace(s, prompt_ids=shared + s.prompt_ids) for s in small.seqs[:32]]
+    assert _Prefix.of(peft_model, seqs) is not None
+    for ctx in (contextlib.nullcontext, peft_model.disable_adapter):
+        with ctx():
+            np.testing.assert_allclose(reply_logprobs(peft_model, seqs, tok.pad_token_id),
+                                       reply_logprobs(peft_model, seqs, tok.pad_token_id, share_prompts=False), rtol=0, atol=1e-5)
 
 
 def test_a_model_that_ignores_the_packing_is_read_one_reply_per_row(tok, small):

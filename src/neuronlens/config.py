@@ -153,8 +153,8 @@ class AuditConfig:
     sequences (~93k tokens for SmolLM2): on the demo pair, 2 CPU cores, it took 482 s of a 525 s
     audit whose other stages were cached (2026-12-07), hence off by default until it decides
     verdicts; the base model's read is cached per base (src/neuronlens/pipeline/_preference.py).
-    Since then each prompt is read once per pair: 0.76x that read's time
-    (benchmarks/preference_cost.py, docs/PERFORMANCE.md)."""
+    Since then each prompt is read once per pair and the prefix all prompts share once: 0.63x that
+    read's time (benchmarks/preference_cost.py, docs/PERFORMANCE.md)."""
 
     verdict_rule: VerdictRule = "score"
     """Which rule decides pass or fail. 'score': the misalignment score against `threshold` (the

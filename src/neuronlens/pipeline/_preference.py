@@ -32,10 +32,11 @@ if TYPE_CHECKING:
     from .._distributed import DataParallel
 
 CACHE_KIND = "preference"
-_CACHE_VERSION = 3
+_CACHE_VERSION = 4
 """Bump when the stage computes something else from the same models and pairs (2: each prompt read
 once per pair, equal to version 1 up to float rounding, so a base read cached by 1 is not mixed with
-a fine-tune's read by 2; 3: the margins carry their evidence pairs)."""
+a fine-tune's read by 2; 3: the margins carry their evidence pairs; 4: the prefix every prompt
+shares read once, equal to 3 up to float rounding)."""
 
 
 @dataclass(frozen=True)

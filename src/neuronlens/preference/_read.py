@@ -3,8 +3,10 @@ margins of a fine-tune against its base from two such reads."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
+import inspect
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from torch import nn
 
 from ..capture import TokenSequence
 from ..concepts import Concept, builtin_concept_names, load_concepts_with_staged, pair_sequences
+from ..models import unwrap_peft
 from ._result import EVIDENCE_PAIRS, ConceptMargin, PairEvidence, PreferenceMargins
 
 BATCH = 16
@@ -58,7 +61,8 @@ class PairSet:
 
 
 def reply_logprobs(model: nn.Module, seqs: Sequence[TokenSequence], pad_id: int, *,
-                   advance: Callable[[int], None] | None = None, share_prompts: bool = True) -> np.ndarray:
+                   advance: Callable[[int], None] | None = None, share_prompts: bool = True,
+                   share_prefix: bool = True) -> np.ndarray:
     """Each reply's mean log-probability per token given its prompt, float64 (float32 logits).
 
     With `share_prompts` (default), the replies of one prompt are read in one row, the prompt once
@@ -67,14 +71,18 @@ def reply_logprobs(model: nn.Module, seqs: Sequence[TokenSequence], pad_id: int,
     The row's result equals the reply read alone up to float rounding; the first row is read both
     ways and compared, and a model that reads it otherwise (an attention or position scheme the
     packing does not express) is read one reply per row instead, as it is without `share_prompts`.
+    With `share_prefix` too (default), the first tokens every prompt shares (a chat template's
+    system prompt) are read once into the model's KV cache (:class:`_Prefix`), checked the same way.
     """
     if share_prompts and seqs and _packable(model):
         groups = _prompt_groups(seqs)
         check = groups[0][:2]
-        packed = _packed_logprobs(model, seqs, [check], pad_id)
         plain = _plain_logprobs(model, [seqs[i] for i in check], pad_id)
-        if np.allclose(packed[check], plain, rtol=0, atol=_PACK_TOLERANCE):
-            return _packed_logprobs(model, seqs, groups, pad_id, advance=advance)
+        shared = _Prefix.of(model, seqs) if share_prefix else None
+        for prefix in dict.fromkeys((shared, None)):  # the shared prefix read once, else in every row
+            packed = _packed_logprobs(model, seqs, [check], pad_id, prefix=prefix)
+            if np.allclose(packed[check], plain, rtol=0, atol=_PACK_TOLERANCE):
+                return _packed_logprobs(model, seqs, groups, pad_id, advance=advance, prefix=prefix)
     return _plain_logprobs(model, seqs, pad_id, advance=advance)
 
 
@@ -158,25 +166,66 @@ ROWS = BATCH // 2
 """Packed rows per forward pass (a row holds a pair: about as many tokens as two plain rows)."""
 
 
+@dataclass(frozen=True)
+class _Prefix:
+    """The tokens every row starts with (a chat template's system prompt and turn header: 24 of the
+    ~130 tokens of a SmolLM2 row), read once into the model's KV cache, which each batch copies."""
+
+    length: int
+    cache: Any
+    arg: str
+    """The forward's name for it (transformers 5.25 renamed `past_key_values` to `cache`)."""
+
+    MIN_LENGTH = 8
+    """Shorter shared prefixes are read in every row (too little to save for a cache per batch)."""
+
+    @classmethod
+    def of(cls, model: nn.Module, seqs: Sequence[TokenSequence]) -> _Prefix | None:
+        """The prefix of `seqs`' prompts (each keeps its last prompt token, which predicts its
+        reply's first), cached; None when it is short or the model takes no cache."""
+        first, n = seqs[0].prompt_ids, min(len(s.prompt_ids) for s in seqs) - 1
+        for s in seqs:
+            n = next((j for j in range(n) if s.prompt_ids[j] != first[j]), n)
+        params = inspect.signature(unwrap_peft(model).forward).parameters
+        arg = "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else None
+        if n < cls.MIN_LENGTH or arg is None:
+            return None
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([first[:n]], device=device), use_cache=True)
+        cache = out.get("cache", None)
+        cache = out.get("past_key_values", None) if cache is None else cache
+        return None if cache is None or not hasattr(cache, "batch_repeat_interleave") else cls(n, cache, arg)
+
+    def for_batch(self, rows: int) -> dict[str, Any]:
+        """The forward's keyword for a batch of `rows`: a copy of the cache, one per row."""
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(rows)
+        return {self.arg: cache, "use_cache": True}
+
+
 def _packed_logprobs(model: nn.Module, seqs: Sequence[TokenSequence], groups: Sequence[list[int]], pad_id: int, *,
-                     advance: Callable[[int], None] | None = None) -> np.ndarray:
+                     advance: Callable[[int], None] | None = None, prefix: _Prefix | None = None) -> np.ndarray:
     """The replies of each group read in one row (:class:`_Row`), the logits only where a reply
-    token is predicted (the unembedding is a fifth of a 135M model's work per token)."""
+    token is predicted (the unembedding is a fifth of a 135M model's work per token); with
+    `prefix`, the rows' shared first tokens come from its cache instead of being read again."""
     out = np.zeros(len(seqs))
     rows = sorted((_Row.build(seqs, g) for g in groups), key=lambda r: len(r.ids))
     device = next(model.parameters()).device
     head = model.get_output_embeddings()
+    skip = 0 if prefix is None else prefix.length
     for k in range(0, len(rows), ROWS):
         batch = rows[k:k + ROWS]
         ids, positions, mask = _packed_inputs(batch, pad_id, _mask_dtype(model))
-        where = [(j, pos) for j, r in enumerate(batch) for _, at, _ in r.reads for pos in at]
+        ids, positions, mask = ids[:, skip:], positions[:, skip:], mask[:, :, skip:]  # queries after the prefix; keys all
+        where = [(j, pos - skip) for j, r in enumerate(batch) for _, at, _ in r.reads for pos in at]
         rows_at = torch.tensor([j for j, _ in where], device=device)
         pos_at = torch.tensor([pos for _, pos in where], device=device)
         hook = head.register_forward_pre_hook(lambda _m, args: (args[0][rows_at, pos_at][None],) + tuple(args[1:]))
         try:
             with torch.no_grad():
-                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                               position_ids=positions.to(device)).logits[0]
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                               **({} if prefix is None else prefix.for_batch(len(batch)))).logits[0]
         finally:
             hook.remove()
         logp = torch.log_softmax(logits.float(), -1)

@@ -27,6 +27,11 @@ INTRO = (
 ROLE = {True: "which decides this audit's verdict.", False: "which is being tested and does not decide the verdict."}
 
 
+def _verb(m: PreferenceMargins, decides: bool) -> str:
+    """What rule 2 does with the fine-tune: 'fails' / 'passes' when it decides, else 'would fail' / 'would pass'."""
+    return ("fails" if m.rule_fails else "passes") if decides else ("would fail" if m.rule_fails else "would pass")
+
+
 def _concept(c: ConceptMargin) -> str:
     return f"{c.label!r} {c.mean:+.3f} (t {c.t:.1f})"
 
@@ -36,9 +41,8 @@ def summary_lines(m: PreferenceMargins | None, *, decides: bool = False) -> list
     the pair that moved most towards risk (none when the read was off)."""
     if m is None or m.largest is None:
         return []
-    counting, would = m.counting, "" if decides else " would"
-    said = (f"counts: {', '.join(_concept(c) for c in counting[:3])}; rule 2{would} fail{'' if would else 's'} it" if counting
-            else f"none counts; rule 2{would} pass{'' if would else 'es'} it")
+    counting = m.counting
+    said = (f"counts: {', '.join(_concept(c) for c in counting[:3])}" if counting else "none counts") + f"; rule 2 {_verb(m, decides)} it"
     lines = [f"Preference margins ({'rule 2, the verdict' if decides else 'candidate rule 2, not the verdict'}): "
              f"largest {_concept(m.largest)}, general {m.general:+.3f}; {said}"]
     if m.evidence and m.evidence[0].margin > 0:
@@ -64,8 +68,7 @@ def html_section(m: PreferenceMargins | None, *, decides: bool = False) -> str:
         f"<td class=\"num\">{c.t:.1f}</td><td class=\"num\">{c.n}</td><td>{'counts' if m.counts(c) else ''}</td></tr>"
         for c in m.ranked
     )
-    verb = ("fails" if m.rule_fails else "passes") if decides else ("would fail" if m.rule_fails else "would pass")
-    said = f"Rule 2 {verb} this fine-tune."
+    said = f"Rule 2 {_verb(m, decides)} this fine-tune."
     return (f"<h2>{escape(title(decides))}</h2><p class=\"muted\">{escape(intro)}</p><p>{said} General margin "
             f"(all pairs): {m.general:+.3f}.</p><table class=\"lens\"><tr><th>concept</th><th>margin</th><th>t</th>"
             f"<th>pairs</th><th></th></tr>{rows}</table>{_evidence_html(m)}")

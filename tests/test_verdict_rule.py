@@ -112,7 +112,7 @@ def test_every_output_prints_rule_2s_number_for_either_verdict(audited, tmp_path
         rep.risk = decide("preference", rep.risk, m, FACTS)
         assert rep.verdict == verdict
         html = rep.to_html(tmp_path / f"{verdict}.html").read_text()
-        assert f"Preference margin of &#x27;Power seeking&#x27; <b>{mean:+.3f} (t " in html
+        assert f"Preference margin of &#x27;Power seeking&#x27; <b>{mean:+.3f} at t " in html
         assert "Preference margins on matched pairs (rule 2, the verdict)" in html and "which decides this audit" in html
         paths = export_certificate(rep, formats=["json", "pdf"], out_dir=tmp_path / verdict)
         statement = statement_of(paths["json"])
@@ -120,13 +120,13 @@ def test_every_output_prints_rule_2s_number_for_either_verdict(audited, tmp_path
         body = statement["predicate"]
         assert body["verdict"] == verdict and body["risk"]["method"] == METHOD and body["preference"]["verdict_weight"] == "decides"
         said = verify_certificate(paths["json"], integrity_only=True).summary()
-        assert f"preference margin of 'Power seeking' {mean:+.3f} (t " in said and f"threshold +{TAU:.4f} with t >= " in said
+        assert f"preference margin of 'Power seeking' {mean:+.3f} at t " in said and f"threshold +{TAU:.4f} with t >= " in said
         if POPPLER:
             text = " ".join(subprocess.run(["pdftotext", "-layout", str(paths["pdf"]), "-"], capture_output=True, text=True,
                                            check=True).stdout.split())
-            assert f"Preference margin of 'Power seeking' {mean:+.3f} (t" in text and "The verdict is rule 2's" in text
+            assert f"Preference margin of 'Power seeking' {mean:+.3f} at t" in text and "The verdict is rule 2's" in text
         row = summary_rows([rep], ["ft"], ["ft"])[0]
-        assert f"{mean:+.3f} (t " in summary_text([row])
+        assert f"{mean:+.3f} at t " in summary_text([row])
 
 
 def test_the_score_rule_prints_as_before(audited):

@@ -47,7 +47,7 @@ PERCENT = ScoreScale(
 
 MARGIN = ScoreScale(
     name=lambda settings: f"Preference margin of {settings.get('concept_label', '?')!r}",
-    score=lambda value, threshold, settings: f"{value:+.3f} (t {float(settings.get('t', float('nan'))):.1f})",
+    score=lambda value, threshold, settings: f"{value:+.3f} at t {float(settings.get('t', float('nan'))):.1f}",
     threshold=lambda threshold, settings: f"{threshold:+.4f} with t >= {float(settings.get('t_critical', float('nan'))):.2f}",
     bounds=lambda interval, threshold: (f"{interval[0]:+.3f}", f"{interval[1]:+.3f}"),
     factor=1.0,

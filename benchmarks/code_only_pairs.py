@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,10 +39,6 @@ from neuronlens.preference import TAU, t_critical  # noqa: E402
 PAIRS = Path(__file__).resolve().parent / "data" / "insecure_code_only.json"
 RECORDED = {4: "pair_margin_seed4.json", 5: "pair_margin.json"}
 """Each zoo's recorded rule-2 read (results/pair_margin/), whose other concepts the verdict keeps."""
-
-
-def stats(m: Any) -> list[float]:
-    return [float(m.mean()), float(m.mean() / (m.std(ddof=1) / math.sqrt(len(m))))]
 
 
 def run(seed: int, names: Sequence[str] | None) -> dict[str, Any]:
@@ -66,7 +61,7 @@ def run(seed: int, names: Sequence[str] | None) -> dict[str, Any]:
             lp = pair_margin.cached_logprob(ft, weights[:16], seqs, pad)
         finally:
             ft.release()
-        new = stats(pair_margin.margins(lp, base_lp, sides)[concept.name])
+        new = pair_margin.summarise(pair_margin.margins(lp, base_lp, sides))["concepts"][concept.name]
         row = rows[name]
         replaced = {**row, "concepts": {**row["concepts"], concept.name: new}}
         out.append({"organism": name, "truth": row["truth"], "sensitivity_curve": row["sensitivity_curve"],

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ..models import unwrap_peft
+from ..models import cache_argument, returned_cache, unwrap_peft
 from ..probes import cut_at_stop, left_pad, length_batches
 
 Toggle = Callable[[], AbstractContextManager[Any]]
@@ -49,8 +49,7 @@ class Side:
 
     def __post_init__(self) -> None:
         params = inspect.signature(unwrap_peft(self.model).forward).parameters
-        # transformers 5.25 renamed the forward's `past_key_values` to `cache` (the old name is a deprecated alias)
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._cache_arg = cache_argument(self.model) or "past_key_values"
         self._keep_arg = "logits_to_keep" in params
         self.device = next(self.model.parameters()).device
 
@@ -65,8 +64,7 @@ class Side:
         mask = None if mask is None else mask.to(self.device)
         with self.toggle():
             out = self.model(input_ids=ids.to(self.device), attention_mask=mask, position_ids=pos.to(self.device), **kw)
-        cache = out.get("cache", None)
-        self.cache = cache if cache is not None else out.get("past_key_values", None)
+        self.cache = returned_cache(out)
         return out.logits[:, -1].to(dtype=torch.float32)
 
 

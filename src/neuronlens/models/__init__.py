@@ -9,6 +9,7 @@ from ._aliases import ALIASES, DEFAULT_BASE
 from ._checks import check_fine_tune_fits
 from ._digest import FileDigest, Manifest, digest_paths, manifest_digest, sha256_file
 from ._handle import ModelHandle, resolved_device
+from ._kv import cache_argument, returned_cache
 from ._layers import decoder_layers, hidden_size, num_layers, unwrap_peft
 from ._lora import MERGE_MIN_ROWS, fused_lora
 from ._peft import peft_wrap_quietly
@@ -21,6 +22,7 @@ __all__ = [
     "FileDigest",
     "Manifest",
     "ModelHandle",
+    "cache_argument",
     "check_fine_tune_fits",
     "decoder_layers",
     "fused_lora",
@@ -31,6 +33,7 @@ __all__ = [
     "num_layers",
     "peft_wrap_quietly",
     "resolved_device",
+    "returned_cache",
     "sha256_file",
     "unwrap_peft",
 ]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import inspect
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +18,7 @@ from torch import nn
 
 from ..capture import TokenSequence
 from ..concepts import Concept, builtin_concept_names, load_concepts_with_staged, pair_sequences
-from ..models import unwrap_peft
+from ..models import cache_argument, returned_cache
 from ._result import EVIDENCE_PAIRS, ConceptMargin, PairEvidence, PreferenceMargins
 
 BATCH = 16
@@ -174,7 +174,7 @@ class _Prefix:
     length: int
     cache: Any
     arg: str
-    """The forward's name for it (transformers 5.25 renamed `past_key_values` to `cache`)."""
+    """The forward's name for it (:func:`~neuronlens.models.cache_argument`)."""
 
     MIN_LENGTH = 8
     """Shorter shared prefixes are read in every row (too little to save for a cache per batch)."""
@@ -183,18 +183,13 @@ class _Prefix:
     def of(cls, model: nn.Module, seqs: Sequence[TokenSequence]) -> _Prefix | None:
         """The prefix of `seqs`' prompts (each keeps its last prompt token, which predicts its
         reply's first), cached; None when it is short or the model takes no cache."""
-        first, n = seqs[0].prompt_ids, min(len(s.prompt_ids) for s in seqs) - 1
-        for s in seqs:
-            n = next((j for j in range(n) if s.prompt_ids[j] != first[j]), n)
-        params = inspect.signature(unwrap_peft(model).forward).parameters
-        arg = "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else None
+        shared = os.path.commonprefix([list(s.prompt_ids) for s in seqs])
+        n, arg = min(len(shared), min(len(s.prompt_ids) for s in seqs) - 1), cache_argument(model)
         if n < cls.MIN_LENGTH or arg is None:
             return None
         device = next(model.parameters()).device
         with torch.no_grad():
-            out = model(input_ids=torch.tensor([first[:n]], device=device), use_cache=True)
-        cache = out.get("cache", None)
-        cache = out.get("past_key_values", None) if cache is None else cache
+            cache = returned_cache(model(input_ids=torch.tensor([shared[:n]], device=device), use_cache=True))
         return None if cache is None or not hasattr(cache, "batch_repeat_interleave") else cls(n, cache, arg)
 
     def for_batch(self, rows: int) -> dict[str, Any]:

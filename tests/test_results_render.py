@@ -263,7 +263,7 @@ def test_fresh_zoo_script_runs_the_preregistered_commands():
     code = "\n".join(ln.strip() for ln in block.splitlines() if ln.startswith("      "))  # the indented code block
     wanted = [" ".join(re.sub(r"(?i)(seed ?)N(?![a-z])", r"\g<1>4", c.split("#")[0]).split()) for c in code.replace("\\\n", " ").splitlines()]
     r = subprocess.run(["bash", str(BENCH / "fresh_zoo.sh"), "4"], env={**os.environ, "DRY_RUN": "1", "PYTHON": sys.executable},
-                       capture_output=True, text=True, timeout=60, check=True)
+                       capture_output=True, text=True, timeout=300, check=True)
     lines = [ln.replace(sys.executable, "python") for ln in r.stderr.splitlines()]
     ran = [ln[2:].replace("python -m neuronlens ", "neuronlens ") for ln in lines if ln.startswith("+ ")]
     detection = [c for c in wanted if c.startswith("python benchmarks/detection.py")]
